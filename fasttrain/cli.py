@@ -1,0 +1,157 @@
+"""The `fasttrain` command line: thin wrappers that parse options, build a config and call the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train image classifiers as fast as the hardware allows.")
+
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data.sources import SourceError
+    from .data.tensor_format import DatasetError
+
+    return (ConfigError, SourceError, DatasetError)
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _progress_factory():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def factory(label: str, total: int):
+        progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            transient=True)
+        progress.start()
+        task = progress.add_task(label, total=total)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress.update(task, advance=n)
+            if done[0] >= total:
+                progress.stop()
+
+        return advance
+
+    return factory
+
+
+@app.command()
+def convert(
+    dataset: str = typer.Argument(..., help="cifar10 | cifar100"),
+    source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
+                                          "Default: download the official archive."),
+    out: Optional[Path] = typer.Option(None, help="Output directory [default: ./data/<dataset>]"),
+    format: str = typer.Option("tensor", "--format", help="Output format: tensor"),
+    force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
+) -> None:
+    """Convert a dataset once into a training-ready format."""
+    from .data.convert import convert as do_convert
+
+    if format != "tensor":
+        _fail(f"--format: unknown format {format!r}; available: tensor")
+    try:
+        do_convert(dataset, source=source, out=out, force=force, progress_factory=_progress_factory(), log=typer.echo)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(..., help="Model name (see `fasttrain zoo`)."),
+    data: Optional[str] = typer.Option(None, help="Converted dataset directory [default: data/cifar10]"),
+    epochs: Optional[float] = typer.Option(None, help="Epochs (may be fractional)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (batch-mean loss)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    amp: Optional[str] = typer.Option(None, help="auto | bf16 | fp16 | off"),
+    train_subset: Optional[int] = typer.Option(None, help="Train on N samples (stratified, seeded)."),
+    test_subset: Optional[int] = typer.Option(None, help="Evaluate on N test samples."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    out: Optional[str] = typer.Option(None, help="Run directory [default: runs/<model>-<time>]"),
+    recipe: Optional[str] = typer.Option(None, help="Named recipe (default: the model's own)."),
+    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
+    cutout: Optional[int] = typer.Option(None, help="Cutout square side (0 = off)."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup Beta alpha (0 = off)."),
+    cutmix: Optional[float] = typer.Option(None, help="CutMix Beta alpha (0 = off)."),
+    tta: Optional[str] = typer.Option(None, help="none | flip | flip_translate"),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs (0 = only at the end)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    width: Optional[float] = typer.Option(None, help="Model width multiplier (models that take one)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
+) -> None:
+    """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
+    from .config import resolve
+    from .train import train
+
+    overrides = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, device=device, compile=compile,
+                     amp=amp, train_subset=train_subset, test_subset=test_subset, seed=seed, out=out,
+                     label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
+                     cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
+    try:
+        cfg = resolve(model, recipe, overrides)
+        if width is not None:
+            cfg.model_kwargs = {**cfg.model_kwargs, "width": width}
+        summary = train(cfg)
+    except _user_errors() as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(json.dumps(summary))
+
+
+@app.command()
+def quickstart(
+    source: Optional[Path] = typer.Option(None, help="CIFAR-10 source for the conversion (default: the "
+                                          "offline copy at ../shared/data/cifar10-jpeg if present, else download)."),
+    data: Path = typer.Option(Path("data/cifar10"), help="Where the converted dataset lives."),
+    out: Optional[str] = typer.Option(None, help="Run directory."),
+) -> None:
+    """The main job: convert CIFAR-10, then train ResNet9 for 24 epochs on the GPU, or, without a GPU,
+    the CPU quick recipe (about 10 minutes on 2 cores)."""
+    import torch
+
+    from .config import resolve
+    from .data.convert import convert as do_convert
+    from .train import train
+
+    if source is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+        source = shared if shared.is_dir() else None
+    try:
+        do_convert("cifar10", source=source, out=data, progress_factory=_progress_factory(), log=typer.echo)
+        if torch.cuda.is_available():
+            typer.echo(f"GPU found ({torch.cuda.get_device_name()}): training resnet9 for 24 epochs (recipe myrtle24)")
+            cfg = resolve("resnet9", None, dict(data=str(data), epochs=24, out=out, compile=True))
+        else:
+            typer.echo("No CUDA GPU found: running the CPU quick recipe instead (airbench-style net, recipe "
+                       "cpu-quick, about 10 minutes on 2 cores). On a GPU this command trains resnet9 for 24 epochs.")
+            cfg = resolve("airbench", "cpu-quick", dict(data=str(data), out=out))
+        train(cfg)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

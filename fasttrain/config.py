@@ -1,0 +1,171 @@
+"""RunConfig: every knob of a training run, validated, plus named recipes (plain override dicts).
+
+Resolution order: dataclass defaults < the recipe (named, or the model's default) < explicit CLI options.
+CLI options default to None and only override when given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An option is out of range or contradicts another; the message names the option."""
+
+
+@dataclass
+class RunConfig:
+    # --- what to train, on what
+    model: str = "resnet9"  # zoo name (`fasttrain zoo` lists them)
+    data: str = "data/cifar10"  # converted dataset directory
+    out: str | None = None  # run directory (default runs/<model>-<time>)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    pipeline: str = "tensor"  # data pipeline backend
+    train_subset: int | None = None  # train on this many samples (stratified, seeded); None = all
+    test_subset: int | None = None  # evaluate on this many test samples; None = all
+    model_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for create_model
+    # --- schedule of the run
+    epochs: float = 24  # may be fractional: total steps = ceil(epochs * batches per epoch)
+    batch_size: int = 512
+    eval_every: int = 1  # evaluate on the test split every N epochs (0: only at the end)
+    # --- optimiser (SGD with Nesterov momentum)
+    lr: float = 0.4  # peak learning rate for the mean loss of a batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # coupled (SGD-style) L2 on weights
+    norm_bias_decay: bool = False  # also decay BatchNorm parameters and biases
+    bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters and biases (their decay is divided by it)
+    label_smoothing: float = 0.0
+    # --- learning-rate schedule, stepped per batch
+    schedule: str = "onecycle"  # onecycle (linear up, linear down) | piecewise (same, with end values)
+    warmup_frac: float = 0.2  # fraction of steps spent rising to the peak
+    start_lr_frac: float = 0.0  # lr at step 0, as a fraction of the peak
+    end_lr_frac: float = 0.0  # lr at the last step, as a fraction of the peak
+    # --- weight averaging
+    lookahead: bool = False  # airbench's lookahead: every 5 steps pull weights towards a slow average
+    # --- augmentation (see fasttrain.augment.reference for exact semantics)
+    crop_pad: int = 4
+    pad_mode: str = "reflect"
+    flip: bool = True
+    cutout: int = 0
+    mixup: float = 0.0  # Beta alpha; 0 = off
+    cutmix: float = 0.0  # Beta alpha; 0 = off
+    mix_prob: float = 1.0
+    # --- numerics and speed
+    amp: str = "auto"  # auto (bf16 where supported) | bf16 | fp16 | off
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = True
+    tta: str = "flip"  # test-time augmentation at the final eval: none | flip | flip_translate
+    # --- reproducibility
+    seed: int = 0
+    recipe: str | None = None  # name of the recipe this config came from (informational)
+    threads: int | None = None  # CPU threads for torch (None: torch's default)
+
+    def validate(self) -> RunConfig:
+        def need(cond: bool, option: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
+
+        need(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be > 0, got {self.lr}")
+        need(0 <= self.momentum < 1, "momentum", f"must lie in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(self.bias_lr_scale > 0, "bias_lr_scale", f"must be > 0, got {self.bias_lr_scale}")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        need(0 <= self.warmup_frac <= 1, "warmup_frac", f"must lie in [0, 1], got {self.warmup_frac}")
+        need(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
+        need(self.tta in TTA_MODES, "tta", f"must be one of {TTA_MODES}, got {self.tta!r}")
+        need(self.pad_mode in ("reflect", "zero"), "pad_mode", f"must be reflect or zero, got {self.pad_mode!r}")
+        need(self.crop_pad >= 0, "crop_pad", f"must be >= 0, got {self.crop_pad}")
+        need(self.cutout >= 0, "cutout", f"must be >= 0, got {self.cutout}")
+        need(self.mixup >= 0, "mixup", f"must be >= 0, got {self.mixup}")
+        need(self.cutmix >= 0, "cutmix", f"must be >= 0, got {self.cutmix}")
+        need(0 <= self.mix_prob <= 1, "mix_prob", f"must lie in [0, 1], got {self.mix_prob}")
+        need(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        need(self.train_subset is None or self.train_subset >= 1, "train_subset",
+             f"must be >= 1, got {self.train_subset}")
+        need(self.test_subset is None or self.test_subset >= 1, "test_subset", f"must be >= 1, got {self.test_subset}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(self.pipeline in PIPELINES, "pipeline", f"must be one of {PIPELINES}, got {self.pipeline!r}")
+        need(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}")
+        return cls(**d)
+
+
+SCHEDULES = ("onecycle", "piecewise")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+TTA_MODES = ("none", "flip", "flip_translate")
+PIPELINES = ("tensor",)
+
+# --------------------------------------------------------------------------------------------- recipes
+# Each recipe is a plain dict of RunConfig overrides. Units: lr is the peak rate for a batch-mean loss.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Myrtle ResNet9, 24 epochs (David Page's DAWNBench schedule): 94% on CIFAR-10 on a GPU.
+    "myrtle24": dict(
+        model="resnet9", epochs=24, batch_size=512, lr=0.4, momentum=0.9, weight_decay=5e-4,
+        schedule="piecewise", warmup_frac=5 / 24, label_smoothing=0.2, crop_pad=4, pad_mode="reflect",
+        flip=True, cutout=8, tta="flip",
+    ),
+    # airbench94's hyperparameters in batch-mean units (lr 11.5 per 1024 with summed loss and its
+    # momentum-adjusted scaling -> 1.5 peak; per-step decay 0.002; biases at 64x the lr).
+    "airbench94": dict(
+        model="airbench", epochs=9.9, batch_size=1024, lr=1.5, momentum=0.85, nesterov=True,
+        weight_decay=0.002 / 1.5, norm_bias_decay=True, bias_lr_scale=64.0, label_smoothing=0.2,
+        schedule="piecewise", warmup_frac=0.23, start_lr_frac=0.2, end_lr_frac=0.07, lookahead=True,
+        crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0,
+    ),
+    # The CPU quick recipe: fits convert + train + eval in 10 minutes on 2 cores (see README).
+    "cpu-quick": dict(
+        model="airbench", epochs=8, batch_size=512, lr=1.0, momentum=0.85, nesterov=True,
+        weight_decay=0.002 / 1.0, norm_bias_decay=True, bias_lr_scale=64.0, label_smoothing=0.2,
+        schedule="piecewise", warmup_frac=0.23, start_lr_frac=0.2, end_lr_frac=0.07, lookahead=True,
+        crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0, amp="bf16",
+        model_kwargs={"width": 0.75},
+    ),
+    # Seed 004: ResNet9 with the 1028-wide stage on CIFAR-100.
+    "seed004-c100": dict(
+        model="resnet9_c100", data="data/cifar100", epochs=24, batch_size=512, lr=0.4, weight_decay=5e-4,
+        schedule="piecewise", warmup_frac=5 / 24, label_smoothing=0.1, crop_pad=4, cutout=8, tta="flip",
+    ),
+}
+
+
+def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunConfig:
+    """defaults < recipe (named, else the model's default recipe, if any) < explicit overrides."""
+    from .models import get_entry
+
+    try:
+        entry = get_entry(model)
+    except KeyError as e:
+        raise ConfigError(f"MODEL: {e.args[0]}") from None
+    name = recipe if recipe is not None else entry.default_recipe
+    values: dict[str, Any] = {}
+    if name is not None:
+        if name not in RECIPES:
+            raise ConfigError(f"--recipe: unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+        values.update(RECIPES[name])
+    values["model"] = model
+    values["recipe"] = name
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig.from_dict(values).validate()

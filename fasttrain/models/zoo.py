@@ -1,0 +1,3 @@
+"""Imports every model family so their @register_model entries exist."""
+
+from . import airbench, resnet9  # noqa: F401

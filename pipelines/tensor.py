@@ -1,0 +1,77 @@
+"""The default pipeline: the whole uint8 dataset lives on the training device.
+
+Each epoch is one device-side random permutation; a batch is an index_select of the resident tensor.
+No DataLoader, no worker processes, no per-batch host-to-device copy; the same code runs on the CPU.
+For DDP each rank takes a contiguous slice of the shared permutation (same seed on every rank).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class TensorPipeline:
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.device = torch.device(device)
+        self.images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images).to(self.device)
+        self.labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).to(
+            self.device, torch.int64)
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        # Each rank's share of the permutation: equal sizes so every rank runs the same number of steps.
+        self.per_rank = len(self.images) // world_size if world_size > 1 else len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def epoch_indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, on the device."""
+        n = len(self.images)
+        if self.shuffle:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.seed * 100_003 + self.epoch)
+            perm = torch.randperm(n, generator=gen, device=self.device)
+        else:
+            perm = torch.arange(n, device=self.device)
+        start = self.rank * self.per_rank
+        return perm[start : start + self.per_rank]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self.epoch_indices()
+        for b in range(len(self)):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images.index_select(0, sel), self.labels.index_select(0, sel)
