@@ -1,0 +1,61 @@
+"""Shared fixtures: a small real slice of the offline CIFAR-10 JPEG copy, converted once per session."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import pytest
+import torch
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+
+# Keep CPU tests predictable on the 2-core CI machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def extract_jpeg_slice(dest: Path, train_per_class: int, test_per_class: int) -> Path:
+    """Copy the first N JPEGs per class of each split of the shared copy into dest/<split>/<class>/."""
+    if not SHARED_CIFAR.is_dir():
+        pytest.skip(f"real CIFAR-10 copy not found at {SHARED_CIFAR}")
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        counts: dict[str, int] = {}
+        with tarfile.open(SHARED_CIFAR / f"{split}.tar.gz") as tar:
+            for m in tar:
+                if not m.isfile() or not m.name.endswith(".jpg"):
+                    continue
+                cls = PurePosixPath(m.name).parts[-2]
+                if counts.get(cls, 0) >= per_class:
+                    continue
+                counts[cls] = counts.get(cls, 0) + 1
+                out = dest / split / cls / PurePosixPath(m.name).name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(m).read())
+                if len(counts) == 10 and all(v >= per_class for v in counts.values()):
+                    break
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_slice(tmp_path_factory) -> Path:
+    """An image folder of real CIFAR-10 JPEGs: 30 train and 10 test images per class."""
+    return extract_jpeg_slice(tmp_path_factory.mktemp("cifar_jpeg"), 30, 10)
+
+
+@pytest.fixture(scope="session")
+def cifar_tensor_slice(cifar_jpeg_slice, tmp_path_factory) -> Path:
+    """The slice above converted to the tensor format (300 train / 100 test images)."""
+    from fasttrain.data.convert import convert
+
+    out = tmp_path_factory.mktemp("cifar_tensor") / "cifar10"
+    return convert("cifar10", source=cifar_jpeg_slice, out=out, log=lambda s: None)
