@@ -1,3 +1,3 @@
 """Imports every model family so their @register_model entries exist."""
 
-from . import airbench, resnet9  # noqa: F401
+from . import airbench, resnet, resnet9  # noqa: F401
