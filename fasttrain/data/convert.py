@@ -69,17 +69,16 @@ def detect_cifar_archive(path: Path) -> str:
         return "images"
     try:
         with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                base = PurePosixPath(m.name).name
-                if base in ("data_batch_1", "test_batch", "meta", "batches.meta") and m.isfile():
-                    return "python"
-                if base.endswith(".bin") and m.isfile():
-                    return "binary"
-                if m.isfile():
-                    return "images"
+            names = {PurePosixPath(m.name).name for m in tar.getmembers() if m.isfile()}
     except (tarfile.TarError, OSError) as e:
         raise SourceError(f"{path}: not a readable tar archive ({e})") from e
-    raise SourceError(f"{path}: empty archive")
+    if not names:
+        raise SourceError(f"{path}: empty archive")
+    if {"data_batch_1", "test_batch"} <= names or {"train", "test", "meta"} <= names:
+        return "python"
+    if any(n.endswith(".bin") for n in names):
+        return "binary"
+    return "images"
 
 
 def _cifar_reader(dataset: str) -> Reader:

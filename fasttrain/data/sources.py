@@ -45,7 +45,15 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         allowed[(module, "_frombuffer")] = numeric._frombuffer
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
+    # Python 3 writes bytes in protocol 2 as _codecs.encode(text, 'latin1'): admit exactly that.
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise SourceError(f"refusing _codecs.encode with encoding {encoding!r} (only latin1 is plain data)")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
