@@ -140,8 +140,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="airbench", epochs=8, batch_size=512, lr=1.0, momentum=0.85, nesterov=True,
         weight_decay=0.002 / 1.0, norm_bias_decay=True, bias_lr_scale=64.0, label_smoothing=0.2,
         schedule="piecewise", warmup_frac=0.23, start_lr_frac=0.2, end_lr_frac=0.07, lookahead=True,
-        crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0, amp="bf16",
-        model_kwargs={"width": 0.75},
+        crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0, amp="auto",
+        model_kwargs={"width": 0.5},
     ),
     # Seed 004: ResNet9 with the 1028-wide stage on CIFAR-100.
     "seed004-c100": dict(

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data.tensor_format import load_split, read_meta
+from .evaluate import evaluate
 from .models import create_model
+from .optim import Lookahead, build_optimizer, lr_multiplier
 from .pipelines.tensor import TensorPipeline
 from .progress import EpochProgress
 from .runio import atomic_torch_save, write_json
@@ -33,12 +34,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
     return dev
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. 'auto' is bf16 on CUDA with bf16 support, else off on CPU."""
+    """The autocast dtype, or None for fp32. 'auto': bf16 on CUDA (fp16 on GPUs without bf16); on a CPU bf16
+    only with AMX tiles, because without them oneDNN's bf16 convolutions are slower than fp32 (measured here)."""
     if mode == "off":
         return None
     if mode == "fp16":
@@ -47,7 +49,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if amx else None
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -62,32 +65,6 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(inter[:n]))
 
 
-def lr_multiplier(step: int, total: int, cfg: RunConfig) -> float:
-    """Piecewise-linear: start_lr_frac -> 1 over warmup_frac of the steps, then -> end_lr_frac.
-    'onecycle' is the same shape with start = end = 0 unless set."""
-    warm = max(1, int(total * cfg.warmup_frac))
-    if step < warm:
-        t = step / warm
-        return cfg.start_lr_frac * (1 - t) + t
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    return 1.0 * (1 - t) + cfg.end_lr_frac * t
-
-
-def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
-    """Weights decay; BatchNorm parameters and biases (1-d tensors) get bias_lr_scale and, unless
-    norm_bias_decay, no decay. Their decay is divided by bias_lr_scale so the per-step shrink matches."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad and p.dim() > 1:
-            continue  # frozen weights (e.g. airbench's whitening conv) never enter the optimiser
-        (no_decay if p.dim() <= 1 else decay).append(p)
-    bias_wd = cfg.weight_decay / cfg.bias_lr_scale if cfg.norm_bias_decay else 0.0
-    return [
-        dict(params=decay, lr=cfg.lr, weight_decay=cfg.weight_decay, base_lr=cfg.lr),
-        dict(params=no_decay, lr=cfg.lr * cfg.bias_lr_scale, weight_decay=bias_wd, base_lr=cfg.lr * cfg.bias_lr_scale),
-    ]
-
-
 def mixed_cross_entropy(logits: torch.Tensor, targets, label_smoothing: float) -> torch.Tensor:
     """lam * CE(y_a) + (1 - lam) * CE(y_b), averaged over the batch."""
     logits = logits.float()
@@ -96,62 +73,6 @@ def mixed_cross_entropy(logits: torch.Tensor, targets, label_smoothing: float) -
         return loss_a.mean()
     loss_b = F.cross_entropy(logits, targets.y_b, reduction="none", label_smoothing=label_smoothing)
     return (targets.lam * loss_a + (1 - targets.lam) * loss_b).mean()
-
-
-class Lookahead:
-    """airbench's lookahead: every 5 steps, slow = lerp(slow, fast, 1 - decay) and fast = slow, with
-    decay = 0.95^5 * (step / total)^3 (so early on the weights are barely averaged)."""
-
-    def __init__(self, model: nn.Module, total_steps: int):
-        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.total = total_steps
-
-    @torch.no_grad()
-    def step(self, model: nn.Module, step: int, final: bool = False) -> None:
-        if not final and step % 5:
-            return
-        decay = 1.0 if final else 0.95**5 * (step / self.total) ** 3
-        for (k, slow), fast in zip(self.slow.items(), model.state_dict().values()):
-            if fast.dtype.is_floating_point:
-                slow.lerp_(fast, 1 - decay)
-                fast.copy_(slow)
-
-
-# ============================================================================ evaluation
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale, bias, *, amp_dtype,
-             batch_size: int = 1000, tta: str = "none") -> dict:
-    """Loss and accuracy on uint8 NHWC `images`, with optional flip or flip+translate TTA."""
-    from .augment import normalize
-
-    model.eval()
-    total_loss = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
-    ctx = torch.autocast(images.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    with ctx:
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size], scale, bias, amp_dtype or torch.float32)
-            y = labels[start : start + batch_size]
-            logits = _tta_logits(model, x, tta).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    n = len(images)
-    return {"loss": total_loss.item() / n, "acc": correct.item() / n}
-
-
-def _tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
-    if tta == "none":
-        return model(x)
-    mirror = lambda inp: 0.5 * model(inp) + 0.5 * model(inp.flip(-1))  # noqa: E731
-    logits = mirror(x)
-    if tta == "flip":
-        return logits
-    # flip_translate: average with 1-pixel translations up-left and down-right (airbench's level 2)
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = [padded[:, :, 0:h, 0:w], padded[:, :, 2 : h + 2, 2 : w + 2]]
-    translated = torch.stack([mirror(s.contiguous(memory_format=torch.channels_last)) for s in shifted]).mean(0)
-    return 0.5 * logits + 0.5 * translated
 
 
 # ============================================================================ the run
@@ -202,7 +123,7 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
     step_model = torch.compile(model) if cfg.compile else model
 
     # --- optimiser and schedule
-    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    optimizer = build_optimizer(model, cfg)
     steps_per_epoch = len(pipeline)
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
