@@ -1,3 +1,20 @@
 """Imports every model family so their @register_model entries exist."""
 
-from . import airbench, resnet, resnet9  # noqa: F401
+from . import (  # noqa: F401
+    airbench,
+    densenet,
+    efficientnet,
+    ibn,
+    inception,
+    mobilenetv2,
+    pyramidnet,
+    resnest,
+    resnet,
+    resnet9,
+    resnetv2,
+    resnext,
+    senet,
+    tresnet,
+    wrn,
+    xception,
+)
