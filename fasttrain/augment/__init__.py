@@ -1,13 +1,18 @@
 """Batch augmentation: `AugmentSampler.sample` draws all randomness, `augment_batch` applies it.
 
-`augment_batch` dispatches to the fastest implementation available for the tensor's device; the
-pure-PyTorch reference (`reference.apply`) is the ground truth and the fallback. Set
-`FASTTRAIN_AUGMENT=reference` to force the reference everywhere.
+`augment_batch` dispatches on the tensor's device: CUDA -> the fused kernel (cuda_ext/), CPU -> the
+fused numba implementation; the pure-PyTorch reference (`reference.apply`) is the ground truth and the
+fallback. `FASTTRAIN_AUGMENT` (or the `backend` argument) chooses:
+  auto       fused where available; if it cannot be had (no nvcc, compile error, no numba) the run goes
+             on with the reference after one warning that says why and how to fix it
+  reference  the reference everywhere
+  fused      the fused op or an error, never a fallback (tests and benchmarks use this)
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -24,18 +29,61 @@ from .reference import (
 
 __all__ = [
     "AugmentConfig", "AugmentSampler", "AugParams", "Targets", "apply", "augment_batch", "identity_params",
-    "norm_constants", "normalize", "backend_for",
+    "norm_constants", "normalize", "backend_for", "FusedAugmentFallback",
 ]
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "fused")
 
 
-def backend_for(device: torch.device, requested: str | None = None) -> str:
-    """The implementation `augment_batch` will use on `device` ('reference' until a fused one exists)."""
-    requested = requested or os.environ.get("FASTTRAIN_AUGMENT", "auto")
+class FusedAugmentFallback(RuntimeWarning):
+    """The fused augmentation is unavailable on this device; the reference runs instead."""
+
+
+_warned: set[str] = set()
+
+
+def _fused_backend(device: torch.device) -> str:
+    """'cuda' or 'numba' once that implementation is usable on `device`; raises why not otherwise."""
+    if device.type == "cuda":
+        from fasttrain.cuda_ext import load
+
+        load()
+        return "cuda"
+    if device.type == "cpu":
+        try:
+            from . import numba_cpu  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"numba is not importable ({e}); fix: pip install numba") from e
+        from . import fused  # noqa: F401  (registers the op)
+
+        return "numba"
+    raise NotImplementedError(f"no fused augmentation for device type {device.type!r}")
+
+
+def backend_for(device: torch.device | str, requested: str | None = None) -> str:
+    """The implementation `augment_batch` uses on `device`: 'cuda', 'numba' or 'reference'."""
+    requested = requested or os.environ.get("FASTTRAIN_AUGMENT") or "auto"
     if requested not in BACKENDS:
         raise ValueError(f"FASTTRAIN_AUGMENT / backend must be one of {BACKENDS}, got {requested!r}")
-    return "reference"
+    if requested == "reference":
+        return "reference"
+    device = torch.device(device)
+    try:
+        return _fused_backend(device)
+    except NotImplementedError:
+        if requested == "fused":
+            raise
+        return "reference"  # e.g. mps: no fused op exists, nothing is broken
+    except Exception as e:
+        if requested == "fused":
+            raise
+        if device.type not in _warned:
+            _warned.add(device.type)
+            warnings.warn(
+                f"fasttrain: the fused {device.type} augmentation is unavailable, using the slower PyTorch "
+                f"reference instead. {e} (set FASTTRAIN_AUGMENT=reference to choose the reference explicitly)",
+                FusedAugmentFallback, stacklevel=2)
+        return "reference"
 
 
 def augment_batch(
@@ -47,5 +95,12 @@ def augment_batch(
     out_dtype: torch.dtype = torch.float32,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, Targets]:
-    backend_for(x.device, backend)
-    return apply(x, labels, params, scale, bias, out_dtype)
+    """uint8 (N, H, W, C) -> normalised (N, C, H, W) channels_last in out_dtype, and the mixed targets."""
+    if backend_for(x.device, backend) == "reference":
+        return apply(x, labels, params, scale, bias, out_dtype)
+    from .fused import fused_apply
+
+    out, targets = fused_apply(x, labels, params, scale, bias, out_dtype)
+    if not params.has_mix:  # y_b == y_a: the same tensor lets the loss skip its second cross-entropy
+        targets = Targets(labels, labels, targets.lam)
+    return out, targets

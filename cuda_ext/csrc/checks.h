@@ -1,0 +1,87 @@
+// Argument checks shared by the CUDA op and its host emulation; messages name the argument and
+// what was expected, like the Python side (fasttrain/augment/fused.py).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "augment.cuh"
+
+namespace fasttrain {
+
+inline void check_param(const at::Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape,
+                        const at::Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == dtype, "fasttrain::augment: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fasttrain::augment: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "fasttrain::augment: ", name, " is on ", t.device(), " but images are on ",
+              x.device());
+  TORCH_CHECK(t.is_contiguous(), "fasttrain::augment: ", name, " must be contiguous");
+}
+
+// Validates every argument and packs the raw pointers for the kernel.
+inline Args make_args(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& offset, const at::Tensor& flip,
+                      const at::Tensor& cutout, const at::Tensor& mix_index, const at::Tensor& mix_lam,
+                      const at::Tensor& cutmix, const at::Tensor& scale, const at::Tensor& bias, int64_t pad,
+                      bool reflect, const at::Tensor& out, const at::Tensor& y_b, const at::Tensor& lam) {
+  TORCH_CHECK(x.dim() == 4, "fasttrain::augment: images must be 4-d uint8 (N, H, W, C); got ", x.dim(),
+              "-d shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kByte, "fasttrain::augment: images must be uint8 (N, H, W, C); got ",
+              x.scalar_type());
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  TORCH_CHECK(c >= 1 && c <= kMaxChannels, "fasttrain::augment: images must have 1..", kMaxChannels,
+              " channels (N, H, W, C); got C = ", c);
+  TORCH_CHECK(pad >= 0, "fasttrain::augment: pad must be >= 0, got ", pad);
+  TORCH_CHECK(!reflect || n * h * w == 0 || pad < std::min(h, w), "fasttrain::augment: reflect pad ", pad,
+              " must be smaller than the image (", h, "x", w, ")");
+  check_param(labels, "labels", at::kLong, {n}, x);
+  check_param(offset, "params.offset", at::kInt, {n, 2}, x);
+  check_param(flip, "params.flip", at::kBool, {n}, x);
+  check_param(cutout, "params.cutout", at::kInt, {n, 4}, x);
+  check_param(mix_index, "params.mix_index", at::kLong, {n}, x);
+  check_param(mix_lam, "params.mix_lam", at::kFloat, {n}, x);
+  check_param(cutmix, "params.cutmix", at::kInt, {n, 4}, x);
+  check_param(scale, "scale", at::kFloat, {c}, x);
+  check_param(bias, "bias", at::kFloat, {c}, x);
+  check_param(y_b, "y_b", at::kLong, {n}, x);
+  check_param(lam, "lam", at::kFloat, {n}, x);
+  const auto dt = out.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "fasttrain::augment: out must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({n, c, h, w}), "fasttrain::augment: out must have shape (N, C, H, W) = ",
+              at::IntArrayRef({n, c, h, w}), ", got ", out.sizes());
+  TORCH_CHECK(out.device() == x.device(), "fasttrain::augment: out is on ", out.device(), " but images are on ",
+              x.device());
+  TORCH_CHECK(out.permute({0, 2, 3, 1}).is_contiguous(),
+              "fasttrain::augment: out must be channels_last (NHWC-dense storage), got strides ", out.strides());
+
+  Args a;
+  a.x = x.data_ptr<uint8_t>();
+  a.sn = x.stride(0);
+  a.sh = x.stride(1);
+  a.sw = x.stride(2);
+  a.sc = x.stride(3);
+  a.labels = labels.data_ptr<int64_t>();
+  a.offset = offset.data_ptr<int32_t>();
+  a.flip = flip.data_ptr<bool>();
+  a.cutout = cutout.data_ptr<int32_t>();
+  a.mix_index = mix_index.data_ptr<int64_t>();
+  a.mix_lam = mix_lam.data_ptr<float>();
+  a.cutmix = cutmix.data_ptr<int32_t>();
+  a.scale = scale.data_ptr<float>();
+  a.bias = bias.data_ptr<float>();
+  a.n = n;
+  a.h = h;
+  a.w = w;
+  a.c = c;
+  a.pad = pad;
+  a.reflect = reflect;
+  a.out = out.data_ptr();
+  a.y_b = y_b.data_ptr<int64_t>();
+  a.lam = lam.data_ptr<float>();
+  return a;
+}
+
+}  // namespace fasttrain

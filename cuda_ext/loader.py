@@ -1,0 +1,158 @@
+"""Build (JIT, cached) and load the CUDA augmentation extension.
+
+First use compiles csrc/*.cu with nvcc through `torch.utils.cpp_extension.load` (about a minute) into
+a cache directory keyed by the torch, CUDA and Python versions, so later runs only load the .so; a
+change in the sources or flags triggers a rebuild (torch hashes both). Loading registers the CUDA
+kernels of `torch.ops.fasttrain.augment` / `augment_out` (schemas in fasttrain/augment/fused.py).
+
+Environment:
+  FASTTRAIN_EXT_DIR      where to build (default: $XDG_CACHE_HOME or ~/.cache, /fasttrain/cuda_ext/<tag>)
+  CUDA_HOME              the CUDA toolkit root; found from nvcc on the PATH when unset (also through
+                         wrapper scripts, which torch's own detection misreads)
+  TORCH_CUDA_ARCH_LIST   GPU architectures to compile for, e.g. "9.0"; torch picks the visible GPU's
+                         when unset. Needed to compile on a machine without a GPU (tests do).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+NAME = "fasttrain_augment_ext"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("augment_cuda.cu", "augment_emulate.cu")
+HEADERS = ("augment.cuh", "checks.h")
+NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]  # no --use_fast_math: it flushes subnormals (changes results)
+CXX_FLAGS = ["-O3", "-std=c++17"]
+
+_lock = threading.Lock()
+_error: ExtensionUnavailable | None = None
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The extension cannot be built or loaded here: `reason` says why, `hint` how to fix it."""
+
+    def __init__(self, reason: str, hint: str):
+        super().__init__(f"{reason}. Fix: {hint}")
+        self.reason = reason
+        self.hint = hint
+
+
+def cache_dir() -> Path:
+    if os.environ.get("FASTTRAIN_EXT_DIR"):
+        return Path(os.environ["FASTTRAIN_EXT_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return base / "fasttrain" / "cuda_ext" / re.sub(r"[^A-Za-z0-9._-]", "_", tag)
+
+
+def _has_toolkit(root: Path) -> bool:
+    return (root / "bin" / "nvcc").exists() and any(
+        (root / inc / "cuda_runtime.h").exists() for inc in ("include", "targets/x86_64-linux/include",
+                                                              "targets/sbsa-linux/include"))
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root: $CUDA_HOME / $CUDA_PATH, else from nvcc on the PATH (following symlinks,
+    and asking nvcc itself when it is a wrapper script), else /usr/local/cuda."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and _has_toolkit(Path(os.environ[var])):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        root = Path(os.path.realpath(nvcc)).parent.parent
+        if _has_toolkit(root):
+            return str(root)
+        try:  # a wrapper script: nvcc's dry run prints its own install location as "TOP=<bin>/.."
+            dry = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                                 capture_output=True, text=True, timeout=60)
+            m = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+            if m and _has_toolkit(Path(os.path.normpath(m.group(1).strip()))):
+                return os.path.normpath(m.group(1).strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if _has_toolkit(Path("/usr/local/cuda")):
+        return "/usr/local/cuda"
+    return None
+
+
+def _kernel_registered() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fasttrain::augment", "CUDA")
+
+
+def build(build_dir: str | Path | None = None, *, verbose: bool = False) -> Path:
+    """Compile (or reuse the cached build) and load the extension; returns the build directory.
+    Raises ExtensionUnavailable with the reason and the fix. Needs no GPU when TORCH_CUDA_ARCH_LIST is set."""
+    import fasttrain.augment.fused  # noqa: F401  (declares the schemas the kernels register against)
+
+    if torch.version.cuda is None:
+        raise ExtensionUnavailable(f"this torch build ({torch.__version__}) has no CUDA support",
+                                   "install a CUDA build of torch, or set FASTTRAIN_AUGMENT=reference")
+    home = find_cuda_home()
+    if home is None:
+        raise ExtensionUnavailable(
+            "no CUDA toolkit found (nvcc is not on the PATH and CUDA_HOME is unset)",
+            f"install the CUDA toolkit matching torch's CUDA {torch.version.cuda} and set CUDA_HOME to its root, "
+            "or set FASTTRAIN_AUGMENT=reference")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        raise ExtensionUnavailable("no GPU is visible and TORCH_CUDA_ARCH_LIST is unset, so there is no "
+                                   "architecture to compile for", "set TORCH_CUDA_ARCH_LIST, e.g. '9.0'")
+    import torch.utils.cpp_extension as cpp
+
+    # torch resolves CUDA_HOME once, at import, and a wrapper nvcc on the PATH misleads it.
+    os.environ.setdefault("CUDA_HOME", home)
+    cpp.CUDA_HOME = home
+    try:
+        cpp.verify_ninja_availability()
+    except RuntimeError as e:
+        raise ExtensionUnavailable("ninja is not installed (torch's extension builder needs it)",
+                                   "pip install ninja") from e
+    out = Path(build_dir) if build_dir is not None else cache_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if not any(out.glob(f"{NAME}*.so")):
+        print(f"fasttrain: compiling the CUDA augmentation kernels (first use, about a minute; cached in {out})",
+              file=sys.stderr, flush=True)
+    try:
+        cpp.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_include_paths=[str(CSRC)],
+                 extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS, build_directory=str(out),
+                 is_python_module=False, verbose=verbose)
+    except Exception as e:  # compile/link errors arrive as RuntimeError with the compiler output
+        detail = " ".join(str(e).split())[-600:]
+        raise ExtensionUnavailable(
+            f"building the CUDA extension in {out} failed ({type(e).__name__}: {detail})",
+            f"check that nvcc ({home}) matches torch's CUDA {torch.version.cuda}; rerun with "
+            "FASTTRAIN_EXT_VERBOSE=1 for the full compiler output, or set FASTTRAIN_AUGMENT=reference") from e
+    return out
+
+
+def load() -> None:
+    """Make the CUDA kernels available (build on first use); raise ExtensionUnavailable if impossible.
+    A failure is remembered, so the build is attempted once per process."""
+    global _error
+    if _kernel_registered():
+        return
+    with _lock:
+        if _kernel_registered():
+            return
+        if _error is not None:
+            raise _error
+        try:
+            build(verbose=os.environ.get("FASTTRAIN_EXT_VERBOSE") == "1")
+        except ExtensionUnavailable as e:
+            _error = e
+            raise
+
+
+def available() -> bool:
+    try:
+        load()
+        return True
+    except ExtensionUnavailable:
+        return False
