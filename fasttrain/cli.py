@@ -92,6 +92,12 @@ def run(
     eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs (0 = only at the end)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     width: Optional[float] = typer.Option(None, help="Model width multiplier (models that take one)."),
+    # --- model options (issue 6): merged into cfg.model_kwargs, checked against the model's signature
+    activation: Optional[str] = typer.Option(None, help="relu | mish | swish | gelu (every zoo model)."),
+    drop_path: Optional[float] = typer.Option(None, help="Stochastic depth rate of the last residual block "
+                                              "(linear in depth; residual families)."),
+    image_size: Optional[int] = typer.Option(None, help="Upscale inputs to this size inside the model "
+                                             "(mobilenetv2, efficientnet_b0; e.g. 96)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
 ) -> None:
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
@@ -104,8 +110,9 @@ def run(
                      cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
     try:
         cfg = resolve(model, recipe, overrides)
-        if width is not None:
-            cfg.model_kwargs = {**cfg.model_kwargs, "width": width}
+        from .models.options import merge_model_options  # issue 6: model options
+
+        merge_model_options(cfg, width=width, activation=activation, drop_path=drop_path, image_size=image_size)
         summary = train(cfg)
     except _user_errors() as e:
         _fail(str(e))
@@ -143,6 +150,49 @@ def quickstart(
         train(cfg)
     except _user_errors() as e:
         _fail(str(e))
+
+
+# ---------------------------------------------------------------------------- zoo (issue 6)
+@app.command()
+def zoo(
+    measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
+    device: str = typer.Option("auto", help="Device for --measure: auto | cpu | cuda | cuda:N"),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model and/or family names [default: all]."),
+    batch_size: int = typer.Option(256, help="Batch size for --measure."),
+    steps: int = typer.Option(20, help="Timed steps per configuration for --measure."),
+    warmup: int = typer.Option(5, help="Untimed warm-up steps (compilation happens here)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help="Also try torch.compile [default: on CUDA only]."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
+    markdown: Optional[Path] = typer.Option(None, help="Write the Markdown table to this file."),
+) -> None:
+    """List the model zoo: params, params counting BN statistics, FLOPs at 32x32, and with --measure
+    training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
+    from . import zoo_cmd
+
+    try:
+        names = zoo_cmd.select(models)
+    except KeyError as e:
+        _fail(e.args[0])
+    log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
+    rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
+    note = ""
+    if measure:
+        note = (f"Measured on {zoo_cmd.device_description(device)}, batch {batch_size}, 32x32 random inputs, "
+                f"{steps} timed steps after {warmup} warm-up steps, torch {__import__('torch').__version__}.")
+    table = zoo_cmd.to_markdown(rows, note)
+    payload = {"note": note, "rows": [zoo_cmd.row_dict(r) for r in rows]}
+    if out is not None:
+        from .runio import write_json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, payload)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(table)
+    typer.echo(json.dumps(payload, indent=2) if json_out else table)
 
 
 def main() -> None:

@@ -151,6 +151,45 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# --- issue 6 (model zoo): seed 002's headline CIFAR-10 setups, named so that e.g.
+# `fasttrain run resnet50b --recipe seed-sd-htd-cutmix` reproduces one row of its table. The seed does
+# not state its optimiser settings; these follow its cited papers: SGD+Nesterov lr 0.1, batch 128,
+# weight decay 5e-4, 200 epochs, 4-px zero-pad crop + flip; SD = stochastic depth with the paper's
+# linear rule and p_L = 0.5 (1603.09382); CutMix alpha 1 applied with probability 0.5 (1905.04899);
+# Cutout16 = 16-px squares. Rows without a schedule name use the step schedule. They need the 'htd',
+# 'cosine' and 'step' schedules (issue 7): each joins RECIPES once its schedule is in SCHEDULES.
+def _seed002(schedule: str, model: str, *, activation: str | None = None, drop_path: float | None = None,
+             cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0, image_size: int | None = None) -> dict:
+    model_kwargs = {k: v for k, v in dict(activation=activation, drop_path=drop_path, image_size=image_size).items()
+                    if v is not None}
+    return dict(model=model, epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                schedule=schedule, warmup_frac=0.0, label_smoothing=0.0, crop_pad=4, pad_mode="zero", flip=True,
+                cutout=cutout, mixup=mixup, cutmix=cutmix, mix_prob=0.5 if cutmix else 1.0, tta="none",
+                model_kwargs=model_kwargs)
+
+
+SEED002_RECIPES: dict[str, dict[str, Any]] = {
+    "seed-step": _seed002("step", "resnet50b"),  # plain rows (ResNet34 92.64%, ResNet50b 93.18%, ...)
+    "seed-mish": _seed002("step", "resnet50b", activation="mish"),
+    "seed-htd": _seed002("htd", "resnet50b"),
+    "seed-htd-cutmix": _seed002("htd", "resnet35b", cutmix=1.0),  # ResNet34 94.59%, ResNet35b 95.06%
+    "seed-htd-cutout16": _seed002("htd", "wide_resnet18", cutout=16),  # WideResNet18 94.91%
+    "seed-sd": _seed002("step", "resnet50b", drop_path=0.5),
+    "seed-sd-mish": _seed002("step", "resnet50b", activation="mish", drop_path=0.5),
+    "seed-sd-htd-mish": _seed002("htd", "resnet50b", activation="mish", drop_path=0.5),
+    "seed-sd-cosine-mish": _seed002("cosine", "resnet50b", activation="mish", drop_path=0.5),
+    "seed-sd-htd-cutout16": _seed002("htd", "resnet50b", drop_path=0.5, cutout=16),
+    "seed-sd-htd-mixup0.2": _seed002("htd", "resnet50b", drop_path=0.5, mixup=0.2),
+    "seed-sd-htd-mixup1": _seed002("htd", "resnet50b", drop_path=0.5, mixup=1.0),
+    "seed-sd-htd-cutmix": _seed002("htd", "resnet50b", drop_path=0.5, cutmix=1.0),  # the headline 95.56%
+    "seed-sd-mish-htd-cutout16": _seed002("htd", "resnet101b", activation="mish", drop_path=0.5, cutout=16),
+    "seed-mish-htd-cutmix": _seed002("htd", "resnet170b", activation="mish", cutmix=1.0),
+    "seed-96px-htd-cutmix": _seed002("htd", "mobilenetv2", image_size=96, cutmix=1.0),  # MobileNetV2 95.17%
+}
+RECIPES.update({k: v for k, v in SEED002_RECIPES.items() if v["schedule"] in SCHEDULES})
+# --- end issue 6
+
+
 def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunConfig:
     """defaults < recipe (named, else the model's default recipe, if any) < explicit overrides."""
     from .models import get_entry

@@ -60,3 +60,11 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         if unknown:
             raise TypeError(f"model {name!r} does not take option(s) {unknown}; it takes {sorted(params)[1:]}")
     return entry.fn(num_classes=num_classes, **kwargs)
+
+
+def model_options(name: str) -> list[str] | None:
+    """Keyword options model `name` takes besides num_classes (None: it takes any)."""
+    params = inspect.signature(get_entry(name).fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [k for k in params if k != "num_classes"]
