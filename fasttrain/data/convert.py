@@ -6,6 +6,7 @@ the source (given, or downloaded), reads it, and hands the arrays to the format 
 
 from __future__ import annotations
 
+import inspect
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +24,12 @@ class Loaded:
     classes: list[str]
     source: str
     extra_meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should hear about (e.g. a skipped split)
 
 
-Reader = Callable[[Path | None, ProgressFactory | None], Loaded]
+# A reader is `fn(source, progress_factory, **options) -> Loaded`; options (name, size, val_fraction,
+# skip_bad) are keyword-only and passed only when the user gave them (see `read_dataset`).
+Reader = Callable[..., Loaded]
 READERS: dict[str, Reader] = {}
 
 
@@ -110,6 +114,31 @@ def default_out_dir(dataset: str) -> Path:
     return Path("data") / dataset
 
 
+def read_dataset(
+    dataset: str,
+    source: str | Path | None,
+    progress_factory: ProgressFactory | None = None,
+    log: Callable[[str], None] = print,
+    **options,
+) -> Loaded:
+    """Run `dataset`'s reader. Options left as None/False are dropped; one the reader does not take is an
+    error naming the CLI option (e.g. --size for cifar10)."""
+    if dataset not in READERS:
+        raise SourceError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(READERS))}")
+    reader = READERS[dataset]
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    takes = {p.name for p in inspect.signature(reader).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(given) - takes)
+    if unknown:
+        opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        accepted = ", ".join("--" + k.replace("_", "-") for k in sorted(takes)) or "none"
+        raise SourceError(f"{opts}: not an option of dataset {dataset!r} (its options: {accepted})")
+    loaded = reader(Path(source) if source is not None else None, progress_factory, **given)
+    for note in loaded.notes:
+        log(f"note: {note}")
+    return loaded
+
+
 def convert(
     dataset: str,
     *,
@@ -118,21 +147,29 @@ def convert(
     force: bool = False,
     progress_factory: ProgressFactory | None = None,
     log: Callable[[str], None] = print,
+    **options,
 ) -> Path:
-    """Convert `dataset` to the tensor format at `out` (default ./data/<dataset>); returns the directory.
+    """Convert `dataset` to the tensor format at `out` (default ./data/<name or dataset>); returns the directory.
 
-    An existing complete dataset is reused unless `force`.
+    An existing complete dataset is reused unless `force`. `options` go to the reader (`read_dataset`):
+    name (imagefolder), size, val_fraction, skip_bad.
     """
     if dataset not in READERS:
         raise SourceError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(READERS))}")
-    out_dir = Path(out) if out is not None else default_out_dir(dataset)
+    name = options.get("name") or dataset
+    out_dir = Path(out) if out is not None else default_out_dir(name)
     if is_complete(out_dir) and not force:
         log(f"{out_dir} already holds a complete {dataset} dataset; reusing it (--force rebuilds)")
         return out_dir
-    loaded = READERS[dataset](Path(source) if source is not None else None, progress_factory)
+    loaded = read_dataset(dataset, source, progress_factory, log, **options)
     write_tensor_dataset(
-        out_dir, loaded.splits, loaded.classes, name=dataset, source=loaded.source, extra_meta=loaded.extra_meta
+        out_dir, loaded.splits, loaded.classes, name=name, source=loaded.source, extra_meta=loaded.extra_meta
     )
     counts = ", ".join(f"{k} {len(v.labels)}" for k, v in loaded.splits.items())
     log(f"wrote {out_dir} ({counts}; {len(loaded.classes)} classes)")
     return out_dir
+
+
+# ----------------------------------------------------------------------------- more datasets
+# Imported last: these modules register their readers with `register_dataset` defined above.
+from . import cars196, imagefolder, tinyimagenet  # noqa: E402,F401

@@ -16,6 +16,7 @@ import pickle
 import tarfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -201,13 +202,31 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> np.ndarray:
                 left, top = (w - size) // 2, (h - size) // 2
                 img = img.crop((left, top, left + size, top + size))
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:
+        raise SourceError(f"{name}: cannot decode image (not a recognised image format)") from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise SourceError(f"{name}: cannot decode image ({e})") from e
 
 
-def _decode_chunk(args: tuple[list[tuple[str, bytes]], int | None]) -> list[np.ndarray]:
-    items, size = args
-    return [decode_image(data, name, size) for name, data in items]
+@dataclass(frozen=True)
+class BadFile:
+    """A file that could not be decoded, kept (with `skip_bad`) so the caller can record it."""
+
+    file: str
+    error: str
+
+
+def _decode_chunk(args: tuple[list[tuple[str, bytes]], int | None, bool]) -> list[np.ndarray | BadFile]:
+    items, size, skip_bad = args
+    out: list[np.ndarray | BadFile] = []
+    for name, data in items:
+        try:
+            out.append(decode_image(data, name, size))
+        except SourceError as e:
+            if not skip_bad:
+                raise
+            out.append(BadFile(name, str(e)))
+    return out
 
 
 def decode_many(
@@ -217,10 +236,15 @@ def decode_many(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     chunk: int = 512,
+    skip_bad: bool = False,
 ) -> list[np.ndarray]:
-    """Decode (name, bytes) pairs in parallel processes, preserving order."""
+    """Decode (name, bytes) pairs in parallel processes, preserving order.
+
+    A file that does not decode raises `SourceError` naming it; with `skip_bad` it comes back as a
+    `BadFile` in its place instead (see `split_bad`), so the caller can drop it and record it.
+    """
     workers = workers or min(8, os.cpu_count() or 1)
-    chunks = [(items[i : i + chunk], size) for i in range(0, len(items), chunk)]
+    chunks = [(items[i : i + chunk], size, skip_bad) for i in range(0, len(items), chunk)]
     out: list[np.ndarray] = []
     if workers <= 1 or len(chunks) <= 1:
         for c in chunks:
@@ -234,6 +258,18 @@ def decode_many(
             if progress:
                 progress(len(c[0]))
     return out
+
+
+def split_bad(decoded: list) -> tuple[list[np.ndarray], list[int], list[BadFile]]:
+    """(images, indices of the items they came from, bad files) from `decode_many(..., skip_bad=True)`."""
+    images, kept, bad = [], [], []
+    for i, d in enumerate(decoded):
+        if isinstance(d, BadFile):
+            bad.append(d)
+        else:
+            images.append(d)
+            kept.append(i)
+    return images, kept, bad
 
 
 def _is_image(name: str) -> bool:
