@@ -54,16 +54,25 @@ def convert(
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
     out: Optional[Path] = typer.Option(None, help="Output directory [default: ./data/<dataset>]"),
-    format: str = typer.Option("tensor", "--format", help="Output format: tensor"),
+    format: str = typer.Option("tensor", "--format", help="Output format: tensor (default; uint8 arrays) | "
+                               "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
+    # --- issue 5 (ffcv/dali formats)
+    jpeg_quality: Optional[int] = typer.Option(None, help="ffcv: store JPEG at this quality instead of raw "
+                                               "pixels; dali: JPEG quality [default: 95]."),
+    max_resolution: Optional[int] = typer.Option(None, help="ffcv/dali: shrink images whose longer side "
+                                                 "exceeds this (larger images, e.g. ImageNet-like folders)."),
+    timeout: Optional[float] = typer.Option(None, help="ffcv/dali: kill the writer after this many seconds "
+                                            "[default: 3600]; nothing partial is left behind."),
 ) -> None:
-    """Convert a dataset once into a training-ready format."""
-    from .data.convert import convert as do_convert
+    """Convert a dataset once into a training-ready format (default ./data/<dataset>, or
+    ./data/<dataset>-<format> for ffcv/dali)."""
+    from .data.formats import convert_dataset
 
-    if format != "tensor":
-        _fail(f"--format: unknown format {format!r}; available: tensor")
     try:
-        do_convert(dataset, source=source, out=out, force=force, progress_factory=_progress_factory(), log=typer.echo)
+        convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,
+                        max_resolution=max_resolution, timeout_s=timeout, progress_factory=_progress_factory(),
+                        log=typer.echo)
     except _user_errors() as e:
         _fail(str(e))
 
@@ -99,6 +108,9 @@ def run(
     image_size: Optional[int] = typer.Option(None, help="Upscale inputs to this size inside the model "
                                              "(mobilenetv2, efficientnet_b0; e.g. 96)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
+    # --- issue 5 (pipelines)
+    pipeline: Optional[str] = typer.Option(None, help="tensor (default, whole dataset on the device) | ffcv | "
+                                           "dali | torchvision; --data must be in the matching format."),
 ) -> None:
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
     from .config import resolve
@@ -108,6 +120,7 @@ def run(
                      amp=amp, train_subset=train_subset, test_subset=test_subset, seed=seed, out=out,
                      label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
                      cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
+    overrides["pipeline"] = pipeline  # issue 5
     try:
         cfg = resolve(model, recipe, overrides)
         from .models.options import merge_model_options  # issue 6: model options

@@ -116,7 +116,8 @@ class RunConfig:
 SCHEDULES = ("onecycle", "piecewise")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 TTA_MODES = ("none", "flip", "flip_translate")
-PIPELINES = ("tensor",)
+# --- issue 5 (pipelines): names must match fasttrain.pipelines.PIPELINES (a test checks)
+PIPELINES = ("tensor", "ffcv", "dali", "torchvision")
 
 # --------------------------------------------------------------------------------------------- recipes
 # Each recipe is a plain dict of RunConfig overrides. Units: lr is the peak rate for a batch-mean loss.

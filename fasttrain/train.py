@@ -19,11 +19,12 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
 from .config import ConfigError, RunConfig
-from .data.tensor_format import load_split, read_meta
+from .data.formats import read_labels  # issue 5
+from .data.tensor_format import read_meta
 from .evaluate import evaluate
 from .models import create_model
 from .optim import Lookahead, build_optimizer, lr_multiplier
-from .pipelines.tensor import TensorPipeline
+from .pipelines import load_split_tensors, make_pipeline  # issue 5
 from .progress import EpochProgress
 from .runio import atomic_torch_save, write_json
 
@@ -97,18 +98,17 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
     cfg.out = str(out_dir)
     cfg.save(out_dir / "config.json")
 
-    # --- data: whole uint8 splits on the device
+    # --- data (issue 5): pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
+    # is decoded once by the same backend and kept on the device
     meta = read_meta(cfg.data)
-    train_split = load_split(cfg.data, "train")
-    test_split = load_split(cfg.data, "test")
-    train_idx = stratified_subset(np.asarray(train_split.labels), cfg.train_subset or len(train_split.labels), cfg.seed)
-    test_idx = stratified_subset(np.asarray(test_split.labels), cfg.test_subset or len(test_split.labels), cfg.seed)
-    pipeline = TensorPipeline(train_split.images[train_idx], train_split.labels[train_idx], cfg.batch_size,
-                              device=device, seed=cfg.seed)
-    test_images = torch.from_numpy(np.ascontiguousarray(test_split.images[test_idx])).to(device)
-    test_labels = torch.from_numpy(np.ascontiguousarray(test_split.labels[test_idx])).to(device)
+    all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
+    train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
+    test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)
+    pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", cfg.batch_size, device=device, seed=cfg.seed,
+                             indices=train_idx)
+    test_images, test_labels = load_split_tensors(cfg.pipeline, cfg.data, "test", device=device, indices=test_idx)
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
-    n_train, h, w, _ = pipeline.images.shape
+    n_train, (h, w) = len(train_idx), meta["shape"][:2]
 
     # --- model
     model = create_model(cfg.model, meta["num_classes"], **cfg.model_kwargs).to(device)
@@ -117,7 +117,8 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
     if hasattr(model, "init_from_data"):
         from .augment import normalize
 
-        sample = pipeline.images[: min(5000, n_train)]
+        sample, _ = load_split_tensors(cfg.pipeline, cfg.data, "train", device=device,
+                                       indices=train_idx[: min(5000, n_train)])  # issue 5: any pipeline
         model.init_from_data(normalize(sample, scale, bias, torch.float32))
     n_params = sum(p.numel() for p in model.parameters())
     step_model = torch.compile(model) if cfg.compile else model

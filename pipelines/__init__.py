@@ -3,4 +3,132 @@
 Installed as `fasttrain.pipelines`. Every pipeline has `__len__` (batches per epoch), `__iter__`,
 `set_epoch(epoch)` and sees every sample exactly once per epoch (the last partial batch is kept unless
 `drop_last`). Augmentation happens after, on the device, in `fasttrain.augment`.
+
+Registry (name -> module, class, dataset formats it reads); optional backends are imported only when
+chosen:
+
+    tensor       tensor       whole uint8 array resident on the device (default)
+    ffcv         ffcv         ffcv.loader.Loader over a .beton
+    dali         dali         DALI file reader + nvJPEG ("mixed") on a GPU, CPU decoder otherwise
+    torchvision  dali|tensor  Dataset + DataLoader(num_workers=2), the baseline
+
+Sharding (DDP): every pipeline gives each rank the same number of samples, `n // world_size`.
 """
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.tensor_format import DatasetError, load_split, read_meta
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    module: str  # submodule of fasttrain.pipelines
+    cls: str
+    formats: tuple[str, ...]  # dataset formats it reads
+    help: str
+
+
+PIPELINES: dict[str, PipelineSpec] = {
+    "tensor": PipelineSpec("tensor", "TensorPipeline", ("tensor",), "whole dataset resident on the device"),
+    "ffcv": PipelineSpec("ffcv", "FFCVPipeline", ("ffcv",), "ffcv.loader.Loader over a .beton"),
+    "dali": PipelineSpec("dali", "DALIPipeline", ("dali",), "NVIDIA DALI file reader + JPEG decoder"),
+    "torchvision": PipelineSpec("torchvision", "TorchvisionPipeline", ("dali", "tensor"),
+                                "Dataset + DataLoader worker processes (baseline)"),
+}
+
+
+def require_format(data_dir: str | Path, pipeline: str) -> dict:
+    """The dataset's meta, after checking that `pipeline` can read its format (clear error otherwise)."""
+    meta = read_meta(data_dir)
+    fmt = meta.get("format", "tensor")
+    wanted = PIPELINES[pipeline].formats
+    if fmt not in wanted:
+        hint = " or ".join(f"`fasttrain convert {meta.get('name', 'DATASET')} --format {w}`" for w in wanted)
+        raise DatasetError(f"--data {data_dir} holds a {fmt!r} dataset, but --pipeline {pipeline} reads "
+                           f"{' or '.join(repr(w) for w in wanted)} datasets: convert it with {hint} "
+                           f"(into another --out directory) and pass that as --data")
+    return meta
+
+
+def shard_indices(n: int, indices: np.ndarray | None, world_size: int, seed: int) -> np.ndarray:
+    """The sample indices a pipeline draws from; for DDP cut (at seeded random) to a multiple of world_size."""
+    idx = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
+    if world_size > 1 and len(idx) % world_size:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(idx))[: len(idx) - len(idx) % world_size])
+        idx = idx[keep]
+    return idx
+
+
+def make_pipeline(
+    name: str,
+    data_dir: str | Path,
+    split: str,
+    batch_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    indices: np.ndarray | None = None,
+    num_workers: int | None = None,
+):
+    """Build pipeline `name` over `split` of the dataset at `data_dir` (see the registry above)."""
+    if name not in PIPELINES:
+        raise ValueError(f"--pipeline: unknown pipeline {name!r}; available: {', '.join(PIPELINES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if name == "tensor":
+        from .tensor import TensorPipeline
+
+        require_format(data_dir, "tensor")
+        arrays = load_split(data_dir, split)
+        sel = slice(None) if indices is None else np.asarray(indices)
+        images, labels = np.array(arrays.images[sel]), np.array(arrays.labels[sel])  # RAM copy, not the memmap
+        return TensorPipeline(images, labels, batch_size, device=device, shuffle=shuffle, drop_last=drop_last,
+                              seed=seed, rank=rank, world_size=world_size)
+    spec = PIPELINES[name]
+    cls = getattr(importlib.import_module(f"{__name__}.{spec.module}"), spec.cls)
+    return cls(data_dir, split, batch_size, device=device, shuffle=shuffle, drop_last=drop_last, seed=seed,
+               rank=rank, world_size=world_size, indices=indices, num_workers=num_workers)
+
+
+def load_split_tensors(
+    name: str,
+    data_dir: str | Path,
+    split: str,
+    *,
+    device: torch.device | str = "cpu",
+    indices: np.ndarray | None = None,
+    batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split (or `indices` of it) as (uint8 NHWC, int64) tensors on `device`, in dataset order,
+    decoded by pipeline `name` (so evaluation sees exactly the pixels that pipeline trains on)."""
+    if name == "tensor":
+        require_format(data_dir, "tensor")
+        arrays = load_split(data_dir, split)
+        sel = slice(None) if indices is None else np.asarray(indices)
+        return (torch.from_numpy(np.array(arrays.images[sel])).to(device),
+                torch.from_numpy(np.array(arrays.labels[sel], dtype=np.int64)).to(device))
+    pipe = make_pipeline(name, data_dir, split, batch_size, device=device, shuffle=False, indices=indices,
+                         num_workers=0 if name == "torchvision" else None)
+    xs, ys = [], []
+    for x, y in pipe:
+        xs.append(x.clone())  # some backends reuse their output buffers
+        ys.append(y.clone())
+    return torch.cat(xs), torch.cat(ys)
+
+
+def available() -> dict[str, str]:
+    """Pipeline name -> one-line help, for the CLI."""
+    return {k: v.help for k, v in PIPELINES.items()}
