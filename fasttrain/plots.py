@@ -11,21 +11,80 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss (left) and accuracy (right) per epoch, train and test."""
+    """Loss (left) and accuracy (right) per epoch: train, and val / test where evaluated."""
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax, label in (("train_loss", ax_loss, "train"), ("train_acc", ax_acc, "train")):
         ax.plot(epochs, [r[key] for r in history], marker="o", label=label)
-    for key, ax in (("test_loss", ax_loss), ("test_acc", ax_acc)):
-        pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="s", label="test")
+    for split, marker in (("val", "^"), ("test", "s")):
+        for key, ax in ((f"{split}_loss", ax_loss), (f"{split}_acc", ax_acc)):
+            pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lr(steps: list[int], lrs: list[float], path: str | Path, title: str = "") -> None:
+    """The learning rate of every batch (the first param group's)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, lrs)
+    ax.set(xlabel="step (batch)", ylabel="learning rate", title=title or "learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted); counts written in the
+    cells up to 20 classes, tick labels up to 50."""
+    import numpy as np
+
+    cm = np.asarray(matrix, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(cm)
+    side = min(16, max(5, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 50:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=8 if n > 20 else 9)
+        ax.set_yticks(range(n), classes, fontsize=8 if n > 20 else 9)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path, title: str = "") -> None:
+    """Accuracy per epoch of several runs on one axis: val (or test) solid, train dashed, one colour each."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (label, history) in enumerate(runs):
+        colour = f"C{i % 10}"
+        for key, style, suffix in (("val_acc", "-", "val"), ("test_acc", "-", "test"), ("train_acc", "--", "train")):
+            pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            if key == "test_acc" and any(r.get("val_acc") is not None for r in history):
+                continue  # the run selected on val: its per-epoch curve is val
+            if pts:
+                ax.plot(*zip(*pts), style, color=colour, marker="o" if style == "-" else None, markersize=3,
+                        label=f"{label} ({suffix})")
+    ax.set(xlabel="epoch", ylabel="accuracy", title=title or "accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,103 @@
+"""Run reports: the end-of-run artefacts of a training run (metrics in summary.json, confusion.json/.png,
+lr.png, closing the logs) and `fasttrain report RUN_DIR...`: a comparison table of several runs plus an
+overlay plot of their accuracy curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .runio import write_json
+
+
+def finish_run(summary: dict, out_dir: Path, cfg, meta: dict, final: dict, monitor, runlog, *,
+               val_samples: int) -> None:
+    """Adds the final test metrics and the selection result to `summary`; writes confusion.json,
+    confusion.png and lr.png; closes the metric log (lr.csv, TensorBoard)."""
+    from .plots import plot_confusion, plot_lr
+
+    out_dir = Path(out_dir)
+    summary.update({
+        "test_top5": final["top5"], "test_precision": final["precision"], "test_recall": final["recall"],
+        "test_f1": final["f1"], "optimizer": cfg.optimizer, "schedule": cfg.schedule, "ema": cfg.ema,
+        "val_samples": val_samples, "monitor": monitor.state() if val_samples else None,
+        "selected": "best" if val_samples and monitor.best_epoch is not None else "last",
+    })
+    classes = meta.get("classes") or [str(i) for i in range(len(final["confusion"]))]
+    write_json(out_dir / "confusion.json", {
+        "split": "test", "tta": cfg.tta, "classes": classes, "matrix": final["confusion"],
+        "per_class_acc": dict(zip(classes, final["per_class_acc"])),
+        "acc": final["acc"], "precision": final["precision"], "recall": final["recall"], "f1": final["f1"],
+    })
+    plot_confusion(final["confusion"], classes, out_dir / "confusion.png",
+                   title=f"{cfg.model} on {meta.get('name', '?')}: test confusion (acc {100 * final['acc']:.2f}%)")
+    if runlog.lrs:
+        steps, lrs = zip(*runlog.lrs)
+        plot_lr(list(steps), list(lrs), out_dir / "lr.png", title=f"learning rate ({cfg.schedule})")
+    runlog.close()
+
+
+# ============================================================================ fasttrain report
+COLUMNS = ("run", "model", "recipe", "dataset", "epochs", "test_acc", "test_f1", "best_val", "wall_s",
+           "train_imgs_per_s", "device")
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """summary.json (required) and metrics.jsonl (optional) of one run directory."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no summary.json (not a finished fasttrain run directory)")
+    summary = json.loads(summary_path.read_text())
+    metrics = run_dir / "metrics.jsonl"
+    history = ([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+               if metrics.is_file() else [])
+    return {"dir": run_dir, "summary": summary, "history": history}
+
+
+def table_rows(runs: list[dict]) -> list[dict]:
+    rows = []
+    for run in runs:
+        s = run["summary"]
+        monitor = s.get("monitor") or {}
+        rows.append({
+            "run": run["dir"].name, "model": s.get("model"), "recipe": s.get("recipe"), "dataset": s.get("dataset"),
+            "epochs": s.get("epochs"), "test_acc": s.get("test_acc"), "test_f1": s.get("test_f1"),
+            "best_val": monitor.get("best"), "wall_s": s.get("wall_s"),
+            "train_imgs_per_s": s.get("train_imgs_per_s"), "device": s.get("device"),
+        })
+    return rows
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key in ("test_acc", "test_f1") or (key == "best_val" and isinstance(value, float) and value <= 1):
+        return f"{100 * value:.2f}%"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def report(run_dirs: list[str | Path], plot_path: str | Path | None = "report.png", *,
+           json_path: str | Path | None = None, console=None) -> list[dict]:
+    """Prints the comparison table (best test accuracy first), writes the overlay plot; returns the rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plots import plot_overlay
+
+    runs = [load_run(d) for d in run_dirs]
+    rows = sorted(table_rows(runs), key=lambda r: -(r["test_acc"] or 0.0))
+    table = Table(title=f"{len(rows)} run(s)")
+    for key in COLUMNS:
+        table.add_column(key, justify="left" if key in ("run", "model", "recipe", "dataset", "device") else "right")
+    for row in rows:
+        table.add_row(*[_fmt(k, row[k]) for k in COLUMNS])
+    (console or Console()).print(table)
+    if plot_path is not None:
+        plot_overlay([(r["dir"].name, r["history"]) for r in runs], plot_path,
+                     title="accuracy per epoch (solid: val or test, dashed: train)")
+    if json_path is not None:
+        write_json(json_path, rows)
+    return rows
