@@ -411,8 +411,7 @@ def convert_dataset(
     """`fasttrain convert DATASET --format FMT`: tensor goes to `data.convert.convert`, ffcv/dali here.
 
     `options` are the dataset reader's (e.g. name, size), passed through unchanged."""
-    from . import convert as convert_module
-    from .convert import READERS, convert
+    from .convert import READERS, convert, read_dataset
     from .sources import SourceError
 
     if fmt not in FORMATS:
@@ -433,11 +432,7 @@ def convert_dataset(
     if is_complete(out_dir, fmt) and not force:
         log(f"{out_dir} already holds a complete {dataset} dataset in {fmt} format; reusing it (--force rebuilds)")
         return out_dir
-    read_dataset = getattr(convert_module, "read_dataset", None)  # readers with options (name, size, ...)
-    if read_dataset is not None:
-        loaded = read_dataset(dataset, source, progress_factory, log, **options)
-    else:
-        loaded = READERS[dataset](Path(source) if source is not None else None, progress_factory, **options)
+    loaded = read_dataset(dataset, source, progress_factory, log, **options)
     common = dict(name=name, source=loaded.source, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
                   timeout_s=timeout_s or DEFAULT_TIMEOUT_S, extra_meta=loaded.extra_meta)
     if fmt == "ffcv":
