@@ -111,6 +111,36 @@ def run(
     # --- issue 5 (pipelines)
     pipeline: Optional[str] = typer.Option(None, help="tensor (default, whole dataset on the device) | ffcv | "
                                            "dali | torchvision; --data must be in the matching format."),
+    # --- issue 7 (training features): each maps to the RunConfig field of the same name
+    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) | adam | adamw | muon (conv/linear weights)."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum (also Muon's aux optimiser)."),
+    muon_lr: Optional[float] = typer.Option(None, help="Muon: peak lr of conv/hidden-linear weights."),
+    schedule: Optional[str] = typer.Option(None, help="onecycle | cosine | step | multistep | htd | linear | "
+                                           "constant | piecewise (per batch, after linear warmup)."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warmup length in epochs."),
+    min_lr_frac: Optional[float] = typer.Option(None, help="Final lr as a fraction of the peak (cosine, linear, "
+                                                "onecycle, piecewise)."),
+    step_epochs: Optional[float] = typer.Option(None, help="step schedule: decay every N epochs."),
+    milestones: Optional[str] = typer.Option(None, help="multistep schedule: comma-separated epochs, e.g. 100,150."),
+    gamma: Optional[float] = typer.Option(None, help="step / multistep decay factor."),
+    htd_lower: Optional[float] = typer.Option(None, help="HTD schedule lower bound L (default -6)."),
+    htd_upper: Optional[float] = typer.Option(None, help="HTD schedule upper bound U (default 3)."),
+    clip_grad: Optional[float] = typer.Option(None, help="Clip gradients at this norm / value (see --clip-mode)."),
+    clip_mode: Optional[str] = typer.Option(None, help="norm | value"),
+    accum_steps: Optional[int] = typer.Option(None, help="Accumulate gradients over N batches per step."),
+    mix_prob: Optional[float] = typer.Option(None, help="Probability a batch is mixed (mixup / cutmix)."),
+    switch_prob: Optional[float] = typer.Option(None, help="With mixup and cutmix: probability of cutmix."),
+    mix_off_epoch: Optional[int] = typer.Option(None, help="Stop mixup / cutmix / PatchUp after N epochs."),
+    patchup: Optional[str] = typer.Option(None, help="none | hard | soft: PatchUp on hidden feature maps."),
+    patchup_prob: Optional[float] = typer.Option(None, help="Probability a batch is PatchUp-mixed."),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA of weights; evaluation uses it."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay per optimiser step (default 0.999)."),
+    val_split: Optional[int] = typer.Option(None, help="Carve N train images into a stratified val split."),
+    monitor: Optional[str] = typer.Option(None, help="Metric for best.pt / early stopping: val_acc | val_loss | "
+                                          "val_f1 | val_top5 | val_precision | val_recall."),
+    early_stop: Optional[int] = typer.Option(None, help="Stop after N evals without improvement (needs --val-split)."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
+                                               help="TensorBoard event files (when tensorboard is installed)."),
 ) -> None:
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
     from .config import resolve
@@ -121,6 +151,17 @@ def run(
                      label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
                      cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
     overrides["pipeline"] = pipeline  # issue 5
+    try:  # issue 7
+        overrides.update(
+            optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, schedule=schedule, warmup_epochs=warmup_epochs,
+            end_lr_frac=min_lr_frac, step_epochs=step_epochs, gamma=gamma, htd_lower=htd_lower, htd_upper=htd_upper,
+            milestones=[float(m) for m in milestones.split(",") if m.strip()] if milestones is not None else None,
+            clip_grad=clip_grad, clip_mode=clip_mode, accum_steps=accum_steps, mix_prob=mix_prob,
+            switch_prob=switch_prob, mix_off_epoch=mix_off_epoch, patchup=patchup, patchup_prob=patchup_prob,
+            ema=ema, ema_decay=ema_decay, val_split=val_split, monitor=monitor, early_stop=early_stop,
+            tensorboard=tensorboard)
+    except ValueError:
+        _fail(f"--milestones: expected comma-separated epochs such as 100,150, got {milestones!r}")
     try:
         cfg = resolve(model, recipe, overrides)
         from .models.options import merge_model_options  # issue 6: model options
@@ -206,6 +247,98 @@ def zoo(
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(table)
     typer.echo(json.dumps(payload, indent=2) if json_out else table)
+
+
+# ---------------------------------------------------------------------------- eval, predict, report (issue 7)
+def _checkpoint_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+
+    return (CheckpointError, FileNotFoundError, ValueError)
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
+    data: Path = typer.Option(..., help="Converted dataset directory (same classes as the checkpoint)."),
+    split: str = typer.Option("test", help="Split to evaluate: test | train (| val where converted)."),
+    tta: str = typer.Option("none", help="none | flip | flip_translate"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    batch_size: int = typer.Option(500, help="Evaluation batch size."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png here."),
+    json_out: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+) -> None:
+    """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
+    checkpoint on a split."""
+    from .predict import evaluate_checkpoint
+
+    try:
+        m = evaluate_checkpoint(checkpoint, data, split=split, tta=tta, device=device, batch_size=batch_size,
+                                use_ema=ema)
+    except (*_user_errors(), *_checkpoint_errors()) as e:
+        _fail(str(e))
+    if out is not None:
+        from .plots import plot_confusion
+        from .runio import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion"})
+        write_json(out / "confusion.json", {"classes": m["classes"], "matrix": m["confusion"]})
+        plot_confusion(m["confusion"], m["classes"], out / "confusion.png",
+                       title=f"{checkpoint}: {split} (acc {100 * m['acc']:.2f}%)")
+    if json_out:
+        typer.echo(json.dumps(m))
+        return
+    typer.echo(f"{checkpoint} on {data} [{split}, {m['samples']} images, tta {tta}, {m['weights']} weights]")
+    for key in ("loss", "acc", "top5", "precision", "recall", "f1"):
+        value = m[key]
+        typer.echo(f"  {key:<10} {value:.4f}" if key == "loss" else f"  {key:<10} {100 * value:.2f}%")
+    worst = sorted(zip(m["per_class_acc"], m["classes"]))[:5]
+    typer.echo("  weakest classes: " + ", ".join(f"{c} {100 * a:.1f}%" for a, c in worst))
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
+    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`)."),
+    top_k: int = typer.Option(5, help="Classes to show per image."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    tta: str = typer.Option("none", help="none | flip | flip_translate"),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
+) -> None:
+    """Top-k classes with probabilities for each image."""
+    from .predict import predict_images
+
+    if top_k < 1:
+        _fail(f"--top-k: must be >= 1, got {top_k}")
+    try:
+        results = predict_images(checkpoint, images, top_k=top_k, device=device, tta=tta, use_ema=ema)
+    except (*_user_errors(), *_checkpoint_errors()) as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(json.dumps(results))
+        return
+    for r in results:
+        typer.echo(r["image"])
+        for cls, p in r["top"]:
+            typer.echo(f"  {100 * p:6.2f}%  {cls}")
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+    plot: Path = typer.Option(Path("report.png"), help="Overlay plot of the runs' accuracy curves."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
+) -> None:
+    """Comparison table of runs (best test accuracy first) and an overlay plot of their accuracy curves."""
+    from .report import report as do_report
+
+    try:
+        do_report(run_dirs, plot, json_path=json_path)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {plot}")
 
 
 def main() -> None:
