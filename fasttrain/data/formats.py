@@ -23,6 +23,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import time
@@ -273,8 +274,9 @@ def encode_jpeg(image: np.ndarray, quality: int, max_resolution: int | None = No
 
 
 def _class_dirs(classes: list[str]) -> list[str]:
-    """Folder name per class: the class name when it is a safe path component, else its index."""
-    safe = all(c and "/" not in c and c not in (".", "..") and not c.startswith(".") for c in classes)
+    """Folder name per class: the class names when all are plain path components (no spaces, which DALI's
+    file lists cannot hold, no slashes: e.g. Cars196's "Ram C/V Cargo Van"), else the class indices."""
+    safe = all(re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", c) for c in classes)
     return list(classes) if safe and len(set(classes)) == len(classes) else [f"{i:05d}" for i in range(len(classes))]
 
 
