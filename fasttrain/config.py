@@ -259,7 +259,7 @@ RECIPES.update({k: v for k, v in SEED002_RECIPES.items() if v["schedule"] in SCH
 # --- end issue 6
 
 
-# --- issue 7 (training features): seed 001 / 004 recipes and the step details of seed 002's rows.
+# --- issue 7 (training features): seed 001 / 004 recipes; seed 002's rows join RECIPES.
 # Seeds 001 and 004 train the jovian-lineage ResNet9 (their code's ImageClassificationBase); that lineage
 # trains with Adam (torch's coupled weight decay 1e-4 on every parameter), torch's OneCycleLR (max lr
 # 0.01, 30% cosine warmup from max/25, cosine down to max/25/1e4, stepped per batch), gradient clipping
@@ -272,11 +272,7 @@ _JOVIAN = dict(optimizer="adam", lr=0.01, weight_decay=1e-4, norm_bias_decay=Tru
                tta="none", val_split=5000, monitor="val_acc")
 RECIPES["seed001"] = dict(_JOVIAN, model="resnet9", epochs=8)
 RECIPES["seed004-c100"] = dict(_JOVIAN, model="resnet9_c100", data="data/cifar100", epochs=24)
-# Seed 002's 'step' rows: the seed names no period; WRN's CIFAR schedule (x0.2 at epochs 60, 120, 180).
-for _r in SEED002_RECIPES.values():
-    if _r["schedule"] == "step":
-        _r.update(step_epochs=60, gamma=0.2)
-RECIPES.update(SEED002_RECIPES)  # every schedule they name exists now
+RECIPES.update(SEED002_RECIPES)  # every schedule seed 002's rows name exists now
 # --- end issue 7
 
 

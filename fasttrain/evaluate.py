@@ -113,7 +113,8 @@ def _tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[:, :, 0:h, 0:w], padded[:, :, 2 : h + 2, 2 : w + 2]]
-    translated = torch.stack([mirror(s.contiguous(memory_format=torch.channels_last)) for s in shifted]).mean(0)
+    views = [mirror(s.contiguous(memory_format=torch.channels_last)) for s in shifted]
+    translated = torch.stack(views).mean(0)
     return 0.5 * logits + 0.5 * translated
 
 
@@ -132,7 +133,8 @@ def val_split_indices(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.nda
     return train, val
 
 
-def carve_val(labels: np.ndarray, train_idx: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_val(labels: np.ndarray, train_idx: np.ndarray, n_val: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Splits the train indices `train_idx` (into `labels`) into (train_idx, val_idx), stratified, seeded."""
     if n_val <= 0:
         return train_idx, train_idx[:0]

@@ -49,8 +49,8 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
              base_lr=cfg.lr * cfg.bias_lr_scale, use_muon=False),
     ]
     if muon:
-        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, base_lr=cfg.muon_lr,
-                           momentum=cfg.muon_momentum, use_muon=True))
+        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                           base_lr=cfg.muon_lr, momentum=cfg.muon_momentum, use_muon=True))
     return [g for g in groups if g["params"]]
 
 
@@ -59,7 +59,8 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     seed 001). adamw: decoupled decay. muon: Muon on conv/hidden-linear weights, Nesterov SGD on the rest."""
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        nesterov = cfg.nesterov and cfg.momentum > 0  # torch refuses Nesterov without momentum
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.optimizer == "adamw":
@@ -96,7 +97,8 @@ class MuonWithAux(torch.optim.Optimizer):
     Being one Optimizer it works with GradScaler, per-group lr schedules and state_dict unchanged.
     """
 
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True, ns_steps: int = 5):
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
+                 ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
                                       use_muon=False, ns_steps=ns_steps))
 
@@ -147,7 +149,7 @@ def lr_multiplier(step: int, total: int, cfg: RunConfig, steps_per_epoch: float 
       piecewise  linear 1 -> end_lr_frac (Myrtle / airbench)
       cosine     cosine 1 -> end_lr_frac             linear     linear 1 -> end_lr_frac
       step       gamma ** floor(epoch / step_epochs)  multistep  gamma ** (milestones passed, in epochs)
-      htd        (1 - tanh(L + (U - L) t)) / 2 with t in [0, 1] after warmup (1806.01593; L, U = htd_lower/upper)
+      htd        (1 - tanh(L + (U - L) t)) / 2, t in [0, 1] after warmup (1806.01593; htd_lower/upper)
       constant   1
     `steps_per_epoch` places epoch-based milestones; by default total / cfg.epochs."""
     spe = steps_per_epoch or total / cfg.epochs

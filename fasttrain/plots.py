@@ -75,7 +75,8 @@ def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path, title: st
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (label, history) in enumerate(runs):
         colour = f"C{i % 10}"
-        for key, style, suffix in (("val_acc", "-", "val"), ("test_acc", "-", "test"), ("train_acc", "--", "train")):
+        curves = (("val_acc", "-", "val"), ("test_acc", "-", "test"), ("train_acc", "--", "train"))
+        for key, style, suffix in curves:
             pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
             if key == "test_acc" and any(r.get("val_acc") is not None for r in history):
                 continue  # the run selected on val: its per-epoch curve is val

@@ -26,13 +26,13 @@ class Loaded:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True) -> Loaded:
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
     (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
-    from .models import create_model
-
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
+    from .models import create_model
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (expected RUN_DIR/checkpoint.pt or RUN_DIR/best.pt)")
+        raise FileNotFoundError(f"{path}: checkpoint not found (expected RUN_DIR/checkpoint.pt or "
+                                f"RUN_DIR/best.pt)")
     ckpt = load_file(path)
     missing = [k for k in ("model", "config", "classes", "mean", "std") if k not in ckpt]
     if missing:
@@ -47,7 +47,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     if cfg.get("channels_last", True):
         model = model.to(memory_format=torch.channels_last)
     size = ckpt.get("image_size") or _size_from_data(cfg.get("data")) or [32, 32]
-    return Loaded(model, cfg, list(ckpt["classes"]), list(ckpt["mean"]), list(ckpt["std"]), tuple(size), weights)
+    return Loaded(model, cfg, list(ckpt["classes"]), list(ckpt["mean"]), list(ckpt["std"]), tuple(size),
+                  weights)
 
 
 def _size_from_data(data: str | None) -> list[int] | None:
@@ -75,8 +76,9 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "tes
     loaded = load_checkpoint(path, dev, use_ema=use_ema)
     meta = read_meta(data)
     if list(meta["classes"]) != loaded.classes:
-        raise ValueError(f"--data {data}: its classes differ from the checkpoint's ({len(meta['classes'])} vs "
-                         f"{len(loaded.classes)} classes); evaluate on the dataset the model was trained for")
+        raise ValueError(f"--data {data}: its classes differ from the checkpoint's "
+                         f"({len(meta['classes'])} vs {len(loaded.classes)} classes); evaluate on the "
+                         f"dataset the model was trained for")
     labels = read_labels(data, split)
     # decode with the backend that reads this dataset's format (tensor, ffcv or dali)
     images, labels_t = load_split_tensors(meta.get("format", "tensor"), data, split, device=dev,
@@ -112,8 +114,10 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     x = torch.from_numpy(np.stack(batch)).to(dev)
     scale, bias = norm_constants(loaded.mean, loaded.std, dev)
     with torch.no_grad():
-        probs = torch.softmax(_tta_logits(loaded.model, normalize(x, scale, bias, torch.float32), tta).float(), 1)
+        logits = _tta_logits(loaded.model, normalize(x, scale, bias, torch.float32), tta)
+        probs = torch.softmax(logits.float(), 1)
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
-    return [{"image": str(img), "top": [(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]}
+    return [{"image": str(img),
+             "top": [(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]}
             for img, vs, ix in zip(images, values, indices)]

@@ -30,7 +30,8 @@ def finish_run(summary: dict, out_dir: Path, cfg, meta: dict, final: dict, monit
         "acc": final["acc"], "precision": final["precision"], "recall": final["recall"], "f1": final["f1"],
     })
     plot_confusion(final["confusion"], classes, out_dir / "confusion.png",
-                   title=f"{cfg.model} on {meta.get('name', '?')}: test confusion (acc {100 * final['acc']:.2f}%)")
+                   title=f"{cfg.model} on {meta.get('name', '?')}: test confusion "
+                         f"(acc {100 * final['acc']:.2f}%)")
     if runlog.lrs:
         steps, lrs = zip(*runlog.lrs)
         plot_lr(list(steps), list(lrs), out_dir / "lr.png", title=f"learning rate ({cfg.schedule})")
@@ -61,7 +62,8 @@ def table_rows(runs: list[dict]) -> list[dict]:
         s = run["summary"]
         monitor = s.get("monitor") or {}
         rows.append({
-            "run": run["dir"].name, "model": s.get("model"), "recipe": s.get("recipe"), "dataset": s.get("dataset"),
+            "run": run["dir"].name, "model": s.get("model"), "recipe": s.get("recipe"),
+            "dataset": s.get("dataset"),
             "epochs": s.get("epochs"), "test_acc": s.get("test_acc"), "test_f1": s.get("test_f1"),
             "best_val": monitor.get("best"), "wall_s": s.get("wall_s"),
             "train_imgs_per_s": s.get("train_imgs_per_s"), "device": s.get("device"),
@@ -91,7 +93,8 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = "report.pn
     rows = sorted(table_rows(runs), key=lambda r: -(r["test_acc"] or 0.0))
     table = Table(title=f"{len(rows)} run(s)")
     for key in COLUMNS:
-        table.add_column(key, justify="left" if key in ("run", "model", "recipe", "dataset", "device") else "right")
+        text = key in ("run", "model", "recipe", "dataset", "device")
+        table.add_column(key, justify="left" if text else "right")
     for row in rows:
         table.add_row(*[_fmt(k, row[k]) for k in COLUMNS])
     (console or Console()).print(table)

@@ -42,8 +42,8 @@ class RunLog:
 
     def close(self) -> None:
         if self.lrs:
-            _atomic_write(self.dir / "lr.csv",
-                          lambda f: f.write(("step,lr\n" + "".join(f"{s},{lr:.8g}\n" for s, lr in self.lrs)).encode()))
+            text = "step,lr\n" + "".join(f"{s},{lr:.8g}\n" for s, lr in self.lrs)
+            _atomic_write(self.dir / "lr.csv", lambda f: f.write(text.encode()))
         if self.tb is not None:
             for s, lr in self.lrs[:: max(1, len(self.lrs) // 2000)]:
                 self.tb.add_scalar("lr", lr, s)

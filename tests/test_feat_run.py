@@ -15,8 +15,18 @@ from fasttrain.config import resolve
 
 
 def small_cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), epochs=2, batch_size=50, amp="off", device="cpu", tta="none",
-                lr=0.05, schedule="cosine", warmup_epochs=0.5)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        batch_size=50,
+        amp="off",
+        device="cpu",
+        tta="none",
+        lr=0.05,
+        schedule="cosine",
+        warmup_epochs=0.5,
+    )
     base.update(kw)
     cfg = resolve("resnet9", None, base)
     cfg.model_kwargs = {"width": 0.125}
@@ -25,13 +35,27 @@ def small_cfg(data, out, **kw):
 
 @pytest.fixture(scope="module")
 def feature_run(cifar_tensor_slice, tmp_path_factory):
-    """2 epochs of 3 batches, val split, EMA, PatchUp, clipping, accumulation, mixup switched off after epoch 1."""
+    """2 epochs of 3 batches: val split, EMA, PatchUp, clipping, accumulation, mixup off after epoch 1."""
     from fasttrain.augment import reference
     from fasttrain.train import train
 
     out = tmp_path_factory.mktemp("feat") / "run"
-    cfg = small_cfg(cifar_tensor_slice, out, train_subset=200, val_split=50, ema=True, ema_decay=0.9, patchup="hard", patchup_prob=1.0,
-                    clip_grad=2.0, accum_steps=2, mixup=0.4, mix_off_epoch=1, optimizer="adamw", lr=0.003)
+    cfg = small_cfg(
+        cifar_tensor_slice,
+        out,
+        train_subset=200,
+        val_split=50,
+        ema=True,
+        ema_decay=0.9,
+        patchup="hard",
+        patchup_prob=1.0,
+        clip_grad=2.0,
+        accum_steps=2,
+        mixup=0.4,
+        mix_off_epoch=1,
+        optimizer="adamw",
+        lr=0.003,
+    )
     mix_flags = []
     original = reference.AugmentSampler.sample
 
@@ -49,8 +73,19 @@ def feature_run(cifar_tensor_slice, tmp_path_factory):
 
 def test_run_directory_has_every_artefact(feature_run):
     out, summary, _ = feature_run
-    for name in ("metrics.jsonl", "metrics.csv", "lr.csv", "lr.png", "curves.png", "confusion.png",
-                 "confusion.json", "best.pt", "checkpoint.pt", "summary.json", "config.json"):
+    for name in (
+        "metrics.jsonl",
+        "metrics.csv",
+        "lr.csv",
+        "lr.png",
+        "curves.png",
+        "confusion.png",
+        "confusion.json",
+        "best.pt",
+        "checkpoint.pt",
+        "summary.json",
+        "config.json",
+    ):
         assert (out / name).is_file(), name
     try:
         import tensorboard  # noqa: F401
@@ -99,8 +134,9 @@ def test_eval_of_best_checkpoint_reproduces_the_final_test_metrics(feature_run, 
 
 
 def fasttrain(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "fasttrain", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fasttrain", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"fasttrain {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -111,16 +147,30 @@ def test_cli_eval_predict_report(feature_run, cifar_tensor_slice, cifar_jpeg_sli
     from PIL import Image
 
     out, summary, _ = feature_run
-    ev = json.loads(fasttrain("eval", out / "checkpoint.pt", "--data", cifar_tensor_slice, "--device", "cpu",
-                              "--json", "--out", tmp_path / "ev").stdout)
-    assert ev["weights"] == "ema" and ev["samples"] == 100 and set(ev) >= {"top5", "f1", "recall", "confusion"}
+    ev = json.loads(
+        fasttrain(
+            "eval",
+            out / "checkpoint.pt",
+            "--data",
+            cifar_tensor_slice,
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+            tmp_path / "ev",
+        ).stdout
+    )
+    assert (
+        ev["weights"] == "ema" and ev["samples"] == 100 and set(ev) >= {"top5", "f1", "recall", "confusion"}
+    )
     assert (tmp_path / "ev" / "confusion.png").is_file()
     # predict: a CIFAR JPEG and the same picture blown up to 75x100 (resized back as in convert)
     jpeg = sorted((cifar_jpeg_slice / "test").rglob("*.jpg"))[0]
     big = tmp_path / "big.png"
     Image.open(jpeg).convert("RGB").resize((100, 75), Image.BICUBIC).save(big)
-    preds = json.loads(fasttrain("predict", out / "best.pt", jpeg, big, "--top-k", 3, "--device", "cpu",
-                                 "--json").stdout)
+    preds = json.loads(
+        fasttrain("predict", out / "best.pt", jpeg, big, "--top-k", 3, "--device", "cpu", "--json").stdout
+    )
     assert [len(p["top"]) for p in preds] == [3, 3]
     for p in preds:
         probs = [prob for _, prob in p["top"]]
@@ -149,9 +199,13 @@ def test_early_stopping_stops_on_the_val_metric(cifar_tensor_slice, tmp_path, mo
         return m
 
     monkeypatch.setattr(train_mod, "evaluate", fake)
-    cfg = small_cfg(cifar_tensor_slice, tmp_path / "r", epochs=6, val_split=30, early_stop=2, train_subset=130)
+    cfg = small_cfg(
+        cifar_tensor_slice, tmp_path / "r", epochs=6, val_split=30, early_stop=2, train_subset=130
+    )
     summary = train_mod.train(cfg, quiet=True)
     rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 3 and summary["monitor"]["stopped_epoch"] == 3 and summary["monitor"]["best_epoch"] == 1
+    assert (
+        len(rows) == 3 and summary["monitor"]["stopped_epoch"] == 3 and summary["monitor"]["best_epoch"] == 1
+    )
     best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
     assert best["epoch"] == 1

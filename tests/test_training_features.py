@@ -69,11 +69,23 @@ def test_muon_matches_torch_muon_on_matrices():
     """Muon groups of MuonWithAux == torch.optim.Muon (adjust_lr_fn 'original') on 2-d weights."""
     gen = torch.Generator().manual_seed(1)
     w0 = [torch.randn(16, 24, generator=gen), torch.randn(40, 8, generator=gen)]
-    grads = [[torch.randn_like(w, ) for w in w0] for _ in range(3)]
+    grads = [
+        [
+            torch.randn_like(
+                w,
+            )
+            for w in w0
+        ]
+        for _ in range(3)
+    ]
     ours = [nn.Parameter(w.clone()) for w in w0]
     ref = [nn.Parameter(w.clone()) for w in w0]
-    opt = MuonWithAux([dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True)
-    opt_ref = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True, adjust_lr_fn="original")
+    opt = MuonWithAux(
+        [dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True
+    )
+    opt_ref = torch.optim.Muon(
+        ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True, adjust_lr_fn="original"
+    )
     for gs in grads:
         for p, q, g in zip(ours, ref, gs):
             p.grad, q.grad = g.clone(), g.clone()
@@ -89,7 +101,9 @@ def test_muon_aux_groups_match_torch_sgd():
     w0 = torch.randn(10, generator=gen)
     grads = [torch.randn(10, generator=gen) for _ in range(4)]
     p, q = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
-    opt = MuonWithAux([dict(params=[p], lr=0.1, weight_decay=0.01, use_muon=False)], momentum=0.9, nesterov=True)
+    opt = MuonWithAux(
+        [dict(params=[p], lr=0.1, weight_decay=0.01, use_muon=False)], momentum=0.9, nesterov=True
+    )
     ref = torch.optim.SGD([q], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
     for g in grads:
         p.grad, q.grad = g.clone(), g.clone()
@@ -102,8 +116,9 @@ def test_muon_updates_conv_filters_as_matrices():
     conv = nn.Conv2d(4, 6, 3, bias=False)
     w0 = conv.weight.detach().clone()
     conv.weight.grad = torch.randn_like(w0)
-    MuonWithAux([dict(params=[conv.weight], lr=1.0, momentum=0.0, weight_decay=0.0, use_muon=True)],
-                nesterov=False).step()
+    MuonWithAux(
+        [dict(params=[conv.weight], lr=1.0, momentum=0.0, weight_decay=0.0, use_muon=True)], nesterov=False
+    ).step()
     delta = (w0 - conv.weight.detach()).reshape(6, -1)
     s = torch.linalg.svdvals(delta)
     assert s.min() > 0.3 and s.max() < 1.6  # an orthogonalised step, not the raw gradient
@@ -128,9 +143,18 @@ def torch_lrs(make, total: int) -> np.ndarray:
 def test_onecycle_matches_torch_onecycle():
     total, warm = 100, 30
     cfg = cfg_with(schedule="onecycle", warmup_frac=0.3, start_lr_frac=1 / 25, end_lr_frac=1 / 25 / 1e4)
-    ref = torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
-        o, max_lr=1.0, total_steps=total, pct_start=(warm + 1) / total, div_factor=25, final_div_factor=1e4,
-        cycle_momentum=False), total)
+    ref = torch_lrs(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=1.0,
+            total_steps=total,
+            pct_start=(warm + 1) / total,
+            div_factor=25,
+            final_div_factor=1e4,
+            cycle_momentum=False,
+        ),
+        total,
+    )
     np.testing.assert_allclose(lrs(cfg, total), ref, rtol=1e-6, atol=1e-9)
 
 
@@ -138,22 +162,39 @@ def test_cosine_step_multistep_linear_match_torch():
     total = 50
     lr_sched = torch.optim.lr_scheduler
     cases = [
-        (cfg_with(schedule="cosine", warmup_frac=0, end_lr_frac=0.01),
-         lambda o: lr_sched.CosineAnnealingLR(o, T_max=total - 1, eta_min=0.01)),
-        (cfg_with(schedule="linear", warmup_frac=0, end_lr_frac=0.1),
-         lambda o: lr_sched.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=total - 1)),
+        (
+            cfg_with(schedule="cosine", warmup_frac=0, end_lr_frac=0.01),
+            lambda o: lr_sched.CosineAnnealingLR(o, T_max=total - 1, eta_min=0.01),
+        ),
+        (
+            cfg_with(schedule="linear", warmup_frac=0, end_lr_frac=0.1),
+            lambda o: lr_sched.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=total - 1),
+        ),
         # 10 steps per epoch: step every 2 epochs = 20 steps; milestones at epochs 1.5 and 3 = steps 15, 30
-        (cfg_with(schedule="step", warmup_frac=0, step_epochs=2, gamma=0.5, epochs=5),
-         lambda o: lr_sched.StepLR(o, step_size=20, gamma=0.5)),
-        (cfg_with(schedule="multistep", warmup_frac=0, milestones=[1.5, 3], gamma=0.1, epochs=5),
-         lambda o: lr_sched.MultiStepLR(o, milestones=[15, 30], gamma=0.1)),
-        (cfg_with(schedule="cosine", warmup_epochs=1, start_lr_frac=0.1, end_lr_frac=0.0, epochs=5),
-         lambda o: lr_sched.SequentialLR(o, [lr_sched.LinearLR(o, start_factor=0.1, total_iters=10),
-                                             lr_sched.CosineAnnealingLR(o, T_max=total - 1 - 10)], milestones=[10])),
+        (
+            cfg_with(schedule="step", warmup_frac=0, step_epochs=2, gamma=0.5, epochs=5),
+            lambda o: lr_sched.StepLR(o, step_size=20, gamma=0.5),
+        ),
+        (
+            cfg_with(schedule="multistep", warmup_frac=0, milestones=[1.5, 3], gamma=0.1, epochs=5),
+            lambda o: lr_sched.MultiStepLR(o, milestones=[15, 30], gamma=0.1),
+        ),
+        (
+            cfg_with(schedule="cosine", warmup_epochs=1, start_lr_frac=0.1, end_lr_frac=0.0, epochs=5),
+            lambda o: lr_sched.SequentialLR(
+                o,
+                [
+                    lr_sched.LinearLR(o, start_factor=0.1, total_iters=10),
+                    lr_sched.CosineAnnealingLR(o, T_max=total - 1 - 10),
+                ],
+                milestones=[10],
+            ),
+        ),
     ]
     for cfg, make in cases:
-        np.testing.assert_allclose(lrs(cfg, total, spe=10), torch_lrs(make, total), rtol=1e-6, atol=1e-9,
-                                   err_msg=cfg.schedule)
+        np.testing.assert_allclose(
+            lrs(cfg, total, spe=10), torch_lrs(make, total), rtol=1e-6, atol=1e-9, err_msg=cfg.schedule
+        )
 
 
 def test_htd_follows_the_paper_formula():
@@ -164,7 +205,9 @@ def test_htd_follows_the_paper_formula():
     np.testing.assert_allclose(got, (1 - np.tanh(-6 + 9 * t)) / 2, rtol=1e-12)
     assert got[0] > 0.9999 and got[-1] < 0.003 and np.all(np.diff(got) < 0)
     # different bounds give a different curve (the options are used)
-    assert not np.allclose(got, lrs(cfg_with(schedule="htd", warmup_frac=0, htd_lower=-4, htd_upper=4), total))
+    assert not np.allclose(
+        got, lrs(cfg_with(schedule="htd", warmup_frac=0, htd_lower=-4, htd_upper=4), total)
+    )
 
 
 def test_constant_and_warmup():
@@ -323,8 +366,9 @@ def test_metrics_match_the_reference_loops():
     labels = torch.randint(0, classes, (300,))
     model = FixedLogits(classes)
     scale, bias = norm_constants([0.5] * 3, [0.25] * 3)
-    got = evaluate(model, images, labels, scale, bias, amp_dtype=None, batch_size=64, num_classes=classes,
-                   confusion=True)
+    got = evaluate(
+        model, images, labels, scale, bias, amp_dtype=None, batch_size=64, num_classes=classes, confusion=True
+    )
     logits = model(normalize(images, scale, bias, torch.float32))
     ref = reference_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
     for key in ("acc", "precision", "recall", "f1"):
@@ -446,4 +490,5 @@ def test_seed_recipes_resolve():
     for name, r in SEED002_RECIPES.items():
         resolve(r["model"], name, {})
     assert resolve("resnet50b", "seed-sd-htd-cutmix", {}).schedule == "htd"
-    assert math.isclose(resolve("resnet50b", "seed-step", {}).step_epochs, 60)
+    step = resolve("resnet50b", "seed-step", {})
+    assert step.schedule == "multistep" and [math.floor(m) for m in step.milestones] == [100, 150]
