@@ -29,8 +29,10 @@ NAME = "fasttrain_augment_ext"
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("augment_cuda.cu", "augment_emulate.cu")
 HEADERS = ("augment.cuh", "checks.h")
-NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]  # no --use_fast_math: it flushes subnormals (changes results)
-CXX_FLAGS = ["-O3", "-std=c++17"]
+# torch adds the C++ standard it needs (C++20 from torch 2.13 on). No --use_fast_math: it flushes
+# subnormals to zero, which would change results.
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+CXX_FLAGS = ["-O3"]
 
 _lock = threading.Lock()
 _error: ExtensionUnavailable | None = None
@@ -84,6 +86,8 @@ def find_cuda_home() -> str | None:
 
 
 def _kernel_registered() -> bool:
+    import fasttrain.augment.fused  # noqa: F401  (declares the op; the query below needs it to exist)
+
     return torch._C._dispatch_has_kernel_for_dispatch_key("fasttrain::augment", "CUDA")
 
 

@@ -2,8 +2,9 @@
 // in Python (fasttrain/augment/fused.py), beside the numba CPU implementation and the fake (meta)
 // implementations used by torch.compile; this file only registers the CUDA kernels.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,9 +22,9 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(Args a) {
   T* stage = reinterpret_cast<T*>(smem);
   const int t = static_cast<int>(threadIdx.x);
   for (int64_t n = blockIdx.y; n < a.n; n += gridDim.y) {
-    block_compute<T>(a, n, blockIdx.x, t, stage);
+    block_compute<T>(a, n, static_cast<int32_t>(blockIdx.x), t, stage);
     __syncthreads();
-    block_store<T>(a, n, blockIdx.x, t, static_cast<int>(blockDim.x), stage);
+    block_store<T>(a, n, static_cast<int32_t>(blockIdx.x), t, kThreads, stage);
     __syncthreads();  // the stage is reused for the next sample
   }
 }
@@ -38,16 +39,16 @@ void augment_out_cuda(const at::Tensor& x, const at::Tensor& labels, const at::T
   if (a.n == 0 || a.h * a.w == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const dim3 grid(static_cast<unsigned>(blocks_per_sample(a.h, a.w)), static_cast<unsigned>(std::min<int64_t>(a.n, 65535)));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (out.scalar_type()) {
     case at::kFloat:
-      augment_kernel<float><<<grid, kThreads, kThreads * a.c * sizeof(float), stream>>>(a);
+      augment_kernel<float><<<grid, kThreads, kBlockPixels * a.c * sizeof(float), stream>>>(a);
       break;
     case at::kHalf:
-      augment_kernel<__half><<<grid, kThreads, kThreads * a.c * sizeof(__half), stream>>>(a);
+      augment_kernel<__half><<<grid, kThreads, kBlockPixels * a.c * sizeof(__half), stream>>>(a);
       break;
     case at::kBFloat16:
-      augment_kernel<__nv_bfloat16><<<grid, kThreads, kThreads * a.c * sizeof(__nv_bfloat16), stream>>>(a);
+      augment_kernel<__nv_bfloat16><<<grid, kThreads, kBlockPixels * a.c * sizeof(__nv_bfloat16), stream>>>(a);
       break;
     default:
       TORCH_CHECK(false, "fasttrain::augment: unsupported output dtype ", out.scalar_type());

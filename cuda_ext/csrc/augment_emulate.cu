@@ -14,10 +14,10 @@ namespace fasttrain {
 
 template <typename T>
 void emulate(const Args& a) {
-  std::vector<T> stage(static_cast<size_t>(kThreads * a.c));
+  std::vector<T> stage(static_cast<size_t>(kBlockPixels * a.c));
   const int64_t blocks = blocks_per_sample(a.h, a.w);
   for (int64_t n = 0; n < a.n; ++n) {
-    for (int64_t bx = 0; bx < blocks; ++bx) {
+    for (int32_t bx = 0; bx < blocks; ++bx) {
       for (int t = 0; t < kThreads; ++t) block_compute<T>(a, n, bx, t, stage.data());
       for (int t = 0; t < kThreads; ++t) block_store<T>(a, n, bx, t, kThreads, stage.data());
     }

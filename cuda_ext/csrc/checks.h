@@ -33,7 +33,7 @@ inline Args make_args(const at::Tensor& x, const at::Tensor& labels, const at::T
   const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
   TORCH_CHECK(c >= 1 && c <= kMaxChannels, "fasttrain::augment: images must have 1..", kMaxChannels,
               " channels (N, H, W, C); got C = ", c);
-  TORCH_CHECK(pad >= 0, "fasttrain::augment: pad must be >= 0, got ", pad);
+  TORCH_CHECK(pad >= 0 && pad < (int64_t{1} << 30), "fasttrain::augment: pad must be >= 0 (and sane), got ", pad);
   TORCH_CHECK(!reflect || n * h * w == 0 || pad < std::min(h, w), "fasttrain::augment: reflect pad ", pad,
               " must be smaller than the image (", h, "x", w, ")");
   check_param(labels, "labels", at::kLong, {n}, x);
@@ -57,12 +57,19 @@ inline Args make_args(const at::Tensor& x, const at::Tensor& labels, const at::T
   TORCH_CHECK(out.permute({0, 2, 3, 1}).is_contiguous(),
               "fasttrain::augment: out must be channels_last (NHWC-dense storage), got strides ", out.strides());
 
+  // 32-bit index math inside an image (see augment.cuh): every in-image offset must fit.
+  constexpr int64_t kMax32 = (int64_t{1} << 31) - 1;
+  TORCH_CHECK(h * w <= kMax32 / std::max<int64_t>(c, 1) &&
+                  (h - 1) * x.stride(1) + (w - 1) * x.stride(2) + (c - 1) * x.stride(3) <= kMax32,
+              "fasttrain::augment: one image must span fewer than 2^31 elements, got (H, W, C) = (", h, ", ", w, ", ",
+              c, ") with strides ", x.strides());
+
   Args a;
   a.x = x.data_ptr<uint8_t>();
   a.sn = x.stride(0);
-  a.sh = x.stride(1);
-  a.sw = x.stride(2);
-  a.sc = x.stride(3);
+  a.sh = static_cast<int32_t>(x.stride(1));
+  a.sw = static_cast<int32_t>(x.stride(2));
+  a.sc = static_cast<int32_t>(x.stride(3));
   a.labels = labels.data_ptr<int64_t>();
   a.offset = offset.data_ptr<int32_t>();
   a.flip = flip.data_ptr<bool>();
@@ -73,10 +80,12 @@ inline Args make_args(const at::Tensor& x, const at::Tensor& labels, const at::T
   a.scale = scale.data_ptr<float>();
   a.bias = bias.data_ptr<float>();
   a.n = n;
-  a.h = h;
-  a.w = w;
-  a.c = c;
-  a.pad = pad;
+  a.h = static_cast<int32_t>(h);
+  a.w = static_cast<int32_t>(w);
+  a.c = static_cast<int32_t>(c);
+  a.hw = static_cast<int32_t>(h * w);
+  a.w_div = make_fastdiv(static_cast<uint32_t>(std::max<int64_t>(w, 1)));
+  a.pad = static_cast<int32_t>(pad);
   a.reflect = reflect;
   a.out = out.data_ptr();
   a.y_b = y_b.data_ptr<int64_t>();
