@@ -225,16 +225,19 @@ RECIPES: dict[str, dict[str, Any]] = {
 # not state its optimiser settings; these follow its cited papers: SGD+Nesterov lr 0.1, batch 128,
 # weight decay 5e-4, 200 epochs, 4-px zero-pad crop + flip; SD = stochastic depth with the paper's
 # linear rule and p_L = 0.5 (1603.09382); CutMix alpha 1 applied with probability 0.5 (1905.04899);
-# Cutout16 = 16-px squares. Rows without a schedule name use the step schedule. They need the 'htd',
-# 'cosine' and 'step' schedules (issue 7): each joins RECIPES once its schedule is in SCHEDULES.
+# Cutout16 = 16-px squares. Rows without a schedule name use step decay: x0.1 at epochs 100 and 150 of
+# 200 (the usual CIFAR ResNet steps). HTD uses L=-6, U=3 (RunConfig defaults, the HTD paper's).
+# Each recipe joins RECIPES only if its schedule is in SCHEDULES (issue 7 added them).
 def _seed002(schedule: str, model: str, *, activation: str | None = None, drop_path: float | None = None,
              cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0, image_size: int | None = None) -> dict:
     model_kwargs = {k: v for k, v in dict(activation=activation, drop_path=drop_path, image_size=image_size).items()
                     if v is not None}
+    steps = dict(milestones=[100.0, 150.0], gamma=0.1) if schedule == "step" else {}
+    schedule = "multistep" if schedule == "step" else schedule
     return dict(model=model, epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                 schedule=schedule, warmup_frac=0.0, label_smoothing=0.0, crop_pad=4, pad_mode="zero", flip=True,
                 cutout=cutout, mixup=mixup, cutmix=cutmix, mix_prob=0.5 if cutmix else 1.0, tta="none",
-                model_kwargs=model_kwargs)
+                model_kwargs=model_kwargs, **steps)
 
 
 SEED002_RECIPES: dict[str, dict[str, Any]] = {

@@ -60,6 +60,7 @@ class ResNet9(nn.Module):
 
 @register_model("resnet9", family="resnet9", default_recipe="myrtle24")
 def resnet9(num_classes: int = 10, width: float = 1.0, activation: str = "relu") -> nn.Module:
+    """Myrtle's ResNet9 (DAWNBench): 94% on CIFAR-10 in 24 epochs."""
     return ResNet9(num_classes, width=width, activation=activation)
 
 
