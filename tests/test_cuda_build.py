@@ -19,7 +19,8 @@ from fasttrain.augment import apply, norm_constants
 from fasttrain.cuda_ext import loader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fused_augment import MEAN, STD, all_cases, assert_matches_reference, fresh_seed, random_case, run_out_variant  # noqa: E402
+from test_fused_augment import (  # noqa: E402
+    MEAN, STD, all_cases, assert_matches_reference, channel_constants, fresh_seed, random_case, run_out_variant)
 
 pytestmark = pytest.mark.slow  # an nvcc build: about a minute alone, several on a busy 2-core machine
 
@@ -68,10 +69,10 @@ def test_kernel_host_emulation_matches_reference(built_library, misalign):
     """The kernel's block_compute / block_store, run thread by thread on the CPU, against the reference:
     bit-exact (the emulation uses the same round-per-operation fp32 arithmetic)."""
     load_once(built_library)
-    scale, bias = norm_constants(MEAN, STD)
     for opts, (n, h, w), dtype in all_cases():
         seed = fresh_seed()
         x, labels, params = random_case(n, h, w, seed=seed, **opts)
+        scale, bias = channel_constants(opts["c"])
         where = f"emulated kernel {opts} {(n, h, w)} {dtype} misalign={misalign} seed={seed}"
         got = run_out_variant(torch.ops.fasttrain._augment_out_emulated, x, labels, params, scale, bias, dtype,
                               misalign)
@@ -80,7 +81,27 @@ def test_kernel_host_emulation_matches_reference(built_library, misalign):
     x, labels, params = random_case(3, 20, 18, pad=3, pad_mode="zero", flip=True, cutout=True, mix="both",
                                     seed=fresh_seed())
     strided = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    scale, bias = norm_constants(MEAN, STD)
     got = run_out_variant(torch.ops.fasttrain._augment_out_emulated, strided, labels, params, scale, bias,
                           torch.float16, misalign)
     assert_matches_reference(got, apply(x, labels, params, scale, bias, torch.float16), exact_blend=True,
                              where="emulated kernel, strided input")
+
+
+def test_kernel_argument_checks(built_library):
+    """The C++ checks (shared by the CUDA op and the emulation) name the argument and the expectation."""
+    load_once(built_library)
+    x, labels, params = random_case(2, 6, 6, pad=1, pad_mode="reflect", flip=True, cutout=False, mix="none",
+                                    seed=fresh_seed(), c=9)
+    scale, bias = channel_constants(9)
+    with pytest.raises(RuntimeError, match=r"1\.\.8 channels"):
+        run_out_variant(torch.ops.fasttrain._augment_out_emulated, x, labels, params, scale, bias, torch.float32)
+    x, labels, params = random_case(2, 6, 6, pad=1, pad_mode="reflect", flip=True, cutout=False, mix="none",
+                                    seed=fresh_seed())
+    params.offset = params.offset.long()
+    scale, bias = norm_constants(MEAN, STD)
+    with pytest.raises(RuntimeError, match=r"params.offset must be Int"):
+        out = torch.empty(2, 3, 6, 6, memory_format=torch.channels_last)
+        torch.ops.fasttrain._augment_out_emulated(x, labels, params.offset, params.flip, params.cutout,
+                                                  params.mix_index, params.mix_lam, params.cutmix, scale, bias, 1,
+                                                  True, out, labels.clone(), torch.empty(2))

@@ -27,6 +27,13 @@ MIXES = ("none", "mixup", "cutmix", "both")
 SHAPES = ((1, 9, 13), (5, 12, 10), (3, 32, 32), (2, 64, 64), (4, 17, 23), (3, 1, 1), (2, 40, 24))
 
 
+def channel_constants(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias) for C channels: CIFAR's for RGB, other plausible values otherwise."""
+    mean = (MEAN * 2)[:c] if c != 3 else MEAN
+    std = (STD * 2)[:c] if c != 3 else STD
+    return norm_constants(mean, std)
+
+
 def fresh_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
@@ -66,13 +73,15 @@ def random_case(n, h, w, *, pad, pad_mode, flip, cutout, mix, seed, c=3):
     return x, labels, params
 
 
-def all_cases(dtype_mix_filter=None):
-    """Every option combination, each on a different shape."""
+def all_cases():
+    """Every option combination, each on a different shape; mostly RGB, some 1- and 4-channel images
+    (the CUDA kernel has a compile-time path for C = 3 and a generic one)."""
     combos = itertools.product(("reflect", "zero"), (False, True), (False, True), (False, True), MIXES, DTYPES)
     for k, (pad_mode, padded, flip, cutout, mix, dtype) in enumerate(combos):
         n, h, w = SHAPES[k % len(SHAPES)]
         pad = 0 if not padded or min(h, w) == 1 else 1 + k % min(4, min(h, w) - 1)
-        yield dict(pad=pad, pad_mode=pad_mode, flip=flip, cutout=cutout, mix=mix), (n, h, w), dtype
+        c = (3, 3, 1, 3, 4)[k % 5]
+        yield dict(pad=pad, pad_mode=pad_mode, flip=flip, cutout=cutout, mix=mix, c=c), (n, h, w), dtype
 
 
 def poisoned(n, c, h, w, dtype, device, misalign=False):
@@ -109,11 +118,11 @@ def assert_matches_reference(got, want, *, exact_blend: bool, where: str):
 
 # ------------------------------------------------------------------------------------------ numba (CPU)
 def test_numba_matches_reference_every_combination():
-    scale, bias = norm_constants(MEAN, STD)
     checked = 0
     for opts, (n, h, w), dtype in all_cases():
         seed = fresh_seed()
         x, labels, params = random_case(n, h, w, seed=seed, **opts)
+        scale, bias = channel_constants(opts["c"])
         where = f"numba {opts} {(n, h, w)} {dtype} seed={seed}"
         got = run_out_variant(torch.ops.fasttrain.augment_out, x, labels, params, scale, bias, dtype)
         assert_matches_reference(got, apply(x, labels, params, scale, bias, dtype), exact_blend=True, where=where)
@@ -287,10 +296,10 @@ def test_cuda_matches_reference_every_combination(misalign):
     from fasttrain.cuda_ext import load
 
     load()  # raises (no silent fallback) if the extension cannot be built
-    scale, bias = (t.cuda() for t in norm_constants(MEAN, STD))
     for opts, (n, h, w), dtype in all_cases():
         seed = fresh_seed()
         x, labels, params = random_case(n, h, w, seed=seed, **opts)
+        scale, bias = (t.cuda() for t in channel_constants(opts["c"]))
         x, labels, params = x.cuda(), labels.cuda(), params.to("cuda")
         where = f"cuda {opts} {(n, h, w)} {dtype} misalign={misalign} seed={seed}"
         got = run_out_variant(torch.ops.fasttrain.augment_out, x, labels, params, scale, bias, dtype, misalign)

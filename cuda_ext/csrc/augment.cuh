@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -209,28 +210,57 @@ FT_HD Tap tap(const Args& a, const View& v, int32_t i, int32_t j) {
   return t;
 }
 
+// scale and bias per channel. With the channel count known at compile time (kC > 0: the RGB case)
+// they live in registers, loaded once per thread; otherwise (kC == 0) they are read from global memory.
+template <int kC>
+struct Norm {
+  float scale[kC], bias[kC];
+  FT_HD explicit Norm(const Args& a) {
+#pragma unroll
+    for (int ch = 0; ch < kC; ++ch) {
+      scale[ch] = a.scale[ch];
+      bias[ch] = a.bias[ch];
+    }
+  }
+  FT_HD int32_t channels(const Args&) const { return kC; }
+  FT_HD float s(const Args&, int32_t ch) const { return scale[ch]; }
+  FT_HD float b(const Args&, int32_t ch) const { return bias[ch]; }
+};
+
+template <>
+struct Norm<0> {
+  FT_HD explicit Norm(const Args&) {}
+  FT_HD int32_t channels(const Args& a) const { return a.c; }
+  FT_HD float s(const Args& a, int32_t ch) const { return a.scale[ch]; }
+  FT_HD float b(const Args& a, int32_t ch) const { return a.bias[ch]; }
+};
+
 // pix(k) at channel ch: cutout -> 0; zero pad -> bias (= normalise(0)); else v * scale + bias.
-FT_HD float pix(const Args& a, const Tap& t, int32_t ch) {
+template <int kC>
+FT_HD float pix(const Args& a, const Norm<kC>& nm, const Tap& t, int32_t ch) {
   if (t.cut) return 0.f;
-  if (!t.inside) return a.bias[ch];
-  return add_rn(mul_rn(static_cast<float>(t.px[ch * a.sc]), a.scale[ch]), a.bias[ch]);
+  if (!t.inside) return nm.b(a, ch);
+  return add_rn(mul_rn(static_cast<float>(t.px[ch * a.sc]), nm.s(a, ch)), nm.b(a, ch));
 }
 
 // Phase 1 for pixel q of the job's sample: its C output values into dst[0..C).
-template <typename T>
-FT_HD void compute_pixel(const Args& a, const Job& jb, int32_t q, T* dst) {
+template <typename T, int kC>
+FT_HD void compute_pixel(const Args& a, const Norm<kC>& nm, const Job& jb, int32_t q, T* dst) {
   const int32_t i = static_cast<int32_t>(fast_div(a.w_div, static_cast<uint32_t>(q)));
   const int32_t j = q - i * a.w;
+  const int32_t nc = nm.channels(a);
   const Tap tn = tap(a, jb.own, i, j);
   if (!jb.mixing) {
-    for (int32_t ch = 0; ch < a.c; ++ch) dst[ch] = from_float<T>(pix(a, tn, ch));
+#pragma unroll
+    for (int32_t ch = 0; ch < nc; ++ch) dst[ch] = from_float<T>(pix(a, nm, tn, ch));
     return;
   }
   const Tap tm = tap(a, jb.partner, i, j);
   const bool in_box = i >= jb.y0 && i < jb.y1 && j >= jb.x0 && j < jb.x1;
-  for (int32_t ch = 0; ch < a.c; ++ch) {
-    const float vb = pix(a, tm, ch);
-    const float v = in_box ? vb : add_rn(mul_rn(pix(a, tn, ch), jb.lam), mul_rn(vb, jb.one_minus_lam));
+#pragma unroll
+  for (int32_t ch = 0; ch < nc; ++ch) {
+    const float vb = pix(a, nm, tm, ch);
+    const float v = in_box ? vb : add_rn(mul_rn(pix(a, nm, tn, ch), jb.lam), mul_rn(vb, jb.one_minus_lam));
     dst[ch] = from_float<T>(v);
   }
 }
@@ -247,13 +277,15 @@ FT_HD void compute_targets(const Args& a, int64_t n) {
 
 // Phase 1 of block bx of sample n, thread t: pixels bx * kBlockPixels + t + k * kThreads (consecutive
 // threads on consecutive pixels, for coalesced reads) into stage[p * C ..], p the pixel in the block.
-template <typename T>
+template <typename T, int kC>
 FT_HD void block_compute(const Args& a, int64_t n, int32_t bx, int t, T* stage) {
   const Job jb = load_job(a, n);
+  const Norm<kC> nm(a);
+#pragma unroll
   for (int k = 0; k < kPixelsPerThread; ++k) {
     const int32_t p = t + k * kThreads;
     const int32_t q = bx * kBlockPixels + p;
-    if (q < a.hw) compute_pixel<T>(a, jb, q, stage + p * a.c);
+    if (q < a.hw) compute_pixel<T, kC>(a, nm, jb, q, stage + p * a.c);
   }
   if (bx == 0 && t == 0) compute_targets(a, n);
 }
@@ -283,6 +315,16 @@ FT_HD void block_store(const Args& a, int64_t n, int32_t bx, int t, int nthreads
     first_scalar = nvec * 16 / static_cast<int32_t>(sizeof(T));
   }
   for (int32_t e = first_scalar + t; e < count; e += nthreads) dst[e] = stage[e];
+}
+
+// Calls f(std::integral_constant<int, kC>) with kC = 3 for RGB (compile-time channel loop), else 0.
+template <typename F>
+void dispatch_channels(int64_t c, F&& f) {
+  if (c == 3) {
+    f(std::integral_constant<int, 3>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
+  }
 }
 
 inline int64_t blocks_per_sample(int64_t h, int64_t w) {

@@ -16,17 +16,25 @@
 namespace fasttrain {
 
 // grid = (blocks per sample, min(N, 65535)); samples beyond gridDim.y are covered by striding.
-template <typename T>
+template <typename T, int kC>
 __global__ void __launch_bounds__(kThreads) augment_kernel(Args a) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* stage = reinterpret_cast<T*>(smem);
   const int t = static_cast<int>(threadIdx.x);
   for (int64_t n = blockIdx.y; n < a.n; n += gridDim.y) {
-    block_compute<T>(a, n, static_cast<int32_t>(blockIdx.x), t, stage);
+    block_compute<T, kC>(a, n, static_cast<int32_t>(blockIdx.x), t, stage);
     __syncthreads();
     block_store<T>(a, n, static_cast<int32_t>(blockIdx.x), t, kThreads, stage);
     __syncthreads();  // the stage is reused for the next sample
   }
+}
+
+template <typename T>
+void launch(const Args& a, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(blocks_per_sample(a.h, a.w)),
+                  static_cast<unsigned>(std::min<int64_t>(a.n, 65535)));
+  const size_t smem = static_cast<size_t>(kBlockPixels) * a.c * sizeof(T);
+  dispatch_channels(a.c, [&](auto kc) { augment_kernel<T, decltype(kc)::value><<<grid, kThreads, smem, stream>>>(a); });
 }
 
 void augment_out_cuda(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& offset, const at::Tensor& flip,
@@ -38,17 +46,16 @@ void augment_out_cuda(const at::Tensor& x, const at::Tensor& labels, const at::T
                            out, y_b, lam);
   if (a.n == 0 || a.h * a.w == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  const dim3 grid(static_cast<unsigned>(blocks_per_sample(a.h, a.w)), static_cast<unsigned>(std::min<int64_t>(a.n, 65535)));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (out.scalar_type()) {
     case at::kFloat:
-      augment_kernel<float><<<grid, kThreads, kBlockPixels * a.c * sizeof(float), stream>>>(a);
+      launch<float>(a, stream);
       break;
     case at::kHalf:
-      augment_kernel<__half><<<grid, kThreads, kBlockPixels * a.c * sizeof(__half), stream>>>(a);
+      launch<__half>(a, stream);
       break;
     case at::kBFloat16:
-      augment_kernel<__nv_bfloat16><<<grid, kThreads, kBlockPixels * a.c * sizeof(__nv_bfloat16), stream>>>(a);
+      launch<__nv_bfloat16>(a, stream);
       break;
     default:
       TORCH_CHECK(false, "fasttrain::augment: unsupported output dtype ", out.scalar_type());

@@ -12,16 +12,22 @@
 
 namespace fasttrain {
 
-template <typename T>
-void emulate(const Args& a) {
+template <typename T, int kC>
+void emulate_blocks(const Args& a) {
   std::vector<T> stage(static_cast<size_t>(kBlockPixels * a.c));
   const int64_t blocks = blocks_per_sample(a.h, a.w);
   for (int64_t n = 0; n < a.n; ++n) {
     for (int32_t bx = 0; bx < blocks; ++bx) {
-      for (int t = 0; t < kThreads; ++t) block_compute<T>(a, n, bx, t, stage.data());
+      for (int t = 0; t < kThreads; ++t) block_compute<T, kC>(a, n, bx, t, stage.data());
+      // (__syncthreads())
       for (int t = 0; t < kThreads; ++t) block_store<T>(a, n, bx, t, kThreads, stage.data());
     }
   }
+}
+
+template <typename T>
+void emulate(const Args& a) {
+  dispatch_channels(a.c, [&](auto kc) { emulate_blocks<T, decltype(kc)::value>(a); });
 }
 
 void augment_out_emulated(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& offset,

@@ -25,6 +25,8 @@ bounds (checking would cost a device sync), so pass params from `AugmentSampler`
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch.library import Library
@@ -37,6 +39,8 @@ _PARAM_DTYPES = (("offset", torch.int32, 2), ("flip", torch.bool, 0), ("cutout",
 
 _ARGS = ("Tensor x, Tensor labels, Tensor offset, Tensor flip, Tensor cutout, Tensor mix_index, Tensor mix_lam, "
          "Tensor cutmix, Tensor scale, Tensor bias, int pad, bool reflect")
+# numba's default "workqueue" threading layer aborts on concurrent parallel calls: serialise them.
+_NUMBA_LOCK = threading.Lock()
 LIB = Library("fasttrain", "FRAGMENT")  # kept alive for the process: it owns the registrations
 LIB.define(f"augment({_ARGS}, ScalarType out_dtype) -> (Tensor, Tensor, Tensor)")
 LIB.define(f"augment_out({_ARGS}, Tensor(a!) out, Tensor(b!) y_b, Tensor(c!) lam) -> ()")
@@ -87,9 +91,10 @@ def _augment_out_cpu(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix
     nhwc = out.permute(0, 2, 3, 1)  # dense view of the channels_last storage
     kind = OUT_DTYPES.index(out.dtype)  # 0 float32, 1 bfloat16, 2 float16 (numba_cpu.OUT_*)
     dst = nhwc.numpy() if kind == 0 else nhwc.view(torch.int16).numpy().view(np.uint16)
-    numba_cpu.augment_into(x.numpy(), labels.numpy(), offset.numpy(), flip.numpy(), cutout.numpy(),
-                           mix_index.numpy(), mix_lam.numpy(), cutmix.numpy(), scale.numpy(), bias.numpy(),
-                           pad, reflect, kind, dst, y_b.numpy(), lam.numpy())
+    with _NUMBA_LOCK:
+        numba_cpu.augment_into(x.numpy(), labels.numpy(), offset.numpy(), flip.numpy(), cutout.numpy(),
+                               mix_index.numpy(), mix_lam.numpy(), cutmix.numpy(), scale.numpy(), bias.numpy(),
+                               pad, reflect, kind, dst, y_b.numpy(), lam.numpy())
 
 
 @torch.library.impl(LIB, "augment", "CPU")
