@@ -12,9 +12,10 @@ Keys of `checkpoint.pt` (FORMAT 1):
     classes, mean, std      dataset meta for inference
     epoch, step             as in `position`, for readers
     state                   {name: state} of optimizer, grad scaler, lookahead, EMA counters, monitor, ...
-    ranks                   one entry per process: {"rng": capture_rng(), "sampler": sampler.state_dict()}
+    ranks                   one entry per process: {"rng": capture_rng(), "sampler": sampler.state_dict(),
+                            "acc": running loss/correct/seen sums of an interrupted epoch}
     position                {"epoch": e, "batch": b, "step": s}: the next batch to run is batch b of epoch e
-    epoch_acc               running sums of the interrupted epoch (loss_sum, correct, seen, elapsed_s) or None
+    epoch_acc               {"elapsed_s": ...} of an interrupted epoch, or None
     history, train_s        metric rows of the finished epochs; training seconds so far
     extra                   loop variables (e.g. the best weights kept in memory for the final test)
     world_size              processes that wrote it (the tensor pipeline's data order does not depend on it)
@@ -246,18 +247,20 @@ class Position:
     step: int = 0
     history: list = field(default_factory=list)
     train_s: float = 0.0
-    epoch_acc: dict | None = None  # running sums of the interrupted epoch
+    epoch_acc: dict | None = None  # this rank's running sums of the interrupted epoch, and elapsed_s
     extra: dict = field(default_factory=dict)  # loop variables saved with `extra=` (e.g. best weights)
 
     def epoch_start(self, epoch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int, float]:
         """(loss_sum, correct, seen, batches to skip, seconds already spent) for the start of `epoch`:
         zeros, except in the epoch a mid-epoch checkpoint interrupted."""
         zero = torch.zeros((), device=device)
-        if epoch != self.epoch or self.batch == 0 or not self.epoch_acc:
-            return zero, zero.clone(), 0, 0, 0.0
-        a = self.epoch_acc
+        skip = self.batch if epoch == self.epoch else 0
+        a = (self.epoch_acc or {}) if skip else {}
+        elapsed = float(a.get("elapsed_s", 0.0))
+        if "loss_sum" not in a:  # also ranks > 0 under DDP: rank 0 carries the sums over all ranks
+            return zero, zero.clone(), 0, skip, elapsed
         return (torch.full((), a["loss_sum"], device=device), torch.full((), a["correct"], device=device),
-                int(a["seen"]), self.batch, float(a["elapsed_s"]))
+                int(a["seen"]), skip, elapsed)
 
 
 class TrainState:
@@ -286,7 +289,11 @@ class TrainState:
         from .resilience import check_finite_params
 
         check_finite_params(self.modules["model"])
-        ranks = self.dist.gather_object({"rng": capture_rng(), "sampler": self.sampler.state_dict()})
+        mine = {"rng": capture_rng(), "sampler": self.sampler.state_dict()}
+        if epoch_acc is not None:  # this rank's running sums of the interrupted epoch, as plain numbers
+            mine["acc"] = {k: float(epoch_acc[k]) for k in ("loss_sum", "correct", "seen")}
+            epoch_acc = {"elapsed_s": float(epoch_acc["elapsed_s"])}
+        ranks = self.dist.gather_object(mine)
         if not self.dist.is_main:
             return self.path
         payload = {
@@ -331,9 +338,23 @@ class TrainState:
         self.sampler.load_state_dict(mine["sampler"])
         restore_rng(mine["rng"])
         pos = ckpt["position"]
+        acc = ckpt.get("epoch_acc")
+        if acc is not None:
+            acc = {**acc, **_rank_sums(ranks, self.dist)}
         return Position(epoch=int(pos["epoch"]), batch=int(pos["batch"]), step=int(pos["step"]),
                         history=list(ckpt.get("history") or []), train_s=float(ckpt.get("train_s") or 0.0),
-                        epoch_acc=ckpt.get("epoch_acc"), extra=dict(ckpt.get("extra") or {}))
+                        epoch_acc=acc, extra=dict(ckpt.get("extra") or {}))
+
+
+def _rank_sums(ranks: list[dict], dist) -> dict:
+    """This rank's running sums of the interrupted epoch: its own with the same world size (so the epoch's
+    float sums are bit-identical to an uninterrupted run), else rank 0 takes all of them, the others none."""
+    if len(ranks) == dist.world_size:
+        return dict(ranks[dist.rank].get("acc") or {})
+    if not dist.is_main:
+        return {}
+    parts = [r["acc"] for r in ranks if r.get("acc")]
+    return {k: sum(p[k] for p in parts) for k in ("loss_sum", "correct", "seen")} if parts else {}
 
 
 def check_resumable(run_dir: str | Path) -> None:

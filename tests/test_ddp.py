@@ -131,10 +131,12 @@ def test_two_gloo_processes_match_one_process_without_bn(cifar_tensor_slice, tmp
 
 
 @pytest.mark.slow
-def test_cli_nproc_2_matches_single_process_within_tolerance(cifar_tensor_slice, tmp_path):
+def test_cli_nproc_2_matches_single_process_and_resumes_exactly(cifar_tensor_slice, tmp_path):
     """The real launch path: `fasttrain run --nproc 2` re-executes under torchrun. ResNet9 has BatchNorm
-    (per-process statistics on CPU), so the runs differ slightly; the metrics must still agree closely."""
-    common = ["run", "resnet9", "--data", str(cifar_tensor_slice), "--epochs", "2", "--batch-size", "50",
+    (per-process statistics on CPU), so it differs slightly from one process; the metrics must still agree
+    closely. A SIGTERM to the launched job saves a checkpoint on which all ranks agree; `--resume` (which
+    relaunches 2 processes from config.json) then ends exactly where the uninterrupted 2-process run ends."""
+    common = ["run", "resnet9", "--data", str(cifar_tensor_slice), "--epochs", "3", "--batch-size", "50",
               "--width", "0.25", "--device", "cpu", "--no-compile", "--amp", "off", "--seed", "1", "--threads", "1",
               "--tta", "none", "--no-tensorboard", "--json"]
     runs = {}
@@ -147,14 +149,42 @@ def test_cli_nproc_2_matches_single_process_within_tolerance(cifar_tensor_slice,
         assert len(json_lines) == 1, "only rank 0 may report"
         runs[name] = (out, json.loads(json_lines[0]))
     (s_dir, single), (d_dir, ddp) = runs["single"], runs["ddp"]
-    assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 12
+    assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 18
     assert abs(ddp["test_loss"] - single["test_loss"]) < 0.05, (ddp["test_loss"], single["test_loss"])
     assert abs(ddp["test_acc"] - single["test_acc"]) <= 0.10, (ddp["test_acc"], single["test_acc"])
     for r1, r2 in zip(metric_rows(s_dir), metric_rows(d_dir)):
         assert abs(r1["train_loss"] - r2["train_loss"]) < 0.05 and r1["lr"] == r2["lr"]
     assert run_files(d_dir) == run_files(s_dir)
-    cfg = json.loads((d_dir / "config.json").read_text())
-    assert cfg["nproc"] == 2  # so `--resume` relaunches with 2 processes
+    assert json.loads((d_dir / "config.json").read_text())["nproc"] == 2  # `--resume` relaunches 2 processes
+
+    # SIGTERM to the job, then --resume: bit-identical to the uninterrupted 2-process run
+    import signal
+    import time
+
+    out = tmp_path / "ddp_stopped"
+    job = subprocess.Popen([sys.executable, "-m", "fasttrain", *common, "--out", str(out), "--nproc", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert job.poll() is None, "the run ended before it could be stopped"
+    job.send_signal(signal.SIGTERM)  # the launcher exec'd torchrun: the signal reaches torchrun, then the workers
+    _, stderr = job.communicate(timeout=300)
+    assert stderr.count(f"resume with: fasttrain run --resume {out}") == 1, stderr[-4000:]  # rank 0 only
+    from fasttrain.checkpoint import load
+
+    stopped = load(out / "checkpoint.pt")
+    assert stopped["world_size"] == 2 and len(stopped["ranks"]) == 2 and stopped["position"]["step"] < 18
+    resumed = subprocess.run([sys.executable, "-m", "fasttrain", "run", "--resume", str(out)], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "--nproc-per-node=2" in resumed.stderr
+    timed = ("epoch_s", "imgs_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timed} for r in rows]  # noqa: E731
+    assert strip(metric_rows(out)) == strip(metric_rows(d_dir))
+    final = json.loads((out / "summary.json").read_text())
+    assert final["test_loss"] == ddp["test_loss"] and final["test_acc"] == ddp["test_acc"]
 
 
 # ============================================================================ torchrun worker
