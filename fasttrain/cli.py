@@ -220,7 +220,8 @@ def zoo(
                                            help="Also try torch.compile [default: on CUDA only]."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
     out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
-    markdown: Optional[Path] = typer.Option(None, help="Write the Markdown table to this file."),
+    markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, seed comparison, "
+                                            "notes) to this file, e.g. docs/zoo.md."),
 ) -> None:
     """List the model zoo: params, params counting BN statistics, FLOPs at 32x32, and with --measure
     training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
@@ -245,7 +246,7 @@ def zoo(
         write_json(out, payload)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(table)
+        markdown.write_text(zoo_cmd.zoo_doc(rows, note))
     typer.echo(json.dumps(payload, indent=2) if json_out else table)
 
 
