@@ -5,6 +5,7 @@ overlay plot of their accuracy curves."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .runio import write_json
@@ -97,7 +98,8 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = "report.pn
         table.add_column(key, justify="left" if text else "right")
     for row in rows:
         table.add_row(*[_fmt(k, row[k]) for k in COLUMNS])
-    (console or Console()).print(table)
+    # piped output (no terminal): wide enough that rich does not squeeze the columns to "…"
+    (console or Console(width=None if sys.stdout.isatty() else 200)).print(table)
     if plot_path is not None:
         plot_overlay([(r["dir"].name, r["history"]) for r in runs], plot_path,
                      title="accuracy per epoch (solid: val or test, dashed: train)")
