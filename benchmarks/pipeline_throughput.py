@@ -360,6 +360,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated loop names to run (default: all)")
     ap.add_argument("--dali-layouts", action="store_true", help="also time DALI file list vs webdataset")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--tag", default="", help="suffix for the output files (e.g. a partial re-run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -410,7 +411,7 @@ def main() -> None:
         "loops": loops, "skipped": skipped, "dali_layouts": layouts, "bars": bars(loops),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"pipeline_throughput-{device.type}"
+    stem = args.out / f"pipeline_throughput-{device.type}{'-' + args.tag if args.tag else ''}"
     tmp = stem.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, stem.with_suffix(".json"))
