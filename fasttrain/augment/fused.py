@@ -88,11 +88,11 @@ def _augment_out_cpu(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix
                   out, y_b, lam)
     from . import numba_cpu
 
-    nhwc = out.permute(0, 2, 3, 1)  # dense view of the channels_last storage
+    flat = out.permute(0, 2, 3, 1).reshape(-1)  # the channels_last storage, as a flat view (no copy)
     kind = OUT_DTYPES.index(out.dtype)  # 0 float32, 1 bfloat16, 2 float16 (numba_cpu.OUT_*)
-    dst = nhwc.numpy() if kind == 0 else nhwc.view(torch.int16).numpy().view(np.uint16)
+    dst = flat.numpy() if kind == 0 else flat.view(torch.int16).numpy().view(np.uint16)
     with _NUMBA_LOCK:
-        numba_cpu.augment_into(x.numpy(), labels.numpy(), offset.numpy(), flip.numpy(), cutout.numpy(),
+        numba_cpu.augment_into(x, labels.numpy(), offset.numpy(), flip.numpy(), cutout.numpy(),
                                mix_index.numpy(), mix_lam.numpy(), cutmix.numpy(), scale.numpy(), bias.numpy(),
                                pad, reflect, kind, dst, y_b.numpy(), lam.numpy())
 

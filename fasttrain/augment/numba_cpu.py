@@ -7,7 +7,11 @@ operation order as the reference and no fused multiply-add (numba leaves fastmat
 bf16/fp16 casts are done on the bit patterns with round-to-nearest-even, so results match the
 reference bit for bit on the CPU.
 
-Entry point: `augment_into(x, labels, params..., out, y_b, lam)` on numpy views (see `fused.py`).
+Work: each sample (in parallel) is processed row by row: the row's pix(n) values go to an fp32 row
+buffer, the partner's row to a second one when the sample mixes, then the blend and the cast to the
+output dtype run as simple loops over the row (which LLVM vectorises).
+
+Entry point: `augment_into(x, labels, params..., out, y_b, lam)` (see `fused.py`).
 """
 
 from __future__ import annotations
@@ -84,32 +88,16 @@ def _to_f16(v):
 
 @njit(inline="always", cache=True)
 def _source_index(k, size, reflect):
-    """(index, inside) for a padded coordinate: torch-style reflect (no edge repeat) or zero padding.
-    The final clamp only matters for out-of-contract offsets: it keeps reads inside the image."""
-    inside = True
+    """Source coordinate of padded coordinate k, or -1 outside a zero pad. torch's reflect (no edge
+    repeat); the clamp only matters for out-of-contract offsets (rejected by `_check`)."""
     if reflect:
         if k < 0:
             k = -k
         if k >= size:
             k = 2 * size - 2 - k
     elif k < 0 or k >= size:
-        inside = False
-    if k < 0:
-        k = 0
-    if k >= size:
-        k = size - 1
-    return k, inside
-
-
-@njit(inline="always", cache=True)
-def _pixel(x, k, r, rin, col, cin, cut, c, scale, bias):
-    """pix(k) at one channel: normalised source value, bias for a zero pad, 0.0 inside the cutout."""
-    if cut:
-        return np.float32(0.0)
-    if not (rin and cin):
-        return bias[c]  # pixel value 0 normalises to exactly bias[c]
-    prod = np.float32(x[k, r, col, c]) * scale[c]  # two separately rounded fp32 ops, as the reference
-    return prod + bias[c]
+        return -1
+    return min(max(k, 0), size - 1)
 
 
 @njit(cache=True)
@@ -122,58 +110,107 @@ def _check(n, offset, mix_index, pad):
                 raise ValueError("params.offset holds a value outside [0, 2 * pad]")
 
 
+@njit(inline="always", cache=True)
+def _source_cols(cols, k, offset, flip, pad, w, reflect):
+    """cols[j] = source column of output column j of sample k (crop, then flip), -1 outside a zero pad."""
+    for j in range(w):
+        jj = w - 1 - j if flip[k] else j
+        cols[j] = _source_index(jj + offset[k, 1] - pad, w, reflect)
+
+
+@njit(inline="always", cache=True)
+def _pix_row(row, x, base, r, cols, sh, sw, sc, ch, scale, bias, cut0, cut1):
+    """row[j * C + c] = pix(k) for one output row: the normalised source pixel (product and sum each
+    rounded to fp32, as the reference), bias where the zero pad is (pixel value 0), 0.0 in [cut0, cut1)."""
+    w = len(cols)
+    if r < 0:  # the whole row lies in the zero pad
+        for j in range(w):
+            for c in range(ch):
+                row[j * ch + c] = bias[c]
+    else:
+        src = base + r * sh
+        for j in range(w):
+            col = cols[j]
+            o = j * ch
+            if col < 0:
+                for c in range(ch):
+                    row[o + c] = bias[c]
+            else:
+                s = src + col * sw
+                for c in range(ch):
+                    row[o + c] = np.float32(x[s + c * sc]) * scale[c] + bias[c]
+    for k in range(cut0 * ch, cut1 * ch):
+        row[k] = np.float32(0.0)
+
+
 @njit(parallel=True, cache=True)
-def _augment(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect, kind,
-             out, y_b, lam_out):
-    """out: (N, H, W, C) float32 when kind == OUT_F32, else uint16 bit patterns of bf16/fp16."""
-    n_batch, h, w, ch = x.shape
+def _augment(x, sn, sh, sw, sc, n_batch, h, w, ch, labels, offset, flip, cutout, mix_index, mix_lam, cutmix,
+             scale, bias, pad, reflect, kind, out, y_b, lam_out):
+    """x: the flat storage of the images (strides sn, sh, sw, sc); out: the flat NHWC output, float32
+    when kind == OUT_F32, else the uint16 bit patterns of bf16/fp16."""
     _check(n_batch, offset, mix_index, pad)
     hw = np.float32(h * w)
     one = np.float32(1.0)
+    row_len = w * ch
     for n in prange(n_batch):
         m = mix_index[n]
         lam = mix_lam[n]
         one_minus_lam = one - lam
-        # mixing off for this sample (lam == 1, no cutmix box) gives pix(n) exactly: skip the partner
         box_h = cutmix[n, 2] - cutmix[n, 0]
         box_w = cutmix[n, 3] - cutmix[n, 1]
         has_box = box_h > 0 and box_w > 0
-        mixing = lam != one or has_box
         area = np.float32(max(box_h, 0) * max(box_w, 0))
         y_b[n] = labels[m]
         lam_out[n] = lam * (one - area / hw)
+        # lam == 1 with no cutmix box is exactly pix(n): the partner is skipped
+        mixing = lam != one or has_box
+        own = np.empty(row_len, np.float32)
+        other = np.empty(row_len, np.float32)
+        cols_n = np.empty(w, np.int64)
+        cols_m = np.empty(w, np.int64)
+        _source_cols(cols_n, n, offset, flip, pad, w, reflect)
+        if mixing:
+            _source_cols(cols_m, m, offset, flip, pad, w, reflect)
         for i in range(h):
-            rn, rn_in = _source_index(i + offset[n, 0] - pad, h, reflect)
-            rm, rm_in = _source_index(i + offset[m, 0] - pad, h, reflect)
-            cut_row_n = i >= cutout[n, 0] and i < cutout[n, 2]
-            cut_row_m = i >= cutout[m, 0] and i < cutout[m, 2]
-            mix_row = has_box and i >= cutmix[n, 0] and i < cutmix[n, 2]
-            for j in range(w):
-                jn = w - 1 - j if flip[n] else j
-                cn, cn_in = _source_index(jn + offset[n, 1] - pad, w, reflect)
-                cut_n = cut_row_n and j >= cutout[n, 1] and j < cutout[n, 3]
-                cm, cm_in, cut_m, in_box = 0, False, False, False
-                if mixing:
-                    jm = w - 1 - j if flip[m] else j
-                    cm, cm_in = _source_index(jm + offset[m, 1] - pad, w, reflect)
-                    cut_m = cut_row_m and j >= cutout[m, 1] and j < cutout[m, 3]
-                    in_box = mix_row and j >= cutmix[n, 1] and j < cutmix[n, 3]
-                for c_ in range(ch):
-                    v = _pixel(x, n, rn, rn_in, cn, cn_in, cut_n, c_, scale, bias)
-                    if mixing:
-                        b = _pixel(x, m, rm, rm_in, cm, cm_in, cut_m, c_, scale, bias)
-                        # cutmix box: the partner's pixel; elsewhere the blend, each product rounded
-                        # to fp32 before the sum (no FMA), as the reference computes it
-                        v = b if in_box else v * lam + b * one_minus_lam
-                    if kind == OUT_F32:
-                        out[n, i, j, c_] = v
-                    elif kind == OUT_BF16:
-                        out[n, i, j, c_] = _to_bf16(v)
-                    else:
-                        out[n, i, j, c_] = _to_f16(v)
+            r = _source_index(i + offset[n, 0] - pad, h, reflect)
+            inside = i >= cutout[n, 0] and i < cutout[n, 2]
+            c0 = min(max(cutout[n, 1], 0), w) if inside else 0
+            c1 = max(min(cutout[n, 3], w), c0) if inside else 0
+            _pix_row(own, x, n * sn, r, cols_n, sh, sw, sc, ch, scale, bias, c0, c1)
+            if mixing:
+                r = _source_index(i + offset[m, 0] - pad, h, reflect)
+                inside = i >= cutout[m, 0] and i < cutout[m, 2]
+                c0 = min(max(cutout[m, 1], 0), w) if inside else 0
+                c1 = max(min(cutout[m, 3], w), c0) if inside else 0
+                _pix_row(other, x, m * sn, r, cols_m, sh, sw, sc, ch, scale, bias, c0, c1)
+                for k in range(row_len):  # each product rounded to fp32 before the sum (no FMA)
+                    own[k] = own[k] * lam + other[k] * one_minus_lam
+                if has_box and i >= cutmix[n, 0] and i < cutmix[n, 2]:  # cutmix: the partner's pixels
+                    b0 = min(max(cutmix[n, 1], 0), w)
+                    b1 = max(min(cutmix[n, 3], w), b0)
+                    for k in range(b0 * ch, b1 * ch):
+                        own[k] = other[k]
+            dst = (n * h + i) * row_len
+            if kind == OUT_F32:
+                for k in range(row_len):
+                    out[dst + k] = own[k]
+            elif kind == OUT_BF16:
+                for k in range(row_len):
+                    out[dst + k] = _to_bf16(own[k])
+            else:
+                for k in range(row_len):
+                    out[dst + k] = _to_f16(own[k])
+
 
 def augment_into(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad: int,
                  reflect: bool, kind: int, out, y_b, lam_out) -> None:
-    """Run the fused op on numpy arrays (shapes and dtypes already validated by the caller)."""
-    _augment(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, np.int64(pad),
-             bool(reflect), np.int64(kind), out, y_b, lam_out)
+    """Run the fused op. `x` is a uint8 (N, H, W, C) tensor of any strides; `out` the flat NHWC numpy
+    output (float32, or uint16 bits for kind OUT_BF16 / OUT_F16); the rest numpy arrays (shapes and
+    dtypes already validated by the caller)."""
+    n, h, w, c = x.shape
+    strides = x.stride()
+    span = 1 + sum((size - 1) * st for size, st in zip(x.shape, strides)) if x.numel() else 0
+    flat = x.as_strided((span,), (1,)).numpy()  # the storage the images occupy, no copy
+    _augment(flat, strides[0], strides[1], strides[2], strides[3], n, h, w, c, labels, offset, flip, cutout,
+             mix_index, mix_lam, cutmix, scale, bias, np.int64(pad), bool(reflect), np.int64(kind), out, y_b,
+             lam_out)
