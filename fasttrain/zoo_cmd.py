@@ -8,7 +8,8 @@ device, so it allocates nothing and takes about a second for the whole zoo.
 With `measure`, training imgs/sec (forward + backward + SGD step on random normalised 32x32 inputs, so
 data loading is excluded) and inference imgs/sec on the chosen device, in the fast configuration (bf16
 autocast, channels_last, torch.compile where it helps: both eager and compiled are timed and the faster
-is reported) and, as a baseline, eager fp32 NCHW training. Warm-up steps (and compilation) are excluded.
+is reported) and, as a baseline, eager fp32 NCHW training with PyTorch's default numerics (cuDNN may use
+TF32 for convolutions). Warm-up steps (and compilation) are excluded.
 """
 
 from __future__ import annotations
@@ -99,12 +100,18 @@ def time_training(model: nn.Module, device: torch.device, batch_size: int, steps
                   amp_dtype: torch.dtype | None, channels_last: bool, compile: bool, image_size: int = 32,
                   num_classes: int = 10) -> tuple[float, float]:
     """(train imgs/s, inference imgs/s) of `model` on random inputs; the first `warmup` steps are not timed."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # both configurations get the autotuned conv algorithms
     model = model.to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if compile:
+        # A fresh dynamo cache per model: measuring many models that share block classes in one process
+        # would otherwise hit the recompile limit and silently fall back to eager.
+        torch._dynamo.reset()
     net = torch.compile(model) if compile else model
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
