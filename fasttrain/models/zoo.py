@@ -2,6 +2,8 @@
 
 from . import (  # noqa: F401
     airbench,
+    attention,
+    customcnn,
     densenet,
     efficientnet,
     ibn,
