@@ -74,7 +74,7 @@ def find_cuda_home() -> str | None:
             return str(root)
         try:  # a wrapper script: nvcc's dry run prints its own install location as "TOP=<bin>/.."
             dry = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, text=True, timeout=60, check=False)
             m = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
             if m and _has_toolkit(Path(os.path.normpath(m.group(1).strip()))):
                 return os.path.normpath(m.group(1).strip())

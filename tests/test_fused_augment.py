@@ -81,7 +81,8 @@ def all_cases():
         n, h, w = SHAPES[k % len(SHAPES)]
         pad = 0 if not padded or min(h, w) == 1 else 1 + k % min(4, min(h, w) - 1)
         c = (3, 3, 1, 3, 4)[k % 5]
-        yield dict(pad=pad, pad_mode=pad_mode, flip=flip, cutout=cutout, mix=mix, c=c), (n, h, w), dtype
+        opts = {"pad": pad, "pad_mode": pad_mode, "flip": flip, "cutout": cutout, "mix": mix, "c": c}
+        yield opts, (n, h, w), dtype
 
 
 def poisoned(n, c, h, w, dtype, device, misalign=False):
@@ -222,7 +223,7 @@ def test_op_inside_torch_compile():
 
     @torch.compile(fullgraph=True, backend="inductor")
     def step(x, labels, *p):
-        out, y_b, lam = torch.ops.fasttrain.augment(x, labels, *p, scale, bias, 2, True, torch.float32)
+        out, _, lam = torch.ops.fasttrain.augment(x, labels, *p, scale, bias, 2, True, torch.float32)
         return out * 2.0, lam.sum()
 
     out2, lam_sum = step(x, labels, *p)

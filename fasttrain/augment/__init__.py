@@ -28,8 +28,8 @@ from .reference import (
 )
 
 __all__ = [
-    "AugmentConfig", "AugmentSampler", "AugParams", "Targets", "apply", "augment_batch", "identity_params",
-    "norm_constants", "normalize", "backend_for", "FusedAugmentFallback",
+    "AugParams", "AugmentConfig", "AugmentSampler", "FusedAugmentFallback", "Targets", "apply",
+    "augment_batch", "backend_for", "identity_params", "norm_constants", "normalize",
 ]
 
 BACKENDS = ("auto", "reference", "fused")
