@@ -44,15 +44,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fasttrain.augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants  # noqa: E402
-from fasttrain.data.formats import (  # noqa: E402
+from fasttrain.pipelines import make_pipeline
+
+from fasttrain.augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
+from fasttrain.data.formats import (
     is_complete,
     read_file_list,
     write_dali_dataset,
     write_ffcv_dataset,
 )
-from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset  # noqa: E402
-from fasttrain.pipelines import make_pipeline  # noqa: E402
+from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset
 
 PAD, CUTOUT = 4, 8
 OURS = ("tensor", "ffcv", "dali", "torchvision")
@@ -68,7 +69,7 @@ def prepare(source: Path, n: int, cache: Path) -> dict[str, Path]:
     sub = {"train": Split(np.array(split.images[idx]), np.array(split.labels[idx]))}
     root = cache / f"pipeline-{len(idx)}"
     dirs = {"tensor": root / "tensor", "ffcv": root / "ffcv", "dali": root / "dali"}
-    common = dict(name="cifar10-bench", source=f"subset of {source} (seed 0)")
+    common = {"name": "cifar10-bench", "source": f"subset of {source} (seed 0)"}
     if not is_complete(dirs["tensor"], "tensor"):
         write_tensor_dataset(dirs["tensor"], sub, meta["classes"], **common)
     if not is_complete(dirs["ffcv"], "ffcv"):
@@ -109,12 +110,21 @@ def ours_loop(name: str, data_dir: Path, args, device: torch.device, mean, std):
 def ffcv_raw_loop(data_dir: Path, args, device: torch.device, mean, std):
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import (Convert, Cutout, NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze,
-                                 ToDevice, ToTensor, ToTorchImage)
+    from ffcv.transforms import (
+        Convert,
+        Cutout,
+        NormalizeImage,
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
 
     mean255, std255 = np.array(mean) * 255, np.array(std) * 255
     image = [SimpleRGBImageDecoder(), RandomTranslate(padding=PAD, fill=(0, 0, 0)), RandomHorizontalFlip(),
-             Cutout(CUTOUT, fill=tuple(int(round(m)) for m in mean255))]
+             Cutout(CUTOUT, fill=tuple(round(m) for m in mean255))]
     if device.type == "cuda":  # FFCV's CIFAR example: normalise on the GPU in fp16
         import torchvision.transforms as T
 
@@ -258,7 +268,7 @@ def dali_layout_loops(data_dir: Path, cache: Path, args, device: torch.device):
     for layout in ("files+list", "webdataset"):
         @pipeline_def(batch_size=args.batch_size, num_threads=args.workers, seed=0,
                       device_id=(device.index or 0) if gpu else None)
-        def pipe():
+        def pipe(layout=layout):
             if layout == "files+list":
                 jpegs, labs = fn.readers.file(files=files, labels=labels.astype(np.int32).tolist(),
                                               shuffle_after_epoch=True, pad_last_batch=True, name="Reader")
@@ -307,9 +317,9 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Pipelines on {report['n_images']:,} CIFAR-10 images, batch {report['batch_size']}, "
-             f"{report['device']}, {report['workers']} workers/threads; translate 4 + flip + cutout 8 + normalise. "
-             f"{report['note']}", "",
+    lines = [(f"Pipelines on {report['n_images']:,} CIFAR-10 images, batch {report['batch_size']}, "
+              f"{report['device']}, {report['workers']} workers/threads; translate 4 + flip + cutout 8 + normalise. "
+              f"{report['note']}"), "",
              "| loop | img/s | vs torchvision-raw |", "|---|---:|---:|"]
     base = report["loops"].get("torchvision-raw", {}).get("img_s")
     for name, r in report["loops"].items():

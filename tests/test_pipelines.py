@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from fasttrain.pipelines import PIPELINES, load_split_tensors, make_pipeline
 
 from fasttrain.data.formats import (
     MissingBackend,
@@ -29,7 +30,6 @@ from fasttrain.data.formats import (
     read_labels,
 )
 from fasttrain.data.tensor_format import DatasetError, load_split, read_meta
-from fasttrain.pipelines import PIPELINES, load_split_tensors, make_pipeline
 
 # (pipeline, dataset format, max mean |pixel difference| against the source image)
 CASES = [("tensor", "tensor", 0.0), ("ffcv", "ffcv", 0.0), ("dali", "dali", 4.0),
@@ -249,7 +249,7 @@ def test_registry_matches_config():
 # ----------------------------------------------------------------------------- CLI, one epoch per pipeline
 def fasttrain(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "fasttrain", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"fasttrain {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -271,6 +271,7 @@ def test_cli_convert_and_run_one_epoch(name, fmt, cifar_jpeg_slice, tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["pipeline"] == name
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_format_and_pipeline(datasets, tmp_path):
     proc = fasttrain("convert", "cifar10", "--format", "hdf5", "--out", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "--format" in proc.stderr and "ffcv" in proc.stderr

@@ -197,7 +197,7 @@ def _write_atomically(out_dir: Path, fmt: str, write_into: Callable[[Path], dict
 
 def _split_common(split: Split, n_classes: int, shape: tuple[int, int, int]) -> dict:
     labels = np.asarray(split.labels, dtype=np.int64)
-    return {"count": int(len(labels)), "shape": list(shape),
+    return {"count": len(labels), "shape": list(shape),
             "class_counts": np.bincount(labels, minlength=n_classes).tolist()}
 
 
@@ -311,8 +311,8 @@ def write_dali_dataset(
             for d in sorted({r.rsplit("/", 1)[0] for r in rel}):
                 (tmp / d).mkdir(parents=True, exist_ok=True)
 
-            def write_one(i: int) -> None:
-                (tmp / rel[i]).write_bytes(encode_jpeg(split.images[i], quality, max_resolution))
+            def write_one(i: int, rel: list[str] = rel, images: np.ndarray = split.images) -> None:
+                (tmp / rel[i]).write_bytes(encode_jpeg(images[i], quality, max_resolution))
                 with counter.get_lock():
                     counter.value += 1
 
@@ -362,8 +362,11 @@ def is_complete(data_dir: str | Path, fmt: str) -> bool:
                 return False
         else:
             lst = data_dir / info["list"]
-            if not lst.is_file() or sum(1 for _ in open(lst)) != info["count"]:
+            if not lst.is_file():
                 return False
+            with open(lst) as f:
+                if sum(1 for _ in f) != info["count"]:
+                    return False
     return True
 
 
@@ -435,8 +438,8 @@ def convert_dataset(
         log(f"{out_dir} already holds a complete {dataset} dataset in {fmt} format; reusing it (--force rebuilds)")
         return out_dir
     loaded = read_dataset(dataset, source, progress_factory, log, **options)
-    common = dict(name=name, source=loaded.source, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
-                  timeout_s=timeout_s or DEFAULT_TIMEOUT_S, extra_meta=loaded.extra_meta)
+    common = {"name": name, "source": loaded.source, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution,
+              "timeout_s": timeout_s or DEFAULT_TIMEOUT_S, "extra_meta": loaded.extra_meta}
     if fmt == "ffcv":
         write_ffcv_dataset(out_dir, loaded.splits, loaded.classes, **common)
     else:
