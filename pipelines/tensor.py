@@ -1,6 +1,6 @@
 """The default pipeline: the whole uint8 dataset lives on the training device.
 
-Each epoch is one device-side random permutation; a batch is an index_select of the resident tensor.
+Each epoch is one device-side random permutation; a batch is a gather (index_select on the GPU, numpy take on the CPU) of the resident tensor.
 No DataLoader, no worker processes, no per-batch host-to-device copy; the same code runs on the CPU.
 For DDP each rank takes a contiguous slice of the shared permutation (same seed on every rank).
 """
@@ -72,6 +72,14 @@ class TensorPipeline:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.epoch_indices()
+        if self.device.type == "cpu":
+            # numpy's take gathers a 512-image batch in ~0.5 ms; torch's multi-threaded index_select of
+            # the same batch took ~18 ms on 2 busy cores (thread-pool overhead dominates small gathers).
+            images, labels, idx_np = self.images.numpy(), self.labels.numpy(), idx.numpy()
+            for b in range(len(self)):
+                sel = idx_np[b * self.batch_size : (b + 1) * self.batch_size]
+                yield torch.from_numpy(np.take(images, sel, axis=0)), torch.from_numpy(np.take(labels, sel))
+            return
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel)
