@@ -78,8 +78,13 @@ def capture_rng() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
         "cuda": None,
     }
@@ -91,16 +96,20 @@ def capture_rng() -> dict:
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(_as_tuples(state["python"]))
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            warnings.warn(f"checkpoint holds CUDA RNG states of {len(cuda)} devices, this process sees "
-                          f"{torch.cuda.device_count()}: CUDA random streams are not restored", stacklevel=2)
+            warnings.warn(
+                f"checkpoint holds CUDA RNG states of {len(cuda)} devices, this process sees "
+                f"{torch.cuda.device_count()}: CUDA random streams are not restored",
+                stacklevel=2,
+            )
 
 
 def _as_tuples(x):
@@ -147,13 +156,17 @@ def load(path: str | Path) -> dict:
     Anything else (a pickled callable, a custom class) is refused with CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: the run saved none yet (it stopped before the end of "
-                              f"its first epoch) or this is not a run directory")
+        raise CheckpointError(
+            f"no checkpoint at {path}: the run saved none yet (it stopped before the end of "
+            f"its first epoch) or this is not a run directory"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        detail = next(
+            (ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else ""
+        )
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain-tensor checkpoint; it pickles objects or code that "
             f"loading would execute ({detail.strip()}). fasttrain loads checkpoints only with "
@@ -198,8 +211,10 @@ def load_state_into(obj: Any, state: dict, name: str) -> None:
         cur = getattr(obj, k, None)
         if isinstance(cur, dict) and isinstance(v, dict) and all(torch.is_tensor(t) for t in cur.values()):
             if set(cur) != set(v):
-                raise CheckpointError(f"checkpoint entry {name}.{k} does not match this run "
-                                      f"(keys differ: {sorted(set(cur) ^ set(v))[:5]})")
+                raise CheckpointError(
+                    f"checkpoint entry {name}.{k} does not match this run "
+                    f"(keys differ: {sorted(set(cur) ^ set(v))[:5]})"
+                )
             for key, t in v.items():
                 cur[key].copy_(t)
         elif torch.is_tensor(cur) and torch.is_tensor(v) and cur.shape == v.shape:
@@ -209,7 +224,11 @@ def load_state_into(obj: Any, state: dict, name: str) -> None:
 
 
 def _storable(v: Any) -> bool:
-    if torch.is_tensor(v) or v is None or isinstance(v, (int, float, bool, str, np.random.Generator, torch.Generator)):
+    if (
+        torch.is_tensor(v)
+        or v is None
+        or isinstance(v, (int, float, bool, str, np.random.Generator, torch.Generator))
+    ):
         return True
     if isinstance(v, dict):
         return all(_storable(x) for x in v.values())
@@ -250,7 +269,9 @@ class Position:
     epoch_acc: dict | None = None  # this rank's running sums of the interrupted epoch, and elapsed_s
     extra: dict = field(default_factory=dict)  # loop variables saved with `extra=` (e.g. best weights)
 
-    def epoch_start(self, epoch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int, float]:
+    def epoch_start(
+        self, epoch: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int, float]:
         """(loss_sum, correct, seen, batches to skip, seconds already spent) for the start of `epoch`:
         zeros, except in the epoch a mid-epoch checkpoint interrupted."""
         zero = torch.zeros((), device=device)
@@ -259,8 +280,13 @@ class Position:
         elapsed = float(a.get("elapsed_s", 0.0))
         if "loss_sum" not in a:  # also ranks > 0 under DDP: rank 0 carries the sums over all ranks
             return zero, zero.clone(), 0, skip, elapsed
-        return (torch.full((), a["loss_sum"], device=device), torch.full((), a["correct"], device=device),
-                int(a["seen"]), skip, elapsed)
+        return (
+            torch.full((), a["loss_sum"], device=device),
+            torch.full((), a["correct"], device=device),
+            int(a["seen"]),
+            skip,
+            elapsed,
+        )
 
 
 class TrainState:
@@ -271,8 +297,18 @@ class TrainState:
     The sampler and the global RNG streams are per process (gathered from every rank; rank 0 writes).
     info: extra top-level entries for readers of the file (e.g. image_size)."""
 
-    def __init__(self, run_dir: str | Path, *, modules: dict[str, torch.nn.Module | None], objects: dict[str, Any],
-                 sampler: Any, dist: Any, config: dict, meta: dict, info: dict | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        modules: dict[str, torch.nn.Module | None],
+        objects: dict[str, Any],
+        sampler: Any,
+        dist: Any,
+        config: dict,
+        meta: dict,
+        info: dict | None = None,
+    ):
         self.path = Path(run_dir) / CHECKPOINT_NAME
         self.modules = {k: v for k, v in modules.items() if v is not None}
         self.objects = {k: v for k, v in objects.items() if v is not None}
@@ -282,8 +318,17 @@ class TrainState:
         self.meta = meta
         self.info = info or {}
 
-    def save(self, *, epoch: int, batch: int, step: int, history: list, train_s: float,
-             epoch_acc: dict | None = None, extra: dict | None = None) -> Path:
+    def save(
+        self,
+        *,
+        epoch: int,
+        batch: int,
+        step: int,
+        history: list,
+        train_s: float,
+        epoch_acc: dict | None = None,
+        extra: dict | None = None,
+    ) -> Path:
         """Collective under DDP (every rank must call it at the same point); only rank 0 writes.
         Refuses (NonFiniteLoss) to overwrite the last good checkpoint with non-finite weights."""
         from .resilience import check_finite_params
@@ -297,14 +342,23 @@ class TrainState:
         if not self.dist.is_main:
             return self.path
         payload = {
-            "format": FORMAT, "config": self.config,
+            "format": FORMAT,
+            "config": self.config,
             **{name: m.state_dict() for name, m in self.modules.items()},
-            "classes": self.meta.get("classes"), "mean": self.meta.get("mean"), "std": self.meta.get("std"),
+            "classes": self.meta.get("classes"),
+            "mean": self.meta.get("mean"),
+            "std": self.meta.get("std"),
             **self.info,
             "state": {k: state_of(v) for k, v in self.objects.items()},
-            "ranks": ranks, "world_size": self.dist.world_size,
-            "position": {"epoch": epoch, "batch": batch, "step": step}, "epoch": epoch, "step": step,
-            "epoch_acc": epoch_acc, "history": history, "train_s": train_s, "extra": extra or {},
+            "ranks": ranks,
+            "world_size": self.dist.world_size,
+            "position": {"epoch": epoch, "batch": batch, "step": step},
+            "epoch": epoch,
+            "step": step,
+            "epoch_acc": epoch_acc,
+            "history": history,
+            "train_s": train_s,
+            "extra": extra or {},
             "torch": torch.__version__,
         }
         return save(self.path, payload)
@@ -313,8 +367,10 @@ class TrainState:
         """Loads the run directory's checkpoint into the live objects; returns where to continue."""
         ckpt = load(self.path)
         if ckpt.get("format") != FORMAT:
-            raise CheckpointError(f"{self.path} has checkpoint format {ckpt.get('format')!r}, this fasttrain "
-                                  f"reads format {FORMAT}")
+            raise CheckpointError(
+                f"{self.path} has checkpoint format {ckpt.get('format')!r}, this fasttrain "
+                f"reads format {FORMAT}"
+            )
         _check_same_config(ckpt.get("config") or {}, self.config, self.path)
         for name, module in self.modules.items():
             if ckpt.get(name) is None:
@@ -322,7 +378,9 @@ class TrainState:
             try:
                 module.load_state_dict(ckpt[name])
             except RuntimeError as e:
-                raise CheckpointError(f"{self.path}: the {name!r} weights do not fit this run's model: {e}") from None
+                raise CheckpointError(
+                    f"{self.path}: the {name!r} weights do not fit this run's model: {e}"
+                ) from None
         state = ckpt.get("state", {})
         for name, obj in self.objects.items():
             if name not in state:
@@ -332,8 +390,11 @@ class TrainState:
         if len(ranks) != self.dist.world_size:
             # tensor pipeline: same data order and augmentation for any world size (rank 0's sampler);
             # only per-process streams (dropout masks) differ from an uninterrupted run
-            warnings.warn(f"{self.path} was written by {len(ranks)} process(es), resuming with "
-                          f"{self.dist.world_size}: per-process random streams are re-derived", stacklevel=2)
+            warnings.warn(
+                f"{self.path} was written by {len(ranks)} process(es), resuming with "
+                f"{self.dist.world_size}: per-process random streams are re-derived",
+                stacklevel=2,
+            )
         mine = ranks[min(self.dist.rank, len(ranks) - 1)]
         self.sampler.load_state_dict(mine["sampler"])
         restore_rng(mine["rng"])
@@ -341,9 +402,15 @@ class TrainState:
         acc = ckpt.get("epoch_acc")
         if acc is not None:
             acc = {**acc, **_rank_sums(ranks, self.dist)}
-        return Position(epoch=int(pos["epoch"]), batch=int(pos["batch"]), step=int(pos["step"]),
-                        history=list(ckpt.get("history") or []), train_s=float(ckpt.get("train_s") or 0.0),
-                        epoch_acc=acc, extra=dict(ckpt.get("extra") or {}))
+        return Position(
+            epoch=int(pos["epoch"]),
+            batch=int(pos["batch"]),
+            step=int(pos["step"]),
+            history=list(ckpt.get("history") or []),
+            train_s=float(ckpt.get("train_s") or 0.0),
+            epoch_acc=acc,
+            extra=dict(ckpt.get("extra") or {}),
+        )
 
 
 def _rank_sums(ranks: list[dict], dist) -> dict:
@@ -361,11 +428,14 @@ def check_resumable(run_dir: str | Path) -> None:
     """Before any work: RUN_DIR has a checkpoint and has not finished."""
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
-        raise CheckpointError(f"--resume {run_dir}: this run already finished (summary.json exists); "
-                              f"start a new run with --out")
+        raise CheckpointError(
+            f"--resume {run_dir}: this run already finished (summary.json exists); start a new run with --out"
+        )
     if not (run_dir / CHECKPOINT_NAME).is_file():
-        raise CheckpointError(f"--resume {run_dir}: no {CHECKPOINT_NAME} yet (the run stopped before the end of "
-                              f"its first epoch); start it again without --resume")
+        raise CheckpointError(
+            f"--resume {run_dir}: no {CHECKPOINT_NAME} yet (the run stopped before the end of "
+            f"its first epoch); start it again without --resume"
+        )
     for tmp in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill during a write
         tmp.unlink(missing_ok=True)
 
@@ -377,9 +447,12 @@ RESUME_MAY_DIFFER = frozenset({"out", "nproc", "threads"})
 def _check_same_config(saved: dict, current: dict, path: Path) -> None:
     # compare as JSON sees them (config.json turns tuples into lists)
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
-    diff = sorted(k for k in set(saved) | set(current)
-                  if k not in RESUME_MAY_DIFFER and saved.get(k) != current.get(k))
+    diff = sorted(
+        k for k in set(saved) | set(current) if k not in RESUME_MAY_DIFFER and saved.get(k) != current.get(k)
+    )
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
-        raise CheckpointError(f"{path} was written by a run with a different config ({shown}); resume with "
-                              f"the run's own config.json (`fasttrain run --resume DIR` and no other options)")
+        raise CheckpointError(
+            f"{path} was written by a run with a different config ({shown}); resume with "
+            f"the run's own config.json (`fasttrain run --resume DIR` and no other options)"
+        )

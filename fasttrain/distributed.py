@@ -32,6 +32,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -56,16 +57,29 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     """The command `--nproc N` runs: this same fasttrain command line under a single-node torchrun."""
     # "--" keeps torchrun's own parser off our options (it would read --nproc as an abbreviation of
     # --nproc-per-node, --monitor of --monitor-interval)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "fasttrain", "--", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "fasttrain",
+        "--",
+        *argv,
+    ]
 
 
 def launch(nproc: int, argv: list[str]) -> None:
     """Replaces this process with torchrun (os.execv), so signals reach torchrun and its workers directly.
     The workers see RANK etc. and train instead of launching again."""
     cmd = torchrun_command(nproc, argv)
-    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m fasttrain -- "
-          f"{' '.join(argv)}", file=sys.stderr, flush=True)
+    print(
+        f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m fasttrain -- "
+        f"{' '.join(argv)}",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
 
@@ -78,8 +92,10 @@ def check_launch(nproc: int | None, device: str) -> None:
     if wants_cuda:
         n = torch.cuda.device_count()
         if nproc > n:
-            raise ConfigError(f"--nproc {nproc}: only {n} CUDA device(s) visible; one process per GPU "
-                              f"(use --nproc {n}, or --device cpu)")
+            raise ConfigError(
+                f"--nproc {nproc}: only {n} CUDA device(s) visible; one process per GPU "
+                f"(use --nproc {n}, or --device cpu)"
+            )
 
 
 # ============================================================================ the per-process context
@@ -92,6 +108,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     global_batches: bool = True  # pipeline yields the global batch (tensor) vs this rank's shard
+    control_group: Any = None  # gloo group for host-side flags when the main backend is NCCL
 
     @property
     def enabled(self) -> bool:
@@ -130,8 +147,12 @@ class DistContext:
             rows = torch.cat([own, partners])
             n_own = len(own)
             local = _take_params(params, rows)
-            local.mix_index = torch.cat([torch.arange(n_own, 2 * n_own, device=x.device),
-                                         torch.arange(n_own, 2 * n_own, device=x.device)])
+            local.mix_index = torch.cat(
+                [
+                    torch.arange(n_own, 2 * n_own, device=x.device),
+                    torch.arange(n_own, 2 * n_own, device=x.device),
+                ]
+            )
             # partner rows are only sources: no blending of their own
             local.mix_lam[n_own:] = 1.0
             local.cutmix[n_own:] = 0
@@ -157,11 +178,11 @@ class DistContext:
         return indices[: len(indices) - len(indices) % self.world_size]
 
     def sampler_seed(self, seed: int) -> int:
-        """Global batches: every rank draws the same parameters (then slices); sharded: one stream per rank."""
+        """Global batches: every rank draws the same parameters (then slices); sharded: a stream per rank."""
         return seed if self.global_batches else seed + 1_000_003 * self.rank
 
     def seed_process_streams(self, seed: int) -> None:
-        """After the (identical) model init: distinct global torch streams per rank, e.g. for dropout masks."""
+        """After the (identical) model init: distinct global torch streams per rank (dropout masks)."""
         if self.enabled:
             torch.manual_seed(seed + 7919 * (self.rank + 1))
 
@@ -199,16 +220,22 @@ class DistContext:
             from .evaluate import metrics_from_confusion
 
             if num_classes is None:
-                raise ValueError("distributed evaluation needs num_classes (every rank's confusion matrix "
-                                 "must have the same shape)")
+                raise ValueError(
+                    "distributed evaluation needs num_classes (every rank's confusion matrix "
+                    "must have the same shape)"
+                )
             self.sync_buffers(model)
             sl = self.eval_slice(len(images))
-            res = evaluate_fn(model, images[sl], labels[sl], *args, confusion=True, num_classes=num_classes, **kw)
+            res = evaluate_fn(
+                model, images[sl], labels[sl], *args, confusion=True, num_classes=num_classes, **kw
+            )
             n = sl.stop - sl.start
             means = [k for k, v in res.items() if isinstance(v, float)]
             cm = torch.as_tensor(res["confusion"], dtype=torch.float64, device=self.device)
-            sums = torch.stack([torch.tensor(float(n), dtype=torch.float64, device=self.device)]
-                               + [torch.tensor(res[k] * n, dtype=torch.float64, device=self.device) for k in means])
+            sums = torch.stack(
+                [torch.tensor(float(n), dtype=torch.float64, device=self.device)]
+                + [torch.tensor(res[k] * n, dtype=torch.float64, device=self.device) for k in means]
+            )
             import torch.distributed as dist
 
             dist.all_reduce(sums)
@@ -237,7 +264,9 @@ class DistContext:
         if err is not None:
             raise err
         if failed:
-            raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)} (see its error); stopping rank {self.rank}")
+            raise RuntimeError(
+                f"rank 0 failed in {getattr(fn, '__name__', fn)} (see its error); stopping rank {self.rank}"
+            )
         return result
 
     def main_only_fn(self, fn):
@@ -248,12 +277,14 @@ class DistContext:
 
     # ------------------------------------------------------------------ reductions
     def all_reduce_sum(self, *values):
-        """Sums tensors (on the device) and numbers across ranks, in one collective; returns the same types."""
+        """Sums tensors (on the device) and numbers across ranks in one collective; returns the same types."""
         if not self.enabled:
             return values if len(values) > 1 else values[0]
         import torch.distributed as dist
 
-        flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values])
+        flat = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values]
+        )
         dist.all_reduce(flat)
         out = []
         for v, s in zip(values, flat):
@@ -274,10 +305,15 @@ class DistContext:
         return {**result, **{k: s / max(total, 1.0) for k, s in zip(keys, rest)}}
 
     def any(self, flag: bool) -> bool:
-        """True on every rank if it is True on any rank (stop requests)."""
+        """True on every rank if it is True on any rank (stop requests). A CPU tensor over gloo (the
+        control group beside NCCL), so polling it never waits for the GPU's queued work."""
         if not self.enabled:
             return flag
-        return self.all_reduce_sum(float(bool(flag))) > 0
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, group=self.control_group)
+        return bool(t.item() > 0)
 
     def min_nonneg(self, value: torch.Tensor) -> torch.Tensor:
         """The smallest non-negative value across ranks, -1 if none (first bad step)."""
@@ -318,10 +354,13 @@ def _take_params(params, rows: torch.Tensor):
     """AugParams of the given rows (per-sample fields gathered; mix_index left for the caller to remap)."""
     from .augment import AugParams
 
-    take = {k: getattr(params, k).index_select(0, rows)
-            for k in ("offset", "flip", "cutout", "mix_index", "mix_lam", "cutmix")}
-    return AugParams(**take, pad=params.pad, pad_mode=params.pad_mode, has_cutout=params.has_cutout,
-                     has_mix=params.has_mix)
+    take = {
+        k: getattr(params, k).index_select(0, rows)
+        for k in ("offset", "flip", "cutout", "mix_index", "mix_lam", "cutmix")
+    }
+    return AugParams(
+        **take, pad=params.pad, pad_mode=params.pad_mode, has_cutout=params.has_cutout, has_mix=params.has_mix
+    )
 
 
 # ============================================================================ setup / teardown
@@ -335,15 +374,18 @@ def setup(device: torch.device, *, timeout_s: float = 1800) -> DistContext:
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"--nproc: process {local} on this node has no GPU ({torch.cuda.device_count()} "
-                              f"visible); start at most one process per GPU")
+            raise ConfigError(
+                f"--nproc: process {local} on this node has no GPU ({torch.cuda.device_count()} "
+                f"visible); start at most one process per GPU"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
         atexit.register(shutdown)
-    return DistContext(rank=rank, world_size=world, local_rank=local, device=device)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=device, control_group=control)
 
 
 def shutdown() -> None:
@@ -351,4 +393,3 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-

@@ -30,8 +30,10 @@ class RunInterrupted(Exception):
         self.run_dir = str(run_dir)
         self.epoch = epoch
         self.step = step
-        super().__init__(f"{signame}: stopped at step {step} (epoch {epoch + 1}); checkpoint saved in {run_dir}; "
-                         f"resume with: fasttrain run --resume {run_dir}")
+        super().__init__(
+            f"{signame}: stopped at step {step} (epoch {epoch + 1}); checkpoint saved in {run_dir}; "
+            f"resume with: fasttrain run --resume {run_dir}"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -100,7 +102,9 @@ class Sentinel:
     def observe(self, loss: torch.Tensor, step: int) -> None:
         self.guard.observe(loss, step)
 
-    def should_stop(self, step: int, *, at_boundary: bool = True, checkpoint=None, steps_per_epoch=None) -> bool:
+    def should_stop(
+        self, step: int, *, at_boundary: bool = True, checkpoint=None, steps_per_epoch=None
+    ) -> bool:
         """True when the run must save and exit now (same answer on every rank). Every `check_every` steps
         it also reads the loss guard back (raising NonFiniteLoss)."""
         if step % self.check_every == 0:
@@ -144,8 +148,11 @@ class LossGuard:
         self.first_bad.masked_fill_(newly, step)
         self.bad_value.copy_(torch.where(newly, loss, self.bad_value))
 
-    def check(self, dist=None, *, checkpoint: str | Path | None = None, steps_per_epoch: int | None = None) -> None:
-        """Reads the flag (a host sync); under DDP every rank learns of any rank's bad step. Raises NonFiniteLoss."""
+    def check(
+        self, dist=None, *, checkpoint: str | Path | None = None, steps_per_epoch: int | None = None
+    ) -> None:
+        """Reads the flag (a host sync); under DDP every rank learns of any rank's bad step.
+        Raises NonFiniteLoss."""
         first = self.first_bad.clone()
         if dist is not None and dist.enabled:
             first = dist.min_nonneg(first)
@@ -153,22 +160,35 @@ class LossGuard:
         if step < 0:
             return
         value = float(self.bad_value.item())
-        kind = "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else "non-finite"
+        kind = (
+            "NaN"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else "non-finite"
+        )
         where = f"step {step}"
         if steps_per_epoch:
             where += f" (epoch {(step - 1) // steps_per_epoch + 1}, batch {(step - 1) % steps_per_epoch + 1})"
-        kept = (f"; the last good checkpoint is kept at {checkpoint}" if checkpoint and Path(checkpoint).exists()
-                else "; no checkpoint was saved before it")
-        raise NonFiniteLoss(f"training loss became {kind} at {where}: the run diverged and was stopped{kept}. "
-                            f"Try a lower --lr, more warmup, or --amp bf16/off instead of fp16")
+        kept = (
+            f"; the last good checkpoint is kept at {checkpoint}"
+            if checkpoint and Path(checkpoint).exists()
+            else "; no checkpoint was saved before it"
+        )
+        raise NonFiniteLoss(
+            f"training loss became {kind} at {where}: the run diverged and was stopped{kept}. "
+            f"Try a lower --lr, more warmup, or --amp bf16/off instead of fp16"
+        )
 
 
 def check_finite_params(model: torch.nn.Module) -> None:
     """Before saving: a step can turn weights non-finite while its loss was still finite."""
     bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
-        raise NonFiniteLoss(f"model weights became non-finite ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-                            f"the run diverged and was stopped without overwriting the last checkpoint")
+        raise NonFiniteLoss(
+            f"model weights became non-finite ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+            f"the run diverged and was stopped without overwriting the last checkpoint"
+        )
 
 
 # ============================================================================ run directory
@@ -185,8 +205,10 @@ def check_run_dir(run_dir: str | Path, *, need_bytes: int = 0, option: str = "--
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"{option} {path}: cannot create the run directory ({e.strerror or e}); "
-                          f"choose a writable location") from None
+        raise RunDirError(
+            f"{option} {path}: cannot create the run directory ({e.strerror or e}); "
+            f"choose a writable location"
+        ) from None
     probe = path / f".write-probe-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
@@ -194,8 +216,10 @@ def check_run_dir(run_dir: str | Path, *, need_bytes: int = 0, option: str = "--
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunDirError(f"{option} {path}: the run directory is not writable ({e.strerror or e}); "
-                          f"fix its permissions or free space, or choose another --out") from None
+        raise RunDirError(
+            f"{option} {path}: the run directory is not writable ({e.strerror or e}); "
+            f"fix its permissions or free space, or choose another --out"
+        ) from None
     finally:
         probe.unlink(missing_ok=True)
     if need_bytes:
@@ -206,9 +230,11 @@ def check_run_dir(run_dir: str | Path, *, need_bytes: int = 0, option: str = "--
 def check_free_space(run_dir: str | Path, need_bytes: int, *, option: str = "--out") -> None:
     free = shutil.disk_usage(run_dir).free
     if free < need_bytes:
-        raise RunDirError(f"{option} {run_dir}: only {_human(free)} free on its disk, the run needs about "
-                          f"{_human(need_bytes)} (a checkpoint is written beside the previous one, plus logs); "
-                          f"free some space or choose another --out")
+        raise RunDirError(
+            f"{option} {run_dir}: only {_human(free)} free on its disk, the run needs about "
+            f"{_human(need_bytes)} (a checkpoint is written beside the previous one, plus logs); "
+            f"free some space or choose another --out"
+        )
 
 
 def checkpoint_bytes(*modules_or_tensors) -> int:

@@ -26,9 +26,22 @@ from fasttrain.train import train
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(model="resnet9", data=str(data), out=str(out), epochs=2, batch_size=50, train_subset=200,
-                amp="off", compile=False, device="cpu", threads=1, seed=0, tta="none", tensorboard=False,
-                model_kwargs={"width": 0.25})
+    base = dict(
+        model="resnet9",
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        batch_size=50,
+        train_subset=200,
+        amp="off",
+        compile=False,
+        device="cpu",
+        threads=1,
+        seed=0,
+        tta="none",
+        tensorboard=False,
+        model_kwargs={"width": 0.25},
+    )
     base.update(kw)
     return RunConfig(**base)
 
@@ -63,8 +76,12 @@ def test_cli_resume_refuses_crafted_checkpoint(cifar_tensor_slice, tmp_path):
     tiny_cfg(cifar_tensor_slice, run).save(run / "config.json")
     marker = tmp_path / "pwned"
     torch.save({"model": {}, "x": Payload(marker)}, run / "checkpoint.pt")
-    proc = subprocess.run([sys.executable, "-m", "fasttrain", "run", "--resume", str(run)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fasttrain", "run", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "refusing to load" in proc.stderr and str(run / "checkpoint.pt") in proc.stderr
     assert not marker.exists()
@@ -117,21 +134,49 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(cifar_tensor_slice, t
 
     monkeypatch.setattr(train_mod, "mixed_cross_entropy", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match=r"NaN at step 6 \(epoch 2, batch 2\).*last good checkpoint") as info:
+    with pytest.raises(
+        NonFiniteLoss, match=r"NaN at step 6 \(epoch 2, batch 2\).*last good checkpoint"
+    ) as info:
         train(tiny_cfg(cifar_tensor_slice, out, epochs=3), quiet=True)
     assert str(out / "checkpoint.pt") in str(info.value)
     kept = ckpt_io.load(out / "checkpoint.pt")
-    assert kept["position"] == {"epoch": 1, "batch": 0, "step": 4}, "the diverged state overwrote the checkpoint"
+    assert kept["position"] == {"epoch": 1, "batch": 0, "step": 4}, (
+        "the diverged state overwrote the checkpoint"
+    )
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     assert not (out / "summary.json").exists()
 
 
 def test_cli_divergence_exits_3_naming_the_step(cifar_tensor_slice, tmp_path):
-    args = ["run", "resnet9", "--data", cifar_tensor_slice, "--out", tmp_path / "r", "--epochs", 1,
-            "--batch-size", 50, "--train-subset", 100, "--width", 0.25, "--device", "cpu", "--amp", "off",
-            "--no-compile", "--lr", "1e30", "--threads", 1, "--no-tensorboard"]
-    proc = subprocess.run([sys.executable, "-m", "fasttrain", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    args = [
+        "run",
+        "resnet9",
+        "--data",
+        cifar_tensor_slice,
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--batch-size",
+        50,
+        "--train-subset",
+        100,
+        "--width",
+        0.25,
+        "--device",
+        "cpu",
+        "--amp",
+        "off",
+        "--no-compile",
+        "--lr",
+        "1e30",
+        "--threads",
+        1,
+        "--no-tensorboard",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fasttrain", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "training loss became" in proc.stderr and "at step" in proc.stderr
     assert "no checkpoint was saved" in proc.stderr
@@ -151,9 +196,35 @@ def test_first_signal_requests_stop_second_aborts():
 @pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_prints_resume_hint(cifar_tensor_slice, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fasttrain", "run", "resnet9", "--data", cifar_tensor_slice, "--out", out,
-            "--epochs", 8, "--batch-size", 50, "--train-subset", 200, "--width", 0.25, "--device", "cpu",
-            "--amp", "off", "--no-compile", "--threads", 1, "--tta", "none", "--no-tensorboard"]
+    args = [
+        sys.executable,
+        "-m",
+        "fasttrain",
+        "run",
+        "resnet9",
+        "--data",
+        cifar_tensor_slice,
+        "--out",
+        out,
+        "--epochs",
+        8,
+        "--batch-size",
+        50,
+        "--train-subset",
+        200,
+        "--width",
+        0.25,
+        "--device",
+        "cpu",
+        "--amp",
+        "off",
+        "--no-compile",
+        "--threads",
+        1,
+        "--tta",
+        "none",
+        "--no-tensorboard",
+    ]
     proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -167,8 +238,12 @@ def test_sigterm_saves_checkpoint_and_prints_resume_hint(cifar_tensor_slice, tmp
     stopped = ckpt_io.load(out / "checkpoint.pt")["position"]
     assert stopped["step"] >= 4  # at or after the end of epoch 1 (4 steps): nothing done was thrown away
     assert not (out / "summary.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "fasttrain", "run", "--resume", str(out)], capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fasttrain", "run", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["steps"] == 32
 
@@ -177,17 +252,22 @@ def test_sigterm_saves_checkpoint_and_prints_resume_hint(cifar_tensor_slice, tmp
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args, option", [
-    (["--nproc", "0"], "--nproc"),
-    (["--batch-size", "50", "--nproc", "3"], "--batch-size"),
-    (["--sync-bn", "--device", "cpu"], "--sync-bn"),
-    (["--sync-bn", "--device", "auto"], "--sync-bn"),
-    (["--nproc", "2", "--device", "cuda:1"], "--device"),
-    (["--epochs", "0"], "--epochs"),
-])
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--nproc", "0"], "--nproc"),
+        (["--batch-size", "50", "--nproc", "3"], "--batch-size"),
+        (["--sync-bn", "--device", "cpu"], "--sync-bn"),
+        (["--sync-bn", "--device", "auto"], "--sync-bn"),
+        (["--nproc", "2", "--device", "cuda:1"], "--device"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
 def test_bad_or_contradictory_options_fail_before_any_work(args, option, cifar_tensor_slice, tmp_path):
     out = tmp_path / "never"
-    result = runner.invoke(app, ["run", "resnet9", "--data", str(cifar_tensor_slice), "--out", str(out), *args])
+    result = runner.invoke(
+        app, ["run", "resnet9", "--data", str(cifar_tensor_slice), "--out", str(out), *args]
+    )
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert not out.exists(), "work started before the options were checked"
