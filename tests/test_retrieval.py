@@ -235,3 +235,17 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
         assert (out / f).is_file(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["classify"] * 4 + ["embed"] * 3
+
+
+def test_seed003_recipes_resolve():
+    from fasttrain.config import RECIPES, default_retrieval_recipe, resolve
+
+    for name in ("t1-tinyimagenet", "t2-tinyimagenet", "t3-tinyimagenet", "t4-cars196", "retrieval"):
+        cfg = resolve(RECIPES[name].get("model", "customcnn"), name, {})
+        assert cfg.recipe == name
+    assert resolve("customcnn", None, {}).recipe == "t1-tinyimagenet"  # the model's default: T1
+    t1 = resolve("customcnn", None, {})
+    assert t1.early_stop > 0 and t1.val_split > 0 and t1.cutout > 0 and t1.schedule == "cosine"
+    t4 = resolve("resnet18_attn", default_retrieval_recipe("resnet18_attn"), {})
+    assert t4.task == "retrieval" and t4.model_kwargs["stem"] == "imagenet" and t4.data == "data/cars196"
+    assert default_retrieval_recipe("customcnn") == "retrieval"
