@@ -20,9 +20,11 @@ Sharding, per pipeline:
               float summation order), and a run may resume with a different W.
   ffcv, dali, torchvision
               built with rank / world_size and batch_size / W they yield this rank's batches directly
-              (FFCV Loader(distributed=True), DALI readers shard_id=rank / num_shards=W, a rank-strided
-              sampler for torchvision); each rank draws its own augmentation (seed + rank). A pipeline
-              opts into this mode with a class attribute `shards_by_rank = True`.
+              (FFCV Loader(distributed=True), DALI readers shard_id=rank / num_shards=W, a contiguous
+              rank share of the permutation for torchvision; fasttrain.pipelines.shard_indices first cuts
+              the set to a multiple of W so every rank runs the same number of steps). Each rank draws its
+              own augmentation (seed + rank). A new pipeline must take rank / world_size the same way;
+              `DistContext.pipeline_args` decides the mode (global batches for "tensor" only).
 """
 
 from __future__ import annotations
@@ -163,7 +165,13 @@ class DistContext:
         return augment_fn(x[sl], y[sl], local, *args, **kwargs)
 
     def pipeline_args(self, pipeline: str, batch_size: int) -> dict:
-        """batch_size / rank / world_size to build `pipeline` with, and which sharding mode applies."""
+        """batch_size / rank / world_size to build `pipeline` with, and which sharding mode applies.
+        Under torchrun the world size may come from outside (--nnodes x --nproc-per-node): checked here."""
+        if self.enabled and batch_size % self.world_size:
+            raise ConfigError(
+                f"--batch-size {batch_size}: must be divisible by the {self.world_size} processes "
+                f"(it is the global batch, split evenly)"
+            )
         self.global_batches = pipeline == "tensor"
         if not self.enabled or self.global_batches:
             return {"batch_size": batch_size, "rank": 0, "world_size": 1}
