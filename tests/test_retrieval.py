@@ -249,3 +249,20 @@ def test_seed003_recipes_resolve():
     t4 = resolve("resnet18_attn", default_retrieval_recipe("resnet18_attn"), {})
     assert t4.task == "retrieval" and t4.model_kwargs["stem"] == "imagenet" and t4.data == "data/cars196"
     assert default_retrieval_recipe("customcnn") == "retrieval"
+
+
+@pytest.mark.gpu
+def test_recall_and_loss_on_cuda_match_the_references():
+    g = torch.Generator().manual_seed(7)
+    emb = torch.randn(3000, 64, generator=g)
+    labels = torch.randint(0, 40, (3000,), generator=g)
+    cpu = recall_at_k(emb, labels, chunk=512)
+    cuda = recall_at_k(emb.cuda(), labels.cuda(), chunk=512)
+    assert cuda == pytest.approx(cpu, abs=2 / 3000)  # TF32 matmuls may swap near-tied neighbours
+    batch, blabels = _balanced_batch(8, 4, 32, 8)
+    x = batch.cuda().requires_grad_(True)
+    loss = multi_similarity_loss(x, blabels.cuda())
+    loss.backward()
+    ref = multi_similarity_loss_reference(batch, blabels)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    assert torch.isfinite(x.grad).all()

@@ -106,11 +106,15 @@ def _read_devkit_release(tree: SourceTree, meta_name: str) -> tuple[list[CarReco
     if test_mat is None:
         raise SourceError(f"{tree.path}: no cars_test_annos_withlabels.mat: the devkit's cars_test_annos.mat has "
                           "no labels; put the *_withlabels file beside it (or use cars_annos.mat + car_ims/)")
+    # "<folder>/<file>" -> full name, shallowest first (one pass: a find() per image would be quadratic)
+    by_tail: dict[str, str] = {}
+    for name in sorted(tree.names, key=lambda n: (n.count("/"), n)):
+        by_tail.setdefault("/".join(PurePosixPath(name).parts[-2:]), name)
     records = []
     for mat_name, folder, is_test in ((train_mat, "cars_train", False), (test_mat, "cars_test", True)):
         for rec in _annotations(_loadmat(tree, mat_name), mat_name):
             fname = str(_field(rec, "fname", mat_name)).strip()
-            path = tree.find(f"{folder}/{fname}")
+            path = by_tail.get(f"{folder}/{fname}")
             if path is None:
                 raise SourceError(f"{tree.path}: {folder}/{fname} (listed in {mat_name}) not found")
             records.append(CarRecord(path, int(_field(rec, "class", mat_name)) - 1, _box(rec, mat_name), is_test))

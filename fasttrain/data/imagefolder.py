@@ -104,7 +104,7 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = int(round(len(idx) * fraction))
+        k = round(len(idx) * fraction)
         k = max(k, 1) if len(idx) >= 2 else 0
         mask[rng.permutation(idx)[:k]] = True
     return mask

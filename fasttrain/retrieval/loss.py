@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 IMPLS = ("auto", "reference")
 
