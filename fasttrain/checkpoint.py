@@ -57,13 +57,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_DETERMINISM_SET_BY_US = False
+
+
 def set_deterministic(enabled: bool, device: torch.device) -> None:
     """`--deterministic`: deterministic kernels everywhere, cuDNN autotuning off.
 
     On a CPU this makes runs bit-identical (same seed, same thread count; tested). On CUDA some backward
     kernels (e.g. adaptive pooling, index_add) have no deterministic version: torch then warns instead of
-    failing (warn_only), so GPU runs are as reproducible as torch allows, not guaranteed bit-identical."""
+    failing (warn_only), so GPU runs are as reproducible as torch allows, not guaranteed bit-identical.
+    A later run in the same process without the flag turns off what an earlier one turned on."""
+    global _DETERMINISM_SET_BY_US
     if not enabled:
+        if _DETERMINISM_SET_BY_US:
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = False
+            _DETERMINISM_SET_BY_US = False
         return
     if device.type == "cuda":
         # cuBLAS needs a fixed workspace for deterministic GEMMs; must be set before its first use
@@ -71,6 +80,7 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    _DETERMINISM_SET_BY_US = True
 
 
 def capture_rng() -> dict:

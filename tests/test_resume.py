@@ -165,6 +165,14 @@ def test_same_seed_deterministic_runs_are_bit_identical(reference, cifar_tensor_
     assert other["test_loss"] != ref_summary["test_loss"]
 
 
+def test_deterministic_flag_does_not_leak_into_later_runs():
+    cpu = torch.device("cpu")
+    ckpt_io.set_deterministic(True, cpu)
+    assert torch.are_deterministic_algorithms_enabled()
+    ckpt_io.set_deterministic(False, cpu)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 # ============================================================================ stop by signal, resume
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_at_sample", [6, 4], ids=["mid-epoch", "epoch-end"])
@@ -273,3 +281,40 @@ def test_kill_9_mid_epoch_then_resume_loses_at_most_that_epoch(cifar_tensor_slic
     ref_summary = json.loads(stdout.strip().splitlines()[-1])
     assert final == rows(ref)
     assert summary["test_acc"] == ref_summary["test_acc"] and summary["test_loss"] == ref_summary["test_loss"]
+
+
+# ============================================================================ GPU (skipped without CUDA)
+@pytest.mark.gpu
+def test_cuda_rng_roundtrip():
+    torch.zeros(1, device="cuda")  # initialise CUDA so its generators are captured
+    torch.cuda.manual_seed_all(1)
+    state = ckpt_io.capture_rng()
+    assert state["cuda"] is not None
+    first = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(9)
+    ckpt_io.restore_rng(state)
+    assert torch.equal(first, torch.rand(4, device="cuda"))
+
+
+@pytest.mark.gpu
+def test_cuda_signal_stop_then_resume(cifar_tensor_slice, tmp_path, monkeypatch):
+    """On CUDA --deterministic is best effort (some kernels have no deterministic version), so the resumed
+    run must match the uninterrupted one closely rather than bit for bit."""
+    ref = train(small_cfg(cifar_tensor_slice, tmp_path / "ref", device="cuda"), quiet=True)
+    calls = {"n": 0}
+    original = AugmentSampler.sample
+
+    def sample_then_signal(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(AugmentSampler, "sample", sample_then_signal)
+    with pytest.raises(RunInterrupted):
+        train(small_cfg(cifar_tensor_slice, out, device="cuda"), quiet=True)
+    monkeypatch.setattr(AugmentSampler, "sample", original)
+    summary = train(small_cfg(cifar_tensor_slice, out, device="cuda"), quiet=True, resume=True)
+    assert summary["steps"] == ref["steps"]
+    assert summary["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-3)
