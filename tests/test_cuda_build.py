@@ -78,7 +78,9 @@ def test_kernel_host_emulation_matches_reference(built_library, misalign):
     """The kernel's block_compute / block_store, run thread by thread on the CPU, against the reference:
     bit-exact (the emulation uses the same round-per-operation fp32 arithmetic)."""
     load_once(built_library)
+    checked = 0
     for opts, (n, h, w), dtype in all_cases():
+        checked += 1
         seed = fresh_seed()
         x, labels, params = random_case(n, h, w, seed=seed, **opts)
         scale, bias = channel_constants(opts["c"])
@@ -86,6 +88,7 @@ def test_kernel_host_emulation_matches_reference(built_library, misalign):
         got = run_out_variant(torch.ops.fasttrain._augment_out_emulated, x, labels, params, scale, bias, dtype,
                               misalign)
         assert_matches_reference(got, apply(x, labels, params, scale, bias, dtype), exact_blend=True, where=where)
+    assert checked == 192  # padding mode x padding x flip x cutout x 4 mixes x 3 dtypes
     # a strided (NCHW-stored) input through the emulation too
     x, labels, params = random_case(3, 20, 18, pad=3, pad_mode="zero", flip=True, cutout=True, mix="both",
                                     seed=fresh_seed())
