@@ -50,7 +50,7 @@ def _progress_factory():
 
 @app.command()
 def convert(
-    dataset: str = typer.Argument(..., help="cifar10 | cifar100"),
+    dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
     out: Optional[Path] = typer.Option(None, help="Output directory [default: ./data/<dataset>]"),
@@ -64,22 +64,39 @@ def convert(
                                                  "exceeds this (larger images, e.g. ImageNet-like folders)."),
     timeout: Optional[float] = typer.Option(None, help="ffcv/dali: kill the writer after this many seconds "
                                             "[default: 3600]; nothing partial is left behind."),
+    # --- issue 9 (tinyimagenet, cars196, imagefolder): reader options, passed on only when given
+    name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
+                                       "./data/<name>)."),
+    size: Optional[int] = typer.Option(None, help="Resize the short side to SIZE and centre-crop SIZE x SIZE "
+                                       "(imagefolder, tinyimagenet; cars196 default 224)."),
+    val_fraction: Optional[float] = typer.Option(None, help="imagefolder without val/test folders: hold out "
+                                                 "this share of each class as 'test' [default: 0.1]."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that do not decode and record them "
+                                  "(count and list) in meta.json, instead of stopping with an error."),
 ) -> None:
     """Convert a dataset once into a training-ready format (default ./data/<dataset>, or
     ./data/<dataset>-<format> for ffcv/dali)."""
     from .data.formats import convert_dataset
 
+    reader_options = _reader_options(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad)
     try:
         convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,
                         max_resolution=max_resolution, timeout_s=timeout, progress_factory=_progress_factory(),
-                        log=typer.echo)
+                        log=typer.echo, **reader_options)
     except _user_errors() as e:
         _fail(str(e))
 
 
+def _reader_options(**given) -> dict:
+    """issue 9: the dataset-reader options the user actually gave (None/False dropped)."""
+    return {k: v for k, v in given.items() if v is not None and v is not False}
+
+
+
 @app.command()
 def run(
-    model: str = typer.Argument(..., help="Model name (see `fasttrain zoo`)."),
+    ctx: typer.Context,
+    model: Optional[str] = typer.Argument(None, help="Model name (see `fasttrain zoo`); omit with --resume."),
     data: Optional[str] = typer.Option(None, help="Converted dataset directory [default: data/cifar10]"),
     epochs: Optional[float] = typer.Option(None, help="Epochs (may be fractional)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
@@ -141,16 +158,44 @@ def run(
     early_stop: Optional[int] = typer.Option(None, help="Stop after N evals without improvement (needs --val-split)."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="TensorBoard event files (when tensorboard is installed)."),
+    # --- issue 8 (resume, determinism, DDP)
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in RUN_DIR from its last checkpoint, "
+                                          "with its saved config (give no other options).", metavar="RUN_DIR"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="Deterministic kernels: with --seed, bit-identical CPU runs."),
+    nproc: Optional[int] = typer.Option(None, help="Train with N processes on this machine (DDP via torchrun; "
+                                        "--batch-size stays the global batch). Several machines: README."),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn",
+                                           help="SyncBatchNorm across processes (CUDA only)."),
+    # --- issue 9 (seed 003): retrieval task, attention blocks
+    task: Optional[str] = typer.Option(None, help="classification (default) | retrieval: train on the first "
+                                       "classes, report Recall@1/2/4/8 on the held-out ones (recipe t4-cars196)."),
+    cls_epochs: Optional[float] = typer.Option(None, help="retrieval: classification epochs before the "
+                                               "embedding head [default: --epochs]."),
+    embed_epochs: Optional[float] = typer.Option(None, help="retrieval: epochs of the 512-d embedding with "
+                                                 "the multi-similarity loss [default: --epochs]."),
+    embed_lr: Optional[float] = typer.Option(None, help="retrieval: peak lr of the embedding phase."),
+    m_per_class: Optional[int] = typer.Option(None, help="retrieval: images per class in a batch."),
+    attention: Optional[str] = typer.Option(None, help="resnet18_attn: both | channel | spatial (CBAM blocks)."),
+    attention_placement: Optional[str] = typer.Option(None, help="resnet18_attn: sequential | parallel."),
 ) -> None:
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
     from .config import resolve
-    from .train import train
+
+    if resume is not None:  # issue 8
+        summary = _resume_run(ctx, model, resume, nproc)
+        if json_out:
+            typer.echo(json.dumps(summary))
+        return
+    if model is None:
+        _fail("MODEL: missing; name a model (`fasttrain zoo` lists them) or pass --resume RUN_DIR")
 
     overrides = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, device=device, compile=compile,
                      amp=amp, train_subset=train_subset, test_subset=test_subset, seed=seed, out=out,
                      label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
                      cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
     overrides["pipeline"] = pipeline  # issue 5
+    overrides.update(deterministic=deterministic, nproc=nproc, sync_bn=sync_bn)  # issue 8
     try:  # issue 7
         overrides.update(
             optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, schedule=schedule, warmup_epochs=warmup_epochs,
@@ -162,16 +207,105 @@ def run(
             tensorboard=tensorboard)
     except ValueError:
         _fail(f"--milestones: expected comma-separated epochs such as 100,150, got {milestones!r}")
+    overrides["task"] = task  # issue 9
+    from .models.attention import ATTENTION_BLOCKS, PLACEMENTS
+
+    if attention is not None and attention not in ATTENTION_BLOCKS:
+        _fail(f"--attention: must be one of {', '.join(ATTENTION_BLOCKS)}, got {attention!r}")
+    if attention_placement is not None and attention_placement not in PLACEMENTS:
+        _fail(f"--attention-placement: must be one of {', '.join(PLACEMENTS)}, got {attention_placement!r}")
+    if task == "retrieval" and recipe is None:
+        from .config import default_retrieval_recipe
+
+        recipe = default_retrieval_recipe(model)
     try:
         cfg = resolve(model, recipe, overrides)
         from .models.options import merge_model_options  # issue 6: model options
 
-        merge_model_options(cfg, width=width, activation=activation, drop_path=drop_path, image_size=image_size)
-        summary = train(cfg)
+        merge_model_options(cfg, width=width, activation=activation, drop_path=drop_path, image_size=image_size,
+                            attention=attention, placement=attention_placement)  # issue 9: attention
+        _merge_retrieval_options(cfg, cls_epochs=cls_epochs, embed_epochs=embed_epochs, embed_lr=embed_lr,
+                                 m_per_class=m_per_class)
+        summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)  # issue 9: --task
     except _user_errors() as e:
         _fail(str(e))
     if json_out:
         typer.echo(json.dumps(summary))
+
+
+# ---------------------------------------------------------------------------- retrieval (issue 9)
+def _merge_retrieval_options(cfg, **given) -> None:
+    """Put the retrieval options that were given into cfg.retrieval and re-validate."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and cfg.task != "retrieval":
+        _fail(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only with --task retrieval")
+    cfg.retrieval = {**cfg.retrieval, **given}
+    cfg.validate()
+
+
+def _train_retrieval(cfg) -> dict:
+    from .retrieval import train_retrieval
+
+    if cfg.nproc > 1:
+        _fail("--nproc: the retrieval task runs in one process")
+    return train_retrieval(cfg)
+
+
+# ---------------------------------------------------------------------------- resume / DDP / failures (issue 8)
+def _train(cfg, *, resume: bool = False) -> dict:
+    """train(cfg), or with cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop
+    signal exits 130/143 with a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
+    from . import distributed
+    from .checkpoint import CheckpointError
+    from .resilience import NonFiniteLoss, RunDirError, RunInterrupted
+    from .train import train
+
+    if cfg.nproc > 1 and not distributed.in_torchrun():
+        distributed.check_launch(cfg.nproc, cfg.device)
+        distributed.launch(cfg.nproc, sys.argv[1:])  # replaces this process
+    try:
+        summary = train(cfg, resume=resume)
+        if not distributed.is_main_process():
+            raise typer.Exit(0)  # rank 0 alone reports
+        return summary
+    except RunInterrupted as e:
+        if not distributed.is_main_process():
+            raise typer.Exit(e.exit_code) from None
+        typer.echo(f"interrupted by {e.signame} at step {e.step} (epoch {e.epoch + 1}); checkpoint saved in "
+                   f"{e.run_dir}\nresume with: fasttrain run --resume {e.run_dir}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except NonFiniteLoss as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
+    except (CheckpointError, RunDirError) as e:
+        _fail(str(e))
+
+
+def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
+    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc and --json excepted)."""
+    from .config import ConfigError, RunConfig
+
+    allowed = {"resume", "nproc", "json_out", "model"}
+    given = [p for p in ctx.params if p not in allowed and ctx.params[p] is not None
+             and ctx.get_parameter_source(p).name != "DEFAULT"]
+    if given:
+        names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
+        _fail(f"--resume restores every option from {run_dir / 'config.json'}; drop {names} "
+              f"(or start a new run with --out)")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        _fail(f"--resume {run_dir}: no config.json there; pass the directory of a run started by `fasttrain run`")
+    try:
+        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        if model is not None and model != cfg.model:
+            raise ConfigError(f"MODEL: {model!r} contradicts the resumed run's model {cfg.model!r}; omit MODEL")
+        cfg.out = str(run_dir)
+        if nproc is not None:
+            cfg.nproc = nproc
+        cfg.validate()
+        return _train(cfg, resume=True)
+    except _user_errors() as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -227,12 +361,12 @@ def zoo(
     training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
     from . import zoo_cmd
 
+    log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
     try:
         names = zoo_cmd.select(models)
-    except KeyError as e:
+        rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
+    except (KeyError, ValueError, RuntimeError) as e:  # unknown model/family, unusable --device
         _fail(e.args[0])
-    log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
-    rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
     note = ""
     if measure:
         note = (f"Measured on {zoo_cmd.device_description(device)}, batch {batch_size}, 32x32 random inputs, "
@@ -343,6 +477,8 @@ def report(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--"]:  # issue 8: `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
+        del sys.argv[1]
     try:
         app()
     except KeyboardInterrupt:

@@ -95,6 +95,15 @@ class RunConfig:
     min_delta: float = 0.0  # an improvement must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
 
+    # --- runs that survive (issue 8): determinism, multi-process
+    deterministic: bool = False  # deterministic kernels; with --seed, CPU runs are bit-identical
+    nproc: int = 1  # processes on this machine (DDP via torchrun); --batch-size stays the global batch
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+
+    # --- tasks (issue 9): classification (fasttrain.train) or retrieval (fasttrain.retrieval)
+    task: str = "classification"  # classification | retrieval (`fasttrain run MODEL --task retrieval`)
+    retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.trainer.RetrievalOptions
+
     def validate(self) -> RunConfig:
         def need(cond: bool, option: str, msg: str) -> None:
             if not cond:
@@ -126,7 +135,29 @@ class RunConfig:
         need(self.pipeline in PIPELINES, "pipeline", f"must be one of {PIPELINES}, got {self.pipeline!r}")
         need(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         self._validate_training_features(need)
+        self._validate_resilience(need)  # issue 8
+        self._validate_task(need)  # issue 9
         return self
+
+    def _validate_task(self, need) -> None:  # issue 9
+        need(self.task in TASKS, "task", f"must be one of {TASKS}, got {self.task!r}")
+        if self.task == "retrieval":
+            from .retrieval.trainer import RetrievalOptions
+
+            RetrievalOptions.from_dict(self.retrieval)  # raises ConfigError naming the option
+
+    def _validate_resilience(self, need) -> None:  # issue 8
+        import os
+
+        need(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
+        need(self.batch_size % self.nproc == 0, "batch_size",
+             f"{self.batch_size} must be divisible by --nproc {self.nproc} (it is the global batch, split evenly)")
+        need(not (self.nproc > 1 and self.device.startswith("cuda:")), "device",
+             f"{self.device} contradicts --nproc {self.nproc}: each process uses cuda:LOCAL_RANK; pass --device cuda")
+        need(not (self.sync_bn and self.device == "cpu"), "sync_bn",
+             "SyncBatchNorm runs only on CUDA devices in PyTorch; drop it for --device cpu")
+        multi = self.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        need(not self.sync_bn or multi, "sync_bn", "needs several processes (--nproc N or torchrun)")
 
     def _validate_training_features(self, need) -> None:  # issue 7
         from .monitor import MONITOR_METRICS
@@ -279,6 +310,45 @@ RECIPES.update(SEED002_RECIPES)  # every schedule seed 002's rows name exists no
 # --- end issue 7
 
 
+# --- issue 9 (seed 003): Tiny ImageNet T1-T3 and Cars196 retrieval T4.
+# T1-T3 hold out 10,000 of the 100,000 train images as val for early stopping and best.pt, so
+# model selection never sees the test split (the official val). Hyperparameters are ours (not measured
+# on a GPU here): SGD-Nesterov, cosine after a short warmup, label smoothing 0.1, 8-px reflect crop + flip.
+TASKS = ("classification", "retrieval")
+_TINY = dict(data="data/tinyimagenet", batch_size=256, lr=0.1, momentum=0.9, weight_decay=5e-4,
+             schedule="cosine", warmup_frac=0.05, label_smoothing=0.1, crop_pad=8, pad_mode="reflect", flip=True,
+             tta="flip", eval_every=1, val_split=10_000, monitor="val_acc")
+RECIPES["t1-tinyimagenet"] = dict(_TINY, model="customcnn", epochs=40, cutout=16, early_stop=8)
+RECIPES["t2-tinyimagenet"] = dict(_TINY, model="resnet18", epochs=60, early_stop=10)
+RECIPES["t3-tinyimagenet"] = dict(_TINY, model="resnet18_attn", epochs=60, early_stop=10,
+                                  model_kwargs={"attention": "both", "placement": "sequential"})
+# Retrieval (any model, any dataset): phase 1 classifies the train classes, phase 2 trains the 512-d
+# embedding with the multi-similarity loss (docs/retrieval.md). T4: 224 px Cars196 with the ImageNet stem
+# (7x7/2 + max-pool) and a 16-px crop.
+RECIPES["retrieval"] = dict(
+    task="retrieval", epochs=30, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+    warmup_frac=0.05, label_smoothing=0.1, crop_pad=4, pad_mode="reflect", flip=True, tta="none", eval_every=0,
+    retrieval={"embed_lr": 0.01, "m_per_class": 4, "embedding_dim": 512},
+)
+RECIPES["t4-cars196"] = dict(
+    RECIPES["retrieval"], model="resnet18_attn", data="data/cars196", epochs=60, crop_pad=16,
+    model_kwargs={"stem": "imagenet"}, retrieval=dict(RECIPES["retrieval"]["retrieval"], embed_epochs=40),
+)
+
+
+def default_retrieval_recipe(model: str) -> str:
+    """`run MODEL --task retrieval` without --recipe: T4 for resnet18_attn, the generic recipe otherwise."""
+    return "t4-cars196" if model == "resnet18_attn" else "retrieval"
+
+
+def _data_alias(data: str | None) -> str | None:
+    """`--data tinyimagenet` means data/tinyimagenet when there is no ./tinyimagenet directory."""
+    if data and "/" not in data and not Path(data).is_dir() and (Path("data") / data).is_dir():
+        return str(Path("data") / data)
+    return data
+# --- end issue 9
+
+
 def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunConfig:
     """defaults < recipe (named, else the model's default recipe, if any) < explicit overrides."""
     from .models import get_entry
@@ -296,4 +366,6 @@ def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunCon
     values["model"] = model
     values["recipe"] = name
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data" in values:
+        values["data"] = _data_alias(values["data"])  # issue 9
     return RunConfig.from_dict(values).validate()

@@ -6,9 +6,7 @@ per-batch LR) -> eval outside the timed region -> run directory (config, metrics
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,12 +19,13 @@ from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, 
 from .config import ConfigError, RunConfig
 from .data.formats import read_labels  # issue 5
 from .data.tensor_format import read_meta
-from .evaluate import evaluate
+from .evaluate import carve_val, evaluate, prefixed  # issue 7: metrics, val split
 from .models import create_model
-from .optim import Lookahead, build_optimizer, lr_multiplier
+from .optim import Lookahead, TrainStep, build_optimizer, lr_multiplier, set_lr
 from .pipelines import load_split_tensors, make_pipeline  # issue 5
 from .progress import EpochProgress
-from .runio import atomic_torch_save, write_json
+from . import checkpoint as ckpt_io, distributed, resilience  # issue 8: resume, DDP, failure handling
+from .runio import write_json
 
 
 # ============================================================================ small helpers
@@ -77,10 +76,13 @@ def mixed_cross_entropy(logits: torch.Tensor, targets, label_smoothing: float) -
 
 
 # ============================================================================ the run
-def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
+def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
+    """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
     cfg.validate()
     t_run = time.perf_counter()
     device = resolve_device(cfg.device)
+    dist = distributed.setup(device)  # issue 8: torchrun/DDP (cuda:LOCAL_RANK per process), else single
+    device, quiet = dist.device, quiet or not dist.is_main
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -90,13 +92,16 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    ckpt_io.set_deterministic(cfg.deterministic, device)  # issue 8
 
     out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise RuntimeError(f"--out {out_dir}: run directory is not writable")
+    out_dir = Path(dist.gather_object(str(out_dir))[0])  # issue 8: rank 0 names the run
+    dist.main_only(resilience.check_run_dir, out_dir)  # issue 8: writable (write+fsync probe) before any work
+    if resume:
+        dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
-    cfg.save(out_dir / "config.json")
+    if dist.is_main and not resume:
+        cfg.save(out_dir / "config.json")
 
     # --- data (issue 5): pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
     # is decoded once by the same backend and kept on the device
@@ -104,9 +109,14 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
     all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
     train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
     test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)
-    pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", cfg.batch_size, device=device, seed=cfg.seed,
-                             indices=train_idx)
+    train_idx, val_idx = carve_val(all_train_labels, train_idx, cfg.val_split, cfg.seed)  # issue 7
+    shard = dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # issue 8: global batches (tensor) or shards
+    train_idx = dist.trim(train_idx)
+    pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=device, seed=cfg.seed, indices=train_idx,
+                             **shard)
     test_images, test_labels = load_split_tensors(cfg.pipeline, cfg.data, "test", device=device, indices=test_idx)
+    val_images, val_labels = (load_split_tensors(cfg.pipeline, cfg.data, "train", device=device, indices=val_idx)
+                              if len(val_idx) else (None, None))  # issue 7: selection never sees test
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
     n_train, (h, w) = len(train_idx), meta["shape"][:2]
 
@@ -121,7 +131,12 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
                                        indices=train_idx[: min(5000, n_train)])  # issue 5: any pipeline
         model.init_from_data(normalize(sample, scale, bias, torch.float32))
     n_params = sum(p.numel() for p in model.parameters())
-    step_model = torch.compile(model) if cfg.compile else model
+    # issue 8: room for checkpoints (model + optimiser state + averages) before any training
+    need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
+    dist.main_only(resilience.check_free_space, out_dir, need)
+    step_model = dist.wrap(model, sync_bn=cfg.sync_bn)  # issue 8: DDP around the same parameters
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    run_evaluate = dist.wrap_evaluate(evaluate)  # issue 8: each rank evaluates a slice; sums all-reduced
 
     # --- optimiser and schedule
     optimizer = build_optimizer(model, cfg)
@@ -132,9 +147,39 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
     lookahead = Lookahead(model, total_steps) if cfg.lookahead else None
     aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout,
                             mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob)
-    sampler = AugmentSampler(aug_cfg, seed=cfg.seed + 1, device=device)
+    sampler = AugmentSampler(aug_cfg, seed=dist.sampler_seed(cfg.seed + 1), device=device)
     in_dtype = amp_dtype or torch.float32
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    # --- issue 7: accumulation + clipping (TrainStep), EMA, PatchUp, model selection, logs
+    from .ema import ModelEma
+    from .monitor import Monitor, save_best
+    from .regularizers import PatchUp
+    from .runlog import RunLog
+
+    stepper = TrainStep(optimizer, scaler, cfg)
+    ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
+    eval_model = ema.module if ema is not None else model  # evaluation uses the EMA when it is on
+    patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=device).to(memory_format=torch.channels_last),
+                       mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha, block=cfg.patchup_block,
+                       gamma=cfg.patchup_gamma, seed=cfg.seed + 2) if cfg.patchup != "none" else None)
+    monitor = Monitor(cfg.monitor, cfg.early_stop, cfg.min_delta)
+    best_state = None
+    runlog = RunLog(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else distributed.Discard()
+    save_best = dist.main_only_fn(save_best)  # issue 8: only rank 0 writes
+    # --- issue 8: everything a restart needs; stop signals and the NaN guard
+    state = ckpt_io.TrainState(
+        out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
+        objects={"optimizer": optimizer, "scaler": scaler, "lookahead": lookahead, "monitor": monitor,
+                 "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None, "patchup": patchup,
+                 "lr_log": ckpt_io.Attrs(runlog, "lrs") if dist.is_main else None},
+        sampler=sampler, dist=dist, config=cfg.to_dict(), meta=meta, info={"image_size": [h, w]})
+    dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
+    pos = state.restore() if resume else ckpt_io.Position()
+    if resume and not quiet:
+        print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
+    for row in pos.history:
+        runlog.log(row)
+    sentinel = resilience.Sentinel(dist, device)
 
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
@@ -142,50 +187,65 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
         f"amp {amp_dtype} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
         f"recipe {cfg.recipe}"
     )
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-    history: list[dict] = []
-    step = 0
-    train_s = 0.0
-    for epoch in range(n_epochs):
+    history: list[dict] = pos.history  # issue 8: a resumed run continues its history, step count and clock
+    step = pos.step
+    train_s = pos.train_s
+    best_state = pos.extra.get("best_state", best_state)
+    for epoch in range(pos.epoch, n_epochs):
         # ----------------------------------------------------------------- one epoch (timed)
         model.train()
         if hasattr(model, "set_epoch"):
             model.set_epoch(epoch)
         pipeline.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
+        mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # issue 7: mixing off after epoch N
+        # issue 8: zeros, unless resuming in the middle of this epoch
+        loss_sum, correct, seen, skip, done_s = pos.epoch_start(epoch, device)
         _sync(device)
         t0 = time.perf_counter()
         progress.start_epoch(epoch)
         for batch_i, (x, y) in enumerate(pipeline):
             if step >= total_steps:
                 break
-            params = sampler.sample(len(x), h, w)
-            inputs, targets = augment_batch(x, y, params, scale, bias, in_dtype)
-            lr_mult = lr_multiplier(step, total_steps, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_mult
+            if batch_i < skip:  # issue 8: batches done before a mid-epoch checkpoint
+                continue
+            params = sampler.sample(len(x), h, w, mix=mix)
+            # issue 8: under DDP, this rank's slice of the global batch
+            inputs, targets = dist.augment(augment_batch, x, y, params, scale, bias, in_dtype)
+            runlog.log_lr(step, set_lr(optimizer, lr_multiplier(step, total_steps, cfg, steps_per_epoch)))
+            if patchup is not None and mix and not params.has_mix:
+                patchup.arm(len(inputs))  # feature-level mixing on batches not mixed at the input
             with autocast():
                 logits = step_model(inputs)
+                if patchup is not None:
+                    targets = patchup.targets(targets)
                 loss = mixed_cross_entropy(logits, targets, cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            # backward; every accum_steps batches: unscale, clip, step, zero grads
+            stepped = stepper.backward(loss, flush=batch_i + 1 == steps_per_epoch or step + 1 == total_steps)
             step += 1
+            if stepped and ema is not None:
+                ema.update(model)
             if lookahead is not None:
                 lookahead.step(model, step, final=(step == total_steps))
             # accumulate on the device; the host reads them only at log points
-            loss_sum += loss.detach() * len(x)
+            loss_sum += loss.detach() * len(inputs)
             correct += (logits.detach().argmax(1) == targets.y_a).sum()
-            seen += len(x)
+            seen += len(inputs)
             if progress.should_log(batch_i):
                 progress.update(batch_i + 1, loss_sum.item() / seen, correct.item() / seen,
                                 seen / (time.perf_counter() - t0))
+            sentinel.observe(loss, step)  # issue 8: NaN/inf noted on the device; stop signals polled
+            if sentinel.should_stop(step, at_boundary=stepped, checkpoint=state.path,
+                                    steps_per_epoch=steps_per_epoch):  # a signal: save mid-epoch, exit
+                sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)
+                acc = dict(loss_sum=loss_sum, correct=correct, seen=seen,
+                           elapsed_s=time.perf_counter() - t0 + done_s)
+                state.save(epoch=epoch, batch=batch_i + 1, step=step, history=history, train_s=train_s,
+                           epoch_acc=acc, extra={"best_state": best_state})
+                raise sentinel.interrupt(out_dir, epoch, step)
         _sync(device)
-        epoch_s = time.perf_counter() - t0
+        sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)  # issue 8: before eval/saving
+        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # issue 8: all ranks' sums
+        epoch_s = time.perf_counter() - t0 + done_s
         train_s += epoch_s
         imgs_per_s = seen / epoch_s
         # ----------------------------------------------------------------- eval (not timed)
@@ -195,29 +255,59 @@ def train(cfg: RunConfig, *, quiet: bool = False) -> dict:
                "lr": optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
                "imgs_per_s": round(imgs_per_s, 1)}
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            ev = evaluate(model, test_images, test_labels, scale, bias, amp_dtype=amp_dtype, tta="none")
-            row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
+            # issue 7: with a val split only val is evaluated per epoch; test waits for the final eval
+            split, ev_x, ev_y = ("val", val_images, val_labels) if val_images is not None else \
+                ("test", test_images, test_labels)
+            row.update(prefixed(split, run_evaluate(eval_model, ev_x, ev_y, scale, bias, amp_dtype=amp_dtype,
+                                                tta="none", num_classes=meta["num_classes"])))
+            if val_images is not None and monitor.update(row):
+                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+                save_best(out_dir / "best.pt", eval_model, cfg, meta, epoch=epoch + 1, monitor=monitor,
+                          image_size=(h, w))
         history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        runlog.log(row)
         progress.end_epoch(row)
+        if monitor.should_stop:  # issue 7: early stopping on the val metric
+            monitor.stopped_epoch = epoch + 1
+            break
+        # issue 8: the epoch's checkpoint (atomic); then a pending stop signal ends the run
+        state.save(epoch=epoch + 1, batch=0, step=step, history=history, train_s=train_s,
+                   extra={"best_state": best_state})
+        if sentinel.requested_anywhere():
+            raise sentinel.interrupt(out_dir, epoch, step)
+    sentinel.close()
 
     # --- final evaluation with TTA (not timed), checkpoint, summary, plots
     t_eval = time.perf_counter()
-    final = evaluate(model, test_images, test_labels, scale, bias, amp_dtype=amp_dtype, tta=cfg.tta)
+    last_state = None
+    if best_state is not None:  # issue 7: the test set sees the model selected on val (best.pt)
+        last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+        eval_model.load_state_dict(best_state)
+    final = run_evaluate(eval_model, test_images, test_labels, scale, bias, amp_dtype=amp_dtype, tta=cfg.tta,
+                     num_classes=meta["num_classes"], confusion=True)
+    plain = final if cfg.tta == "none" else run_evaluate(eval_model, test_images, test_labels, scale, bias,
+                                                     amp_dtype=amp_dtype, num_classes=meta["num_classes"])
+    if last_state is not None:
+        eval_model.load_state_dict(last_state)  # checkpoint.pt keeps the last weights
     eval_s = time.perf_counter() - t_eval
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": n_epochs, "step": step,
-                       "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"]},
-                      out_dir / "checkpoint.pt")
+    # issue 8: the full training state (model, model_ema, classes, mean, std, image_size for readers)
+    state.save(epoch=n_epochs, batch=0, step=step, history=history, train_s=train_s,
+               extra={"best_state": best_state})
     summary = {
         "model": cfg.model, "dataset": meta["name"], "recipe": cfg.recipe, "epochs": cfg.epochs, "steps": step,
-        "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": history[-1]["test_acc"],
+        "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
         "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
         "device": _device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         "compile": cfg.compile, "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
+    summary["world_size"] = dist.world_size  # issue 8
+    if not dist.is_main:  # issue 8: only rank 0 writes the summary, report and plots
+        return summary
+    from .report import finish_run  # issue 7: metrics in the summary, confusion.{json,png}, lr.png, logs
+
+    finish_run(summary, out_dir, cfg, meta, final, monitor, runlog, val_samples=len(val_idx))
     write_json(out_dir / "summary.json", summary)
     from .plots import plot_curves
 
