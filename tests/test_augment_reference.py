@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fasttrain.augment import AugmentConfig, AugmentSampler, apply, identity_params, norm_constants, normalize
-from fasttrain.augment.reference import AugParams
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
