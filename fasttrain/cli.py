@@ -321,7 +321,6 @@ def quickstart(
 
     from .config import resolve
     from .data.convert import convert as do_convert
-    from .train import train
 
     if source is None:
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
@@ -335,7 +334,7 @@ def quickstart(
             typer.echo("No CUDA GPU found: running the CPU quick recipe instead (airbench-style net, recipe "
                        "cpu-quick, about 10 minutes on 2 cores). On a GPU this command trains resnet9 for 24 epochs.")
             cfg = resolve("airbench", "cpu-quick", dict(data=str(data), out=out))
-        train(cfg)
+        _train(cfg)
     except _user_errors() as e:
         _fail(str(e))
 

@@ -176,6 +176,8 @@ def zoo_rows(names: Iterable[str] | None = None, measure_speed: bool = False, de
     """The zoo table, one row per model (all registered models by default)."""
     names = list(names) if names is not None else select(None)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if measure_speed and dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
     rows = []
     for name in names:
         row = describe(name)

@@ -308,6 +308,9 @@ def test_zoo_cli_json_and_errors(tmp_path):
     assert "`resnet152b`" in (tmp_path / "zoo.md").read_text()
     bad = runner.invoke(app, ["zoo", "--models", "nope"])
     assert bad.exit_code == 2 and "neither a model nor a family" in bad.output
+    if not torch.cuda.is_available():
+        bad = runner.invoke(app, ["zoo", "--measure", "--device", "cuda", "--models", "resnet18v2"])
+        assert bad.exit_code == 2 and "no CUDA device" in bad.output
 
 
 def test_run_cli_rejects_an_option_the_model_lacks():

@@ -2,8 +2,8 @@
 
 CIFAR mode (default): the kuangliu/pytorch-cifar adaptation: stride-1 stem and stride 1 in the 24-wide
 stage, so 32 px inputs end at 4x4. `image_size=96` is the seed's "MobileNetV2 96px" mode: the model
-upscales its input bilinearly to 96 px and uses the ImageNet strides (stem /2, 24-wide stage /2), ending
-at 3x3. `width` is the usual width multiplier.
+upscales its input bilinearly to 96 px and, for any image_size above 64, uses the ImageNet strides
+(stem /2, 24-wide stage /2), ending at 3x3 for 96. `width` is the usual width multiplier.
 """
 
 from __future__ import annotations

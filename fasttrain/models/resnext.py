@@ -15,9 +15,10 @@ from .resnetv2 import PreActBottleneck, ResNetV2
 
 def _resnext(depths: list[int], num_classes: int, width: float, activation: str, drop_path: float,
              cardinality: int) -> nn.Module:
-    if round(32 * width) % cardinality:
-        raise ValueError(f"width={width}: the first stage's grouped conv ({round(32 * width)} channels) must be "
-                         f"divisible by the cardinality {cardinality}")
+    mid = 2 * max(1, round(16 * width))  # the first stage's grouped conv, as ResNetV2 sizes it
+    if mid % cardinality:
+        raise ValueError(f"width={width}: the first stage's grouped conv ({mid} channels) must be divisible by "
+                         f"the cardinality {cardinality}")
     return ResNetV2(PreActBottleneck, depths, num_classes, width, activation, drop_path,
                     groups=cardinality, mid_scale=2.0)
 
