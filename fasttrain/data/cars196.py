@@ -50,7 +50,7 @@ def _loadmat(tree: SourceTree, name: str) -> dict:
     try:
         import scipy.io
     except ImportError as e:
-        raise ImportError("reading Stanford Cars .mat annotations needs scipy: pip install scipy") from e
+        raise ImportError("reading Stanford Cars .mat annotations needs scipy: pip install 'fasttrain[cars]'") from e
     try:
         return scipy.io.loadmat(io.BytesIO(tree.read(name)), squeeze_me=True, struct_as_record=False)
     except (ValueError, TypeError, OSError, NotImplementedError) as e:
