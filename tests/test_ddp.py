@@ -12,6 +12,7 @@ This file is also the torchrun worker of the second test (`python -m torch.distr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -23,6 +24,18 @@ import torch
 import torch.nn as nn
 
 NO_BN_MODEL = "test_ddp_no_bn"
+
+
+@contextlib.contextmanager
+def no_bn_model_registered():
+    """Registers the model for the duration of a test only, so the zoo's model list stays exact."""
+    from fasttrain.models.registry import MODELS
+
+    register_no_bn_model()
+    try:
+        yield
+    finally:
+        MODELS.pop(NO_BN_MODEL, None)
 
 
 def register_no_bn_model() -> None:
@@ -146,9 +159,9 @@ def close(a, b, rel=2e-4, abs_=2e-5) -> bool:
 def test_two_gloo_processes_match_one_process_without_bn(cifar_tensor_slice, tmp_path):
     from fasttrain.train import train
 
-    register_no_bn_model()
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    single = train(no_bn_cfg(str(cifar_tensor_slice), str(single_dir)), quiet=True)
+    with no_bn_model_registered():
+        single = train(no_bn_cfg(str(cifar_tensor_slice), str(single_dir)), quiet=True)
     proc = torchrun(2, __file__, str(cifar_tensor_slice), str(ddp_dir))
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads((ddp_dir / "summary.json").read_text())
