@@ -237,7 +237,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     # The CPU quick recipe: fits convert + train + eval in 10 minutes on 2 cores (see README).
     "cpu-quick": dict(
-        model="airbench", epochs=8, batch_size=512, lr=1.0, momentum=0.85, nesterov=True,
+        model="airbench", epochs=10, batch_size=512, lr=1.0, momentum=0.85, nesterov=True,
         weight_decay=0.002 / 1.0, norm_bias_decay=True, bias_lr_scale=64.0, label_smoothing=0.2,
         schedule="piecewise", warmup_frac=0.23, start_lr_frac=0.2, end_lr_frac=0.07, lookahead=True,
         crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0, amp="auto",
