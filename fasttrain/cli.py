@@ -57,14 +57,14 @@ def convert(
     format: str = typer.Option("tensor", "--format", help="Output format: tensor (default; uint8 arrays) | "
                                "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
-    # --- issue 5 (ffcv/dali formats)
+    # --- ffcv/dali formats
     jpeg_quality: Optional[int] = typer.Option(None, help="ffcv: store JPEG at this quality instead of raw "
                                                "pixels; dali: JPEG quality [default: 95]."),
     max_resolution: Optional[int] = typer.Option(None, help="ffcv/dali: shrink images whose longer side "
                                                  "exceeds this (larger images, e.g. ImageNet-like folders)."),
     timeout: Optional[float] = typer.Option(None, help="ffcv/dali: kill the writer after this many seconds "
                                             "[default: 3600]; nothing partial is left behind."),
-    # --- issue 9 (tinyimagenet, cars196, imagefolder): reader options, passed on only when given
+    # --- tinyimagenet, cars196, imagefolder: reader options, passed on only when given
     name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
                                        "./data/<name>)."),
     size: Optional[int] = typer.Option(None, help="Resize the short side to SIZE and centre-crop SIZE x SIZE "
@@ -88,7 +88,7 @@ def convert(
 
 
 def _reader_options(**given) -> dict:
-    """issue 9: the dataset-reader options the user actually gave (None/False dropped)."""
+    """the dataset-reader options the user actually gave (None/False dropped)."""
     return {k: v for k, v in given.items() if v is not None and v is not False}
 
 
@@ -118,17 +118,17 @@ def run(
     eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs (0 = only at the end)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     width: Optional[float] = typer.Option(None, help="Model width multiplier (models that take one)."),
-    # --- model options (issue 6): merged into cfg.model_kwargs, checked against the model's signature
+    # --- model options: merged into cfg.model_kwargs, checked against the model's signature
     activation: Optional[str] = typer.Option(None, help="relu | mish | swish | gelu (every zoo model)."),
     drop_path: Optional[float] = typer.Option(None, help="Stochastic depth rate of the last residual block "
                                               "(linear in depth; residual families)."),
     image_size: Optional[int] = typer.Option(None, help="Upscale inputs to this size inside the model "
                                              "(mobilenetv2, efficientnet_b0; e.g. 96)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
-    # --- issue 5 (pipelines)
+    # --- pipelines
     pipeline: Optional[str] = typer.Option(None, help="tensor (default, whole dataset on the device) | ffcv | "
                                            "dali | torchvision; --data must be in the matching format."),
-    # --- issue 7 (training features): each maps to the RunConfig field of the same name
+    # --- training features: each maps to the RunConfig field of the same name
     optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) | adam | adamw | muon (conv/linear weights)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (also Muon's aux optimiser)."),
     muon_lr: Optional[float] = typer.Option(None, help="Muon: peak lr of conv/hidden-linear weights."),
@@ -158,7 +158,7 @@ def run(
     early_stop: Optional[int] = typer.Option(None, help="Stop after N evals without improvement (needs --val-split)."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="TensorBoard event files (when tensorboard is installed)."),
-    # --- issue 8 (resume, determinism, DDP)
+    # --- resume, determinism, DDP
     resume: Optional[Path] = typer.Option(None, help="Continue the run in RUN_DIR from its last checkpoint, "
                                           "with its saved config (give no other options).", metavar="RUN_DIR"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
@@ -167,7 +167,7 @@ def run(
                                         "--batch-size stays the global batch). Several machines: README."),
     sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn",
                                            help="SyncBatchNorm across processes (CUDA only)."),
-    # --- issue 9 (seed 003): retrieval task, attention blocks
+    # --- seed 003: retrieval task, attention blocks
     task: Optional[str] = typer.Option(None, help="classification (default) | retrieval: train on the first "
                                        "classes, report Recall@1/2/4/8 on the held-out ones (recipe t4-cars196)."),
     cls_epochs: Optional[float] = typer.Option(None, help="retrieval: classification epochs before the "
@@ -182,7 +182,7 @@ def run(
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
     from .config import resolve
 
-    if resume is not None:  # issue 8
+    if resume is not None:
         summary = _resume_run(ctx, model, resume, nproc)
         if json_out:
             typer.echo(json.dumps(summary))
@@ -194,9 +194,9 @@ def run(
                      amp=amp, train_subset=train_subset, test_subset=test_subset, seed=seed, out=out,
                      label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
                      cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
-    overrides["pipeline"] = pipeline  # issue 5
-    overrides.update(deterministic=deterministic, nproc=nproc, sync_bn=sync_bn)  # issue 8
-    try:  # issue 7
+    overrides["pipeline"] = pipeline
+    overrides.update(deterministic=deterministic, nproc=nproc, sync_bn=sync_bn)
+    try:
         overrides.update(
             optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, schedule=schedule, warmup_epochs=warmup_epochs,
             end_lr_frac=min_lr_frac, step_epochs=step_epochs, gamma=gamma, htd_lower=htd_lower, htd_upper=htd_upper,
@@ -207,7 +207,7 @@ def run(
             tensorboard=tensorboard)
     except ValueError:
         _fail(f"--milestones: expected comma-separated epochs such as 100,150, got {milestones!r}")
-    overrides["task"] = task  # issue 9
+    overrides["task"] = task
     from .models.attention import ATTENTION_BLOCKS, PLACEMENTS
 
     if attention is not None and attention not in ATTENTION_BLOCKS:
@@ -220,20 +220,20 @@ def run(
         recipe = default_retrieval_recipe(model)
     try:
         cfg = resolve(model, recipe, overrides)
-        from .models.options import merge_model_options  # issue 6: model options
+        from .models.options import merge_model_options  # model options
 
         merge_model_options(cfg, width=width, activation=activation, drop_path=drop_path, image_size=image_size,
-                            attention=attention, placement=attention_placement)  # issue 9: attention
+                            attention=attention, placement=attention_placement)  # attention
         _merge_retrieval_options(cfg, cls_epochs=cls_epochs, embed_epochs=embed_epochs, embed_lr=embed_lr,
                                  m_per_class=m_per_class)
-        summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)  # issue 9: --task
+        summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)  # --task
     except _user_errors() as e:
         _fail(str(e))
     if json_out:
         typer.echo(json.dumps(summary))
 
 
-# ---------------------------------------------------------------------------- retrieval (issue 9)
+# ---------------------------------------------------------------------------- retrieval
 def _merge_retrieval_options(cfg, **given) -> None:
     """Put the retrieval options that were given into cfg.retrieval and re-validate."""
     given = {k: v for k, v in given.items() if v is not None}
@@ -251,7 +251,7 @@ def _train_retrieval(cfg) -> dict:
     return train_retrieval(cfg)
 
 
-# ---------------------------------------------------------------------------- resume / DDP / failures (issue 8)
+# ---------------------------------------------------------------------------- resume / DDP / failures
 def _train(cfg, *, resume: bool = False) -> dict:
     """train(cfg), or with cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop
     signal exits 130/143 with a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
@@ -339,7 +339,7 @@ def quickstart(
         _fail(str(e))
 
 
-# ---------------------------------------------------------------------------- zoo (issue 6)
+# ---------------------------------------------------------------------------- zoo
 @app.command()
 def zoo(
     measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
@@ -383,7 +383,7 @@ def zoo(
     typer.echo(json.dumps(payload, indent=2) if json_out else table)
 
 
-# ---------------------------------------------------------------------------- eval, predict, report (issue 7)
+# ---------------------------------------------------------------------------- eval, predict, report
 def _checkpoint_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
 
@@ -476,7 +476,7 @@ def report(
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--"]:  # issue 8: `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
+    if sys.argv[1:2] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
         del sys.argv[1]
     try:
         app()

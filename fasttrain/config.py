@@ -65,7 +65,7 @@ class RunConfig:
     seed: int = 0
     recipe: str | None = None  # name of the recipe this config came from (informational)
     threads: int | None = None  # CPU threads for torch (None: torch's default)
-    # --- training features (issue 7): optimiser, schedule, regularizers, selection, logging
+    # --- training features: optimiser, schedule, regularizers, selection, logging
     optimizer: str = "sgd"  # sgd (Nesterov) | adam (coupled L2, seed 001) | adamw | muon (conv/linear weights)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decays
     muon_lr: float = 0.02  # Muon's peak lr for conv and hidden linear weights (the rest use lr)
@@ -95,12 +95,12 @@ class RunConfig:
     min_delta: float = 0.0  # an improvement must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
 
-    # --- runs that survive (issue 8): determinism, multi-process
+    # --- runs that survive: determinism, multi-process
     deterministic: bool = False  # deterministic kernels; with --seed, CPU runs are bit-identical
     nproc: int = 1  # processes on this machine (DDP via torchrun); --batch-size stays the global batch
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
 
-    # --- tasks (issue 9): classification (fasttrain.train) or retrieval (fasttrain.retrieval)
+    # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
     task: str = "classification"  # classification | retrieval (`fasttrain run MODEL --task retrieval`)
     retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.trainer.RetrievalOptions
 
@@ -135,18 +135,18 @@ class RunConfig:
         need(self.pipeline in PIPELINES, "pipeline", f"must be one of {PIPELINES}, got {self.pipeline!r}")
         need(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         self._validate_training_features(need)
-        self._validate_resilience(need)  # issue 8
-        self._validate_task(need)  # issue 9
+        self._validate_resilience(need)
+        self._validate_task(need)
         return self
 
-    def _validate_task(self, need) -> None:  # issue 9
+    def _validate_task(self, need) -> None:
         need(self.task in TASKS, "task", f"must be one of {TASKS}, got {self.task!r}")
         if self.task == "retrieval":
             from .retrieval.trainer import RetrievalOptions
 
             RetrievalOptions.from_dict(self.retrieval)  # raises ConfigError naming the option
 
-    def _validate_resilience(self, need) -> None:  # issue 8
+    def _validate_resilience(self, need) -> None:
         import os
 
         need(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
@@ -159,7 +159,7 @@ class RunConfig:
         multi = self.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
         need(not self.sync_bn or multi, "sync_bn", "needs several processes (--nproc N or torchrun)")
 
-    def _validate_training_features(self, need) -> None:  # issue 7
+    def _validate_training_features(self, need) -> None:
         from .monitor import MONITOR_METRICS
         from .optim import OPTIMIZERS
         from .regularizers import PATCHUP_MODES
@@ -212,10 +212,10 @@ class RunConfig:
         return cls(**d)
 
 
-SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")  # issue 7
+SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 TTA_MODES = ("none", "flip", "flip_translate")
-# --- issue 5 (pipelines): names must match fasttrain.pipelines.PIPELINES (a test checks)
+# --- pipelines: names must match fasttrain.pipelines.PIPELINES (a test checks)
 PIPELINES = ("tensor", "ffcv", "dali", "torchvision")
 
 # --------------------------------------------------------------------------------------------- recipes
@@ -251,14 +251,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-# --- issue 6 (model zoo): seed 002's headline CIFAR-10 setups, named so that e.g.
+# --- model zoo: seed 002's headline CIFAR-10 setups, named so that e.g.
 # `fasttrain run resnet50b --recipe seed-sd-htd-cutmix` reproduces one row of its table. The seed does
 # not state its optimiser settings; these follow its cited papers: SGD+Nesterov lr 0.1, batch 128,
 # weight decay 5e-4, 200 epochs, 4-px zero-pad crop + flip; SD = stochastic depth with the paper's
 # linear rule and p_L = 0.5 (1603.09382); CutMix alpha 1 applied with probability 0.5 (1905.04899);
 # Cutout16 = 16-px squares. Rows without a schedule name use step decay: x0.1 at epochs 100 and 150 of
 # 200 (the usual CIFAR ResNet steps). HTD uses L=-6, U=3 (RunConfig defaults, the HTD paper's).
-# Each recipe joins RECIPES only if its schedule is in SCHEDULES (issue 7 added them).
+# Each recipe joins RECIPES only if its schedule is in SCHEDULES.
 def _seed002(schedule: str, model: str, *, activation: str | None = None, drop_path: float | None = None,
              cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0, image_size: int | None = None) -> dict:
     model_kwargs = {k: v for k, v in dict(activation=activation, drop_path=drop_path, image_size=image_size).items()
@@ -290,10 +290,9 @@ SEED002_RECIPES: dict[str, dict[str, Any]] = {
     "seed-96px-htd-cutmix": _seed002("htd", "mobilenetv2", image_size=96, cutmix=1.0),  # MobileNetV2 95.17%
 }
 RECIPES.update({k: v for k, v in SEED002_RECIPES.items() if v["schedule"] in SCHEDULES})
-# --- end issue 6
 
 
-# --- issue 7 (training features): seed 001 / 004 recipes; seed 002's rows join RECIPES.
+# --- training features: seed 001 / 004 recipes; seed 002's rows join RECIPES.
 # Seeds 001 and 004 train the jovian-lineage ResNet9 (their code's ImageClassificationBase); that lineage
 # trains with Adam (torch's coupled weight decay 1e-4 on every parameter), torch's OneCycleLR (max lr
 # 0.01, 30% cosine warmup from max/25, cosine down to max/25/1e4, stepped per batch), gradient clipping
@@ -307,10 +306,9 @@ _JOVIAN = dict(optimizer="adam", lr=0.01, weight_decay=1e-4, norm_bias_decay=Tru
 RECIPES["seed001"] = dict(_JOVIAN, model="resnet9", epochs=8)
 RECIPES["seed004-c100"] = dict(_JOVIAN, model="resnet9_c100", data="data/cifar100", epochs=24)
 RECIPES.update(SEED002_RECIPES)  # every schedule seed 002's rows name exists now
-# --- end issue 7
 
 
-# --- issue 9 (seed 003): Tiny ImageNet T1-T3 and Cars196 retrieval T4.
+# --- seed 003: Tiny ImageNet T1-T3 and Cars196 retrieval T4.
 # T1-T3 hold out 10,000 of the 100,000 train images as val for early stopping and best.pt, so
 # model selection never sees the test split (the official val). Hyperparameters are ours (not measured
 # on a GPU here): SGD-Nesterov, cosine after a short warmup, label smoothing 0.1, 8-px reflect crop + flip.
@@ -346,7 +344,6 @@ def _data_alias(data: str | None) -> str | None:
     if data and "/" not in data and not Path(data).is_dir() and (Path("data") / data).is_dir():
         return str(Path("data") / data)
     return data
-# --- end issue 9
 
 
 def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunConfig:
@@ -367,5 +364,5 @@ def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunCon
     values["recipe"] = name
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "data" in values:
-        values["data"] = _data_alias(values["data"])  # issue 9
+        values["data"] = _data_alias(values["data"])
     return RunConfig.from_dict(values).validate()

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
 from .config import ConfigError, RunConfig
-from .data.formats import read_labels  # issue 5
+from .data.formats import read_labels
 from .data.tensor_format import read_meta
-from .evaluate import carve_val, evaluate, prefixed  # issue 7: metrics, val split
+from .evaluate import carve_val, evaluate, prefixed  # metrics, val split
 from .models import create_model
 from .optim import Lookahead, TrainStep, build_optimizer, lr_multiplier, set_lr
-from .pipelines import load_split_tensors, make_pipeline  # issue 5
+from .pipelines import load_split_tensors, make_pipeline
 from .progress import EpochProgress
-from . import checkpoint as ckpt_io, distributed, resilience  # issue 8: resume, DDP, failure handling
+from . import checkpoint as ckpt_io, distributed, resilience  # resume, DDP, failure handling
 from .runio import write_json
 
 
@@ -81,7 +81,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     cfg.validate()
     t_run = time.perf_counter()
     device = resolve_device(cfg.device)
-    dist = distributed.setup(device)  # issue 8: torchrun/DDP (cuda:LOCAL_RANK per process), else single
+    dist = distributed.setup(device)  # torchrun/DDP (cuda:LOCAL_RANK per process), else single
     device, quiet = dist.device, quiet or not dist.is_main
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -92,31 +92,31 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ckpt_io.set_deterministic(cfg.deterministic, device)  # issue 8
+    ckpt_io.set_deterministic(cfg.deterministic, device)
 
     out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir = Path(dist.gather_object(str(out_dir))[0])  # issue 8: rank 0 names the run
-    dist.main_only(resilience.check_run_dir, out_dir)  # issue 8: writable (write+fsync probe) before any work
+    out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
+    dist.main_only(resilience.check_run_dir, out_dir)  # writable (write+fsync probe) before any work
     if resume:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
     if dist.is_main and not resume:
         cfg.save(out_dir / "config.json")
 
-    # --- data (issue 5): pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
+    # --- data: pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
     # is decoded once by the same backend and kept on the device
     meta = read_meta(cfg.data)
     all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
     train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
     test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)
-    train_idx, val_idx = carve_val(all_train_labels, train_idx, cfg.val_split, cfg.seed)  # issue 7
-    shard = dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # issue 8: global batches (tensor) or shards
+    train_idx, val_idx = carve_val(all_train_labels, train_idx, cfg.val_split, cfg.seed)
+    shard = dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # global batches (tensor) or shards
     train_idx = dist.trim(train_idx)
     pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=device, seed=cfg.seed, indices=train_idx,
                              **shard)
     test_images, test_labels = load_split_tensors(cfg.pipeline, cfg.data, "test", device=device, indices=test_idx)
     val_images, val_labels = (load_split_tensors(cfg.pipeline, cfg.data, "train", device=device, indices=val_idx)
-                              if len(val_idx) else (None, None))  # issue 7: selection never sees test
+                              if len(val_idx) else (None, None))  # selection never sees test
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
     n_train, (h, w) = len(train_idx), meta["shape"][:2]
 
@@ -128,15 +128,15 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         from .augment import normalize
 
         sample, _ = load_split_tensors(cfg.pipeline, cfg.data, "train", device=device,
-                                       indices=train_idx[: min(5000, n_train)])  # issue 5: any pipeline
+                                       indices=train_idx[: min(5000, n_train)])  # any pipeline
         model.init_from_data(normalize(sample, scale, bias, torch.float32))
     n_params = sum(p.numel() for p in model.parameters())
-    # issue 8: room for checkpoints (model + optimiser state + averages) before any training
+    # room for checkpoints (model + optimiser state + averages) before any training
     need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
     dist.main_only(resilience.check_free_space, out_dir, need)
-    step_model = dist.wrap(model, sync_bn=cfg.sync_bn)  # issue 8: DDP around the same parameters
+    step_model = dist.wrap(model, sync_bn=cfg.sync_bn)  # DDP around the same parameters
     step_model = torch.compile(step_model) if cfg.compile else step_model
-    run_evaluate = dist.wrap_evaluate(evaluate)  # issue 8: each rank evaluates a slice; sums all-reduced
+    run_evaluate = dist.wrap_evaluate(evaluate)  # each rank evaluates a slice; sums all-reduced
 
     # --- optimiser and schedule
     optimizer = build_optimizer(model, cfg)
@@ -150,7 +150,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     sampler = AugmentSampler(aug_cfg, seed=dist.sampler_seed(cfg.seed + 1), device=device)
     in_dtype = amp_dtype or torch.float32
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    # --- issue 7: accumulation + clipping (TrainStep), EMA, PatchUp, model selection, logs
+    # --- accumulation + clipping (TrainStep), EMA, PatchUp, model selection, logs
     from .ema import ModelEma
     from .monitor import Monitor, save_best
     from .regularizers import PatchUp
@@ -165,8 +165,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     monitor = Monitor(cfg.monitor, cfg.early_stop, cfg.min_delta)
     best_state = None
     runlog = RunLog(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else distributed.Discard()
-    save_best = dist.main_only_fn(save_best)  # issue 8: only rank 0 writes
-    # --- issue 8: everything a restart needs; stop signals and the NaN guard
+    save_best = dist.main_only_fn(save_best)  # only rank 0 writes
+    # --- everything a restart needs; stop signals and the NaN guard
     state = ckpt_io.TrainState(
         out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
         objects={"optimizer": optimizer, "scaler": scaler, "lookahead": lookahead, "monitor": monitor,
@@ -187,7 +187,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         f"amp {amp_dtype} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
         f"recipe {cfg.recipe}"
     )
-    history: list[dict] = pos.history  # issue 8: a resumed run continues its history, step count and clock
+    history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
     step = pos.step
     train_s = pos.train_s
     best_state = pos.extra.get("best_state", best_state)
@@ -197,8 +197,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         if hasattr(model, "set_epoch"):
             model.set_epoch(epoch)
         pipeline.set_epoch(epoch)
-        mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # issue 7: mixing off after epoch N
-        # issue 8: zeros, unless resuming in the middle of this epoch
+        mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
+        # zeros, unless resuming in the middle of this epoch
         loss_sum, correct, seen, skip, done_s = pos.epoch_start(epoch, device)
         _sync(device)
         t0 = time.perf_counter()
@@ -206,10 +206,10 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         for batch_i, (x, y) in enumerate(pipeline):
             if step >= total_steps:
                 break
-            if batch_i < skip:  # issue 8: batches done before a mid-epoch checkpoint
+            if batch_i < skip:  # batches done before a mid-epoch checkpoint
                 continue
             params = sampler.sample(len(x), h, w, mix=mix)
-            # issue 8: under DDP, this rank's slice of the global batch
+            # under DDP, this rank's slice of the global batch
             inputs, targets = dist.augment(augment_batch, x, y, params, scale, bias, in_dtype)
             runlog.log_lr(step, set_lr(optimizer, lr_multiplier(step, total_steps, cfg, steps_per_epoch)))
             if patchup is not None and mix and not params.has_mix:
@@ -233,7 +233,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
             if progress.should_log(batch_i):
                 progress.update(batch_i + 1, loss_sum.item() / seen, correct.item() / seen,
                                 seen / (time.perf_counter() - t0))
-            sentinel.observe(loss, step)  # issue 8: NaN/inf noted on the device; stop signals polled
+            sentinel.observe(loss, step)  # NaN/inf noted on the device; stop signals polled
             if sentinel.should_stop(step, at_boundary=stepped, checkpoint=state.path,
                                     steps_per_epoch=steps_per_epoch):  # a signal: save mid-epoch, exit
                 sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)
@@ -243,8 +243,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                            epoch_acc=acc, extra={"best_state": best_state})
                 raise sentinel.interrupt(out_dir, epoch, step)
         _sync(device)
-        sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)  # issue 8: before eval/saving
-        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # issue 8: all ranks' sums
+        sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)  # before eval/saving
+        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # all ranks' sums
         epoch_s = time.perf_counter() - t0 + done_s
         train_s += epoch_s
         imgs_per_s = seen / epoch_s
@@ -255,7 +255,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                "lr": optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
                "imgs_per_s": round(imgs_per_s, 1)}
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            # issue 7: with a val split only val is evaluated per epoch; test waits for the final eval
+            # with a val split only val is evaluated per epoch; test waits for the final eval
             split, ev_x, ev_y = ("val", val_images, val_labels) if val_images is not None else \
                 ("test", test_images, test_labels)
             row.update(prefixed(split, run_evaluate(eval_model, ev_x, ev_y, scale, bias, amp_dtype=amp_dtype,
@@ -267,10 +267,10 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         history.append(row)
         runlog.log(row)
         progress.end_epoch(row)
-        if monitor.should_stop:  # issue 7: early stopping on the val metric
+        if monitor.should_stop:  # early stopping on the val metric
             monitor.stopped_epoch = epoch + 1
             break
-        # issue 8: the epoch's checkpoint (atomic); then a pending stop signal ends the run
+        # the epoch's checkpoint (atomic); then a pending stop signal ends the run
         state.save(epoch=epoch + 1, batch=0, step=step, history=history, train_s=train_s,
                    extra={"best_state": best_state})
         if sentinel.requested_anywhere():
@@ -280,7 +280,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     # --- final evaluation with TTA (not timed), checkpoint, summary, plots
     t_eval = time.perf_counter()
     last_state = None
-    if best_state is not None:  # issue 7: the test set sees the model selected on val (best.pt)
+    if best_state is not None:  # the test set sees the model selected on val (best.pt)
         last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         eval_model.load_state_dict(best_state)
     final = run_evaluate(eval_model, test_images, test_labels, scale, bias, amp_dtype=amp_dtype, tta=cfg.tta,
@@ -290,7 +290,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     if last_state is not None:
         eval_model.load_state_dict(last_state)  # checkpoint.pt keeps the last weights
     eval_s = time.perf_counter() - t_eval
-    # issue 8: the full training state (model, model_ema, classes, mean, std, image_size for readers)
+    # the full training state (model, model_ema, classes, mean, std, image_size for readers)
     state.save(epoch=n_epochs, batch=0, step=step, history=history, train_s=train_s,
                extra={"best_state": best_state})
     summary = {
@@ -302,10 +302,10 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "compile": cfg.compile, "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
-    summary["world_size"] = dist.world_size  # issue 8
-    if not dist.is_main:  # issue 8: only rank 0 writes the summary, report and plots
+    summary["world_size"] = dist.world_size
+    if not dist.is_main:  # only rank 0 writes the summary, report and plots
         return summary
-    from .report import finish_run  # issue 7: metrics in the summary, confusion.{json,png}, lr.png, logs
+    from .report import finish_run  # metrics in the summary, confusion.{json,png}, lr.png, logs
 
     finish_run(summary, out_dir, cfg, meta, final, monitor, runlog, val_samples=len(val_idx))
     write_json(out_dir / "summary.json", summary)
