@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, InputResize, SqueezeExcite, drop_path_rates
-from .mobilenetv2 import _divisible, conv_bn_act
+from .layers import InputResize, drop_path_rates
+from .mobilenetv2 import InvertedResidual, _divisible, conv_bn_act
 from .registry import register_model
 
 # (expansion, kernel, stride, channels, repeats) of B0.
@@ -20,20 +20,10 @@ B0 = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6
       (6, 3, 1, 320, 1)]
 
 
-class MBConv(nn.Module):
-    def __init__(self, c_in: int, c_out: int, k: int, stride: int, expand: int, activation: str, drop_path: float):
-        super().__init__()
-        hidden = c_in * expand
-        layers = [conv_bn_act(c_in, hidden, 1, 1, activation)] if expand != 1 else []
-        layers += [conv_bn_act(hidden, hidden, k, stride, activation, groups=hidden),
-                   SqueezeExcite(hidden, activation=activation, hidden=max(1, c_in // 4)),
-                   conv_bn_act(hidden, c_out, 1, 1, None)]
-        self.body = nn.Sequential(*layers)
-        self.residual = stride == 1 and c_in == c_out
-        self.drop_path = DropPath(drop_path) if self.residual else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.body(x)) if self.residual else self.body(x)
+def MBConv(c_in: int, c_out: int, k: int, stride: int, expand: int, activation: str, drop_path: float) -> nn.Module:
+    """EfficientNet's block: the inverted residual with a kxk depthwise conv and squeeze-excite."""
+    return InvertedResidual(c_in, c_out, stride, expand, activation, drop_path, kernel=k,
+                            se_hidden=max(1, c_in // 4))
 
 
 class EfficientNet(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, InputResize, drop_path_rates, make_activation
+from .layers import DropPath, InputResize, SqueezeExcite, drop_path_rates, make_activation
 from .registry import register_model
 
 # (expansion t, channels c, repeats n, stride s) of the paper's table 2.
@@ -32,12 +32,18 @@ def conv_bn_act(c_in: int, c_out: int, k: int, stride: int, activation: str | No
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, expand: int, activation: str, drop_path: float):
+    """1x1 expand -> kxk depthwise [-> squeeze-excite] -> 1x1 project, residual when shapes allow.
+    MobileNetV2's block (k=3, no SE); EfficientNet's MBConv passes a kernel and `se_hidden`."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int, activation: str, drop_path: float,
+                 kernel: int = 3, se_hidden: int | None = None):
         super().__init__()
         hidden = c_in * expand
         layers = [conv_bn_act(c_in, hidden, 1, 1, activation)] if expand != 1 else []
-        layers += [conv_bn_act(hidden, hidden, 3, stride, activation, groups=hidden),
-                   conv_bn_act(hidden, c_out, 1, 1, None)]
+        layers.append(conv_bn_act(hidden, hidden, kernel, stride, activation, groups=hidden))
+        if se_hidden is not None:
+            layers.append(SqueezeExcite(hidden, activation=activation, hidden=se_hidden))
+        layers.append(conv_bn_act(hidden, c_out, 1, 1, None))
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
         self.drop_path = DropPath(drop_path) if self.residual else nn.Identity()
