@@ -132,6 +132,11 @@ def run(
     optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) | adam | adamw | muon (conv/linear weights)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (also Muon's aux optimiser)."),
     muon_lr: Optional[float] = typer.Option(None, help="Muon: peak lr of conv/hidden-linear weights."),
+    muon_ns_steps: Optional[int] = typer.Option(None, help="Muon: Newton-Schulz iterations (default 5)."),
+    muon_weight_norm: Optional[bool] = typer.Option(None, "--muon-weight-norm/--no-muon-weight-norm",
+                                                    help="Muon: renormalise each weight before its step."),
+    alternating_flip: Optional[bool] = typer.Option(None, "--alternating-flip/--no-alternating-flip",
+                                                    help="Flip each image every other epoch (tensor pipeline)."),
     schedule: Optional[str] = typer.Option(None, help="onecycle | cosine | step | multistep | htd | linear | "
                                            "constant | piecewise (per batch, after linear warmup)."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warmup length in epochs."),
@@ -198,7 +203,9 @@ def run(
     overrides.update(deterministic=deterministic, nproc=nproc, sync_bn=sync_bn)
     try:
         overrides.update(
-            optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, schedule=schedule, warmup_epochs=warmup_epochs,
+            optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, muon_ns_steps=muon_ns_steps,
+            muon_weight_norm=muon_weight_norm, alternating_flip=alternating_flip, schedule=schedule,
+            warmup_epochs=warmup_epochs,
             end_lr_frac=min_lr_frac, step_epochs=step_epochs, gamma=gamma, htd_lower=htd_lower, htd_upper=htd_upper,
             milestones=[float(m) for m in milestones.split(",") if m.strip()] if milestones is not None else None,
             clip_grad=clip_grad, clip_mode=clip_mode, accum_steps=accum_steps, mix_prob=mix_prob,

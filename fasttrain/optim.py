@@ -49,8 +49,9 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
              base_lr=cfg.lr * cfg.bias_lr_scale, use_muon=False),
     ]
     if muon:
-        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                           base_lr=cfg.muon_lr, momentum=cfg.muon_momentum, use_muon=True))
+        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=0.0 if cfg.muon_weight_norm else
+                           cfg.weight_decay, base_lr=cfg.muon_lr, momentum=cfg.muon_momentum, use_muon=True,
+                           ns_steps=cfg.muon_ns_steps, weight_norm=cfg.muon_weight_norm))
     return [g for g in groups if g["params"]]
 
 
@@ -92,6 +93,8 @@ class MuonWithAux(torch.optim.Optimizer):
     - Muon groups (conv / hidden linear weights, viewed as (out, in*k*k) matrices): momentum buffer
       lerp, Nesterov, Newton-Schulz orthogonalised update scaled by sqrt(max(1, out/in)), decoupled weight
       decay p *= 1 - lr*wd. On 2-d weights this is exactly torch.optim.Muon (tested against it).
+      With `weight_norm` (airbench94_muon) each weight is first rescaled to Frobenius norm sqrt(out
+      channels): the step then sets the angle only, so no weight decay is needed.
     - the other groups (biases, norms, classifier): SGD with (Nesterov) momentum and coupled L2 decay,
       exactly torch.optim.SGD with dampening 0.
     Being one Optimizer it works with GradScaler, per-group lr schedules and state_dict unchanged.
@@ -100,7 +103,7 @@ class MuonWithAux(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
                  ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
-                                      use_muon=False, ns_steps=ns_steps))
+                                      use_muon=False, ns_steps=ns_steps, weight_norm=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -120,6 +123,8 @@ class MuonWithAux(torch.optim.Optimizer):
                     buf.lerp_(g, 1 - mom)
                     update = g.lerp(buf, mom) if nesterov else buf
                     update = zeropower_newton_schulz(update, group["ns_steps"]).to(p.dtype).view_as(p)
+                    if group.get("weight_norm", False):  # absent in older checkpoints
+                        p.mul_(math.sqrt(len(p)) / p.norm().clamp(min=1e-12))
                     p.mul_(1 - lr * wd)
                     p.add_(update, alpha=-lr * math.sqrt(max(1.0, g.size(0) / g.size(1))))
                 else:

@@ -145,8 +145,9 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
     lookahead = Lookahead(model, total_steps) if cfg.lookahead else None
-    aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout,
-                            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob)
+    aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip,
+                            alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
+                            cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
     sampler = AugmentSampler(aug_cfg, seed=dist.sampler_seed(cfg.seed + 1), device=device)
     in_dtype = amp_dtype or torch.float32
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -181,6 +182,12 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         runlog.log(row)
     sentinel = resilience.Sentinel(dist, device)
 
+    # compile before the clock starts: the first compiled step is reported as compile_s, not training
+    compile_s = 0.0
+    if cfg.compile:
+        rows = len(range(cfg.batch_size)[dist.batch_slice(cfg.batch_size)])
+        compile_s = compile_warmup(step_model, model, (rows, 3, h, w), in_dtype, autocast, meta["num_classes"],
+                                   device)
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
@@ -208,7 +215,9 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                 break
             if batch_i < skip:  # batches done before a mid-epoch checkpoint
                 continue
-            params = sampler.sample(len(x), h, w, mix=mix)
+            # keys: the batch's dataset indices (tensor pipeline), for the alternating flip
+            params = sampler.sample(len(x), h, w, mix=mix, keys=getattr(pipeline, "batch_indices", None),
+                                    epoch=epoch)
             # under DDP, this rank's slice of the global batch
             inputs, targets = dist.augment(augment_batch, x, y, params, scale, bias, in_dtype)
             runlog.log_lr(step, set_lr(optimizer, lr_multiplier(step, total_steps, cfg, steps_per_epoch)))
@@ -299,7 +308,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
         "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
         "device": _device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-        "compile": cfg.compile, "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
+        "compile": cfg.compile, "compile_s": round(compile_s, 3), "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
     summary["world_size"] = dist.world_size
@@ -314,6 +323,30 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {meta['name']}")
     progress.footer(summary)
     return summary
+
+
+def compile_warmup(step_model, model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype, autocast,
+                   num_classes: int, device: torch.device) -> float:
+    """One forward/backward of the compiled model on a dummy batch of the training shape, so compilation
+    happens outside the timed epochs; weights, buffers (BatchNorm statistics), gradients and RNG streams
+    are restored afterwards, so the run itself is unchanged. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    x = torch.zeros(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (shape[0],), device=device)  # RNG restored below
+    model.train()
+    with autocast():
+        loss = F.cross_entropy(step_model(x).float(), y)
+    loss.backward()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def _sync(device: torch.device) -> None:

@@ -47,6 +47,8 @@ class TensorPipeline:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        # positions (into images) of the batch last yielded: per-sample keys, e.g. for alternating flips
+        self.batch_indices: torch.Tensor | None = None
         # Each rank's share of the permutation: equal sizes so every rank runs the same number of steps.
         self.per_rank = len(self.images) // world_size if world_size > 1 else len(self.images)
 
@@ -78,8 +80,10 @@ class TensorPipeline:
             images, labels, idx_np = self.images.numpy(), self.labels.numpy(), idx.numpy()
             for b in range(len(self)):
                 sel = idx_np[b * self.batch_size : (b + 1) * self.batch_size]
+                self.batch_indices = torch.from_numpy(sel)
                 yield torch.from_numpy(np.take(images, sel, axis=0)), torch.from_numpy(np.take(labels, sel))
             return
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            self.batch_indices = sel
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel)

@@ -59,9 +59,9 @@ def feature_run(cifar_tensor_slice, tmp_path_factory):
     mix_flags = []
     original = reference.AugmentSampler.sample
 
-    def recording(self, n, h, w, *, mix=True):
+    def recording(self, n, h, w, *, mix=True, **kw):
         mix_flags.append(mix)
-        return original(self, n, h, w, mix=mix)
+        return original(self, n, h, w, mix=mix, **kw)
 
     reference.AugmentSampler.sample = recording
     try:

@@ -8,7 +8,9 @@ Inputs
   params  `AugParams`, all randomness, drawn by `AugmentSampler.sample`:
     offset    int32 (N, 2)  (dy, dx) in [0, 2*pad]. Output pixel (i, j) reads source row i + dy - pad and
                             column j' + dx - pad, where j' = W-1-j if flip else j (crop, then flip).
-    flip      bool  (N,)
+    flip      bool  (N,)       drawn at random per sample, or alternating: a fixed random bit per dataset
+                            sample (a hash of its index and the seed) XOR the epoch's parity, so every
+                            image is seen flipped every other epoch (airbench's alternating flip)
     cutout    int32 (N, 4)  (y0, x0, y1, x1), half-open box in output coordinates set to 0.0 after
                             normalisation (the mean colour); an empty box means no cutout.
     mix_index int64 (N,)    partner sample for mixup/cutmix (a permutation of the batch).
@@ -46,6 +48,7 @@ class AugmentConfig:
     crop_pad: int = 4  # random crop from a padded image (the "translate" of airbench); 0 disables
     pad_mode: str = "reflect"  # 'reflect' or 'zero'
     flip: bool = True  # random horizontal flip, p = 0.5 per sample
+    alternating_flip: bool = False  # flip = fixed random bit per sample XOR epoch parity (needs sample keys)
     cutout: int = 0  # side of the cutout square; 0 disables
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) blend weight; 0 disables
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) kept area; 0 disables
@@ -130,13 +133,6 @@ class AugmentSampler:
     """Draws `AugParams` for a batch. Per-sample randomness comes from a torch generator on the batch's
     device (no host sync); per-batch choices (mix or not, Beta draws) from a numpy generator on the host."""
 
-    def __init__(self, cfg: AugmentConfig, seed: int, device: torch.device | str = "cpu"):
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
-
     def state_dict(self) -> dict:
         return {"torch": self.gen.get_state(), "numpy": self.rng.bit_generator.state}
 
@@ -144,15 +140,32 @@ class AugmentSampler:
         self.gen.set_state(state["torch"])
         self.rng.bit_generator.state = state["numpy"]
 
-    def sample(self, n: int, h: int, w: int, *, mix: bool = True) -> AugParams:
-        """`mix=False` turns mixup/cutmix off for this batch (e.g. after the epoch they stop)."""
+    def __init__(self, cfg: AugmentConfig, seed: int, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.seed = seed
+        self.device = torch.device(device)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int, h: int, w: int, *, mix: bool = True, keys: torch.Tensor | None = None,
+               epoch: int = 0) -> AugParams:
+        """`mix=False` turns mixup/cutmix off for this batch (e.g. after the epoch they stop). `keys` (the
+        batch's dataset indices) and `epoch` drive the alternating flip."""
         cfg, gen, dev = self.cfg, self.gen, self.device
+        if cfg.flip and cfg.alternating_flip and (keys is None or len(keys) != n):
+            raise ValueError("alternating flip needs the batch's dataset indices (keys) from the pipeline")
         pad = cfg.crop_pad
         if pad >= min(h, w) and cfg.pad_mode == "reflect":
             raise ValueError(f"crop_pad {pad} must be smaller than the image ({h}x{w}) for reflect padding")
         offset = (torch.randint(0, 2 * pad + 1, (n, 2), generator=gen, device=dev, dtype=torch.int32)
                   if pad else torch.zeros(n, 2, dtype=torch.int32, device=dev))
-        flip = (torch.rand(n, generator=gen, device=dev) < 0.5) if cfg.flip else torch.zeros(n, dtype=torch.bool, device=dev)
+        if not cfg.flip:
+            flip = torch.zeros(n, dtype=torch.bool, device=dev)
+        elif cfg.alternating_flip:
+            flip = alternating_flip_bits(keys.to(dev), self.seed, epoch)
+        else:
+            flip = torch.rand(n, generator=gen, device=dev) < 0.5
         empty = torch.zeros(n, 4, dtype=torch.int32, device=dev)
         if cfg.cutout:
             side = torch.full((n,), cfg.cutout, device=dev)
@@ -178,6 +191,16 @@ class AugmentSampler:
                 mix_lam = torch.full((n,), lam, dtype=torch.float32, device=dev)
         return AugParams(offset, flip, cutout, mix_index, mix_lam, cutmix, pad=pad, pad_mode=cfg.pad_mode,
                          has_cutout=bool(cfg.cutout), has_mix=has_mix)
+
+
+def alternating_flip_bits(keys: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """bool (N,): a fixed pseudo-random bit per dataset index (a 32-bit integer hash of index and seed),
+    inverted on odd epochs. Stateless, so it needs no table, survives resume and agrees on every rank."""
+    h = (keys.to(torch.int64) ^ ((seed * 0x9E3779B9) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    for _ in range(2):  # two rounds of a murmur-style finaliser: well mixed low bits
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return ((h & 1) == 1) ^ bool(epoch % 2)
 
 
 def _box_mask(box: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ class ConvGroup(nn.Module):
 class AirbenchNet(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  activation: str = "gelu", bn_momentum: float = 0.6, logit_scale: float = 1 / 9,
-                 whiten_bias_epochs: int = 3):
+                 whiten_bias_epochs: int = 3, head_unit_std: bool = False):
         super().__init__()
         whiten_width = 2 * 3 * 2 * 2
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
@@ -65,6 +65,9 @@ class AirbenchNet(nn.Module):
         )
         self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes, bias=False),
                                   Mul(logit_scale))
+        if head_unit_std:  # airbench94_muon: classifier weights rescaled to unit std at init
+            linear = self.head[2]
+            linear.weight.data.div_(linear.weight.data.std())
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -92,7 +95,10 @@ class AirbenchNet(nn.Module):
 
 
 @register_model("airbench", family="airbench", default_recipe="airbench94")
-def airbench(num_classes: int = 10, width: float = 1.0, activation: str = "gelu") -> nn.Module:
-    """airbench94's net; `width` scales the (64, 256, 256) conv groups."""
+def airbench(num_classes: int = 10, width: float = 1.0, activation: str = "gelu", logit_scale: float = 1 / 9,
+             head_unit_std: bool = False) -> nn.Module:
+    """airbench94's net; `width` scales the (64, 256, 256) conv groups. airbench94_muon's variant:
+    logit_scale = 1/256 (1 / the last width) and head_unit_std=True."""
     widths = tuple(max(8, round(w * width)) for w in (64, 256, 256))
-    return AirbenchNet(num_classes, widths=widths, activation=activation)  # type: ignore[arg-type]
+    return AirbenchNet(num_classes, widths=widths, activation=activation, logit_scale=logit_scale,  # type: ignore[arg-type]
+                       head_unit_std=head_unit_std)

@@ -1,0 +1,231 @@
+"""The time-to-accuracy tricks: alternating flip, Muon with weight normalisation, the speed94 recipes,
+compilation outside the clock, and the helpers of benchmarks/time_to_accuracy.py."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fasttrain.augment import AugmentConfig, AugmentSampler
+from fasttrain.augment.reference import alternating_flip_bits
+from fasttrain.config import ConfigError, RunConfig, resolve
+from fasttrain.optim import MuonWithAux, zeropower_newton_schulz
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+# ============================================================================ alternating flip
+def test_alternating_flip_is_a_fixed_random_phase_per_image():
+    keys = torch.arange(20_000)
+    even, odd = alternating_flip_bits(keys, 3, 0), alternating_flip_bits(keys, 3, 1)
+    assert abs(even.float().mean().item() - 0.5) < 0.02  # half the images start flipped
+    assert torch.equal(odd, ~even)  # every image alternates between epochs
+    assert torch.equal(alternating_flip_bits(keys, 3, 2), even)  # the phase is fixed
+    other_seed = alternating_flip_bits(keys, 4, 0)
+    assert 0.45 < (other_seed != even).float().mean().item() < 0.55  # seeds give independent phases
+    shuffled = torch.randperm(len(keys))
+    assert torch.equal(alternating_flip_bits(keys[shuffled], 3, 0), even[shuffled])  # batch order irrelevant
+
+
+def test_sampler_alternating_flip_needs_and_uses_the_keys():
+    cfg = AugmentConfig(crop_pad=2, flip=True, alternating_flip=True)
+    sampler = AugmentSampler(cfg, seed=7)
+    with pytest.raises(ValueError, match="dataset indices"):
+        sampler.sample(8, 32, 32)
+    keys = torch.tensor([5, 900, 3, 42, 17, 8, 1000, 2])
+    p0 = sampler.sample(8, 32, 32, keys=keys, epoch=0)
+    p1 = sampler.sample(8, 32, 32, keys=keys, epoch=1)
+    assert torch.equal(p0.flip, alternating_flip_bits(keys, 7, 0))
+    assert torch.equal(p1.flip, ~p0.flip)
+    assert not torch.equal(p0.offset, p1.offset)  # the translate stays random per batch
+    no_flip = AugmentSampler(AugmentConfig(flip=False, alternating_flip=True), seed=7)
+    assert not no_flip.sample(8, 32, 32).flip.any()  # flip off wins; no keys needed
+
+
+def test_tensor_pipeline_reports_each_batch_indices():
+    from fasttrain.pipelines.tensor import TensorPipeline
+
+    images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 4, 4, 3).contiguous()
+    pipe = TensorPipeline(images.numpy(), np.arange(37), 8, seed=1)
+    seen = []
+    for x, y in pipe:
+        keys = pipe.batch_indices
+        assert torch.equal(y, keys.to(torch.int64))
+        assert torch.equal(x[:, 0, 0, 0].long(), keys.long())
+        seen.append(keys)
+    assert sorted(torch.cat(seen).tolist()) == list(range(37))
+
+
+def test_alternating_flip_is_refused_where_no_indices_exist():
+    with pytest.raises(ConfigError, match="--alternating-flip.*--pipeline tensor"):
+        RunConfig(alternating_flip=True, pipeline="ffcv").validate()
+    RunConfig(alternating_flip=True, pipeline="tensor").validate()
+
+
+# ============================================================================ Muon, airbench94_muon style
+def test_muon_weight_norm_step_matches_the_formula():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, bias=False)
+    w0 = conv.weight.detach().clone()
+    grad = torch.randn_like(w0)
+    conv.weight.grad = grad.clone()
+    lr, mom = 0.24, 0.6
+    opt = MuonWithAux([dict(params=[conv.weight], lr=lr, momentum=mom, weight_decay=0.5, use_muon=True,
+                            ns_steps=3, weight_norm=True)], nesterov=True)
+    opt.step()
+    g = grad.reshape(16, -1)
+    buf = torch.zeros_like(g).lerp_(g, 1 - mom)
+    update = zeropower_newton_schulz(g.lerp(buf, mom), 3).float().view_as(w0)
+    normed = w0 * (math.sqrt(16) / w0.norm())
+    expected = normed * (1 - lr * 0.5) - lr * update
+    torch.testing.assert_close(conv.weight.detach(), expected)
+    # 3 Newton-Schulz steps are not 5: the option reaches the orthogonalisation
+    assert not torch.allclose(zeropower_newton_schulz(g, 3), zeropower_newton_schulz(g, 5))
+
+
+def test_muon_weight_norm_keeps_filter_norms_fixed_over_steps():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 16, 3, bias=False)
+    opt = MuonWithAux([dict(params=[conv.weight], lr=0.01, momentum=0.6, weight_decay=0.0, use_muon=True,
+                            ns_steps=3, weight_norm=True)], nesterov=True)
+    for _ in range(20):
+        conv.weight.grad = torch.randn_like(conv.weight)
+        opt.step()
+    # renormalised to sqrt(16) = 4 before each small step: the norm stays near 4, not drifting
+    assert abs(conv.weight.norm().item() - 4.0) < 0.1
+
+
+# ============================================================================ recipes
+def test_speed94_recipe_is_airbench94_muon_in_batch_mean_units():
+    cfg = resolve("airbench", "speed94", {})
+    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum, cfg.muon_ns_steps) == ("muon", 0.24, 0.6, 3)
+    assert cfg.muon_weight_norm and cfg.alternating_flip and cfg.flip and cfg.compile and cfg.channels_last
+    assert (cfg.batch_size, cfg.epochs, cfg.crop_pad, cfg.label_smoothing, cfg.tta) == (2000, 8, 2, 0.2,
+                                                                                        "flip_translate")
+    # summed-loss rates per sample x batch 2000: head 0.67, biases 0.053; decay 0.004 shrink per step
+    assert math.isclose(cfg.lr, 0.67 * 2000) and math.isclose(cfg.lr * cfg.bias_lr_scale, 0.053 * 2000)
+    assert math.isclose(cfg.lr * cfg.weight_decay, 2e-6 * 2000)
+    cpu = resolve("airbench", "speed94-cpu", {})
+    assert cpu.batch_size * cpu.accum_steps == 2000 and not cpu.compile  # the same optimiser step
+    assert resolve("resnet9", "resnet9-speed", {}).alternating_flip
+
+
+def test_airbench_muon_head_variant():
+    from fasttrain.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("airbench", 10, width=0.25, logit_scale=1 / 64, head_unit_std=True)
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    assert abs(linear.weight.std().item() - 1.0) < 1e-5
+    assert net.head[-1].scale == 1 / 64
+
+
+def test_speed94_param_groups_put_every_conv_filter_under_muon():
+    from fasttrain.models import create_model
+    from fasttrain.optim import param_groups
+
+    cfg = resolve("airbench", "speed94", {})
+    net = create_model("airbench", 10, width=0.25, **cfg.model_kwargs)
+    groups = param_groups(net, cfg)
+    muon = [g for g in groups if g["use_muon"]]
+    assert len(muon) == 1 and muon[0]["weight_norm"] and muon[0]["ns_steps"] == 3
+    trainable_filters = [p for p in net.parameters() if p.dim() == 4 and p.requires_grad]
+    assert {id(p) for p in muon[0]["params"]} == {id(p) for p in trainable_filters}
+    assert all(p is not net.whiten.weight for p in trainable_filters)  # the whitening layer stays frozen
+
+
+# ============================================================================ compile outside the clock
+def test_compile_warmup_leaves_the_model_and_rng_untouched():
+    from fasttrain.models import create_model
+    from fasttrain.train import compile_warmup
+
+    torch.manual_seed(0)
+    net = create_model("airbench", 10, width=0.25)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = compile_warmup(net, net, (4, 3, 32, 32), torch.float32, contextlib.nullcontext, 10,
+                             torch.device("cpu"))
+    assert seconds >= 0
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+# ============================================================================ benchmark helpers
+def test_time_to_reach_and_speedup_at_equal_accuracy():
+    tta = load_benchmark("time_to_accuracy")
+    curve = [{"epoch_s": 10.0, "test_acc": 0.5}, {"epoch_s": 10.0, "test_acc": 0.89},
+             {"epoch_s": 10.0, "test_acc": 0.91}]
+    assert tta.time_to_reach(curve, 0.9) == 30.0
+    assert tta.time_to_reach(curve, 0.89) == 20.0
+    assert tta.time_to_reach(curve, 0.95) is None
+    assert tta.speedup_at_equal_accuracy(44.0, [20.0, 18.0], [2.0, 4.0]) == 2.0
+    assert tta.speedup_at_equal_accuracy(44.0, [20.0, None], [2.0, 2.0]) is None
+
+
+def test_export_airbench_data_is_what_airbench_reads(cifar_tensor_slice, tmp_path):
+    from fasttrain.data.tensor_format import load_split, read_meta
+
+    tta = load_benchmark("time_to_accuracy")
+    tta.export_airbench_data(str(cifar_tensor_slice), str(tmp_path / "cifar10"))
+    for split in ("train", "test"):
+        d = torch.load(tmp_path / "cifar10" / f"{split}.pt", weights_only=True)
+        s = load_split(cifar_tensor_slice, split)
+        assert d["images"].dtype == torch.uint8 and d["images"].shape == s.images.shape  # NHWC
+        assert torch.equal(d["images"], torch.from_numpy(np.asarray(s.images)))
+        assert d["labels"].dtype == torch.int64 and d["labels"].tolist() == list(s.labels)
+        assert d["classes"] == list(read_meta(cifar_tensor_slice)["classes"])
+    assert not list((tmp_path / "cifar10").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_speed94_cpu_trains_end_to_end_with_its_tricks(cifar_tensor_slice, tmp_path):
+    """The CPU recipe on the real slice: alternating flips reach the augmentation, accumulation makes one
+    optimiser step per 4 micro-batches, and the Muon filters keep their normalised scale."""
+    from fasttrain.augment import reference
+    from fasttrain.train import train
+
+    cfg = resolve("airbench", "speed94-cpu", dict(data=str(cifar_tensor_slice), out=str(tmp_path / "run"),
+                                                  device="cpu", epochs=2, batch_size=50, tta="none",
+                                                  model_kwargs={"width": 0.25, "logit_scale": 1 / 64,
+                                                                "head_unit_std": True}))
+    flips: dict[int, dict[int, bool]] = {}
+    original = reference.AugmentSampler.sample
+
+    def recording(self, n, h, w, *, epoch=0, keys=None, **kw):
+        params = original(self, n, h, w, epoch=epoch, keys=keys, **kw)
+        flips.setdefault(epoch, {}).update(zip(keys.tolist(), params.flip.tolist()))
+        return params
+
+    reference.AugmentSampler.sample = recording
+    try:
+        summary = train(cfg, quiet=True)
+    finally:
+        reference.AugmentSampler.sample = original
+    assert summary["steps"] == 2 * 6 and math.isfinite(summary["test_loss"])
+    assert set(flips[0]) == set(flips[1]) and len(flips[0]) == 300
+    assert all(flips[1][k] != flips[0][k] for k in flips[0])  # each image flipped in exactly one epoch
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    filters = [v for k, v in ckpt["model"].items() if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    # each filter bank was renormalised to sqrt(out channels) before its last (small) step
+    assert all(abs(f.norm().item() / math.sqrt(len(f)) - 1) < 0.2 for f in filters)
