@@ -185,9 +185,14 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     # compile before the clock starts: the first compiled step is reported as compile_s, not training
     compile_s = 0.0
     if cfg.compile:
-        rows = len(range(cfg.batch_size)[dist.batch_slice(cfg.batch_size)])
-        compile_s = compile_warmup(step_model, model, (rows, 3, h, w), in_dtype, autocast, meta["num_classes"],
-                                   device)
+        # every batch size the loop will see (a short last batch recompiles) and, for models whose
+        # trainable set changes with the epoch (airbench freezes its whitening bias), the first and last
+        # epoch's variant: each would otherwise trigger a recompile inside a timed epoch
+        last = n_train % cfg.batch_size if not getattr(pipeline, "drop_last", False) else 0
+        sizes = sorted({len(range(b)[dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b})
+        epochs = sorted({pos.epoch, n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
+        compile_s = compile_warmup(step_model, model, [(n, 3, h, w) for n in sizes], epochs, in_dtype, autocast,
+                                   meta["num_classes"], device)
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
@@ -325,21 +330,26 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     return summary
 
 
-def compile_warmup(step_model, model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype, autocast,
-                   num_classes: int, device: torch.device) -> float:
-    """One forward/backward of the compiled model on a dummy batch of the training shape, so compilation
-    happens outside the timed epochs; weights, buffers (BatchNorm statistics), gradients and RNG streams
-    are restored afterwards, so the run itself is unchanged. Returns the seconds it took."""
+def compile_warmup(step_model, model: torch.nn.Module, shapes: list[tuple[int, ...]], epochs: list[int | None],
+                   dtype: torch.dtype, autocast, num_classes: int, device: torch.device) -> float:
+    """A forward/backward of the compiled model on a dummy batch of each training shape (and, for models
+    with `set_epoch`, in each given epoch's variant), so compilation happens outside the timed epochs;
+    weights, buffers (BatchNorm statistics), gradients and RNG streams are restored afterwards, so the
+    run itself is unchanged (the loop calls set_epoch itself). Returns the seconds it took."""
     t0 = time.perf_counter()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    x = torch.zeros(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (shape[0],), device=device)  # RNG restored below
     model.train()
-    with autocast():
-        loss = F.cross_entropy(step_model(x).float(), y)
-    loss.backward()
+    for epoch in epochs:
+        if epoch is not None:
+            model.set_epoch(epoch)
+        for shape in shapes:
+            x = torch.zeros(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, num_classes, (shape[0],), device=device)  # RNG restored below
+            with autocast():
+                loss = F.cross_entropy(step_model(x).float(), y)
+            loss.backward()
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)

@@ -60,6 +60,12 @@ def test_bad_options_fail_with_named_option(cifar_tensor_slice, tmp_path):
     assert proc.returncode == 2 and "convert" in proc.stderr
     proc = fasttrain("convert", "cifar10", "--source", tmp_path / "missing", "--out", tmp_path / "d", check=False)
     assert proc.returncode == 2 and "missing" in proc.stderr
+    proc = fasttrain("run", "airbench", "--recipe", "speed94-cpu", "--pipeline", "ffcv", "--data", cifar_tensor_slice,
+                     "--out", tmp_path / "r3", check=False)
+    assert proc.returncode == 2 and "--alternating-flip" in proc.stderr and "--pipeline tensor" in proc.stderr
+    proc = fasttrain("run", "airbench", "--optimizer", "muon", "--muon-ns-steps", 0, "--data", cifar_tensor_slice,
+                     "--out", tmp_path / "r4", check=False)
+    assert proc.returncode == 2 and "--muon-ns-steps" in proc.stderr
 
 
 @pytest.mark.slow

@@ -162,8 +162,12 @@ def test_compile_warmup_leaves_the_model_and_rng_untouched():
     net = create_model("airbench", 10, width=0.25)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    seconds = compile_warmup(net, net, (4, 3, 32, 32), torch.float32, contextlib.nullcontext, 10,
-                             torch.device("cpu"))
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append((len(i[0]), m.whiten.bias.requires_grad)))
+    seconds = compile_warmup(net, net, [(4, 3, 32, 32), (3, 3, 32, 32)], [0, 5], torch.float32,
+                             contextlib.nullcontext, 10, torch.device("cpu"))
+    # every batch size in every trainable-set variant (the whitening bias trains for 3 epochs only)
+    assert calls == [(4, True), (3, True), (4, False), (3, False)]
     assert seconds >= 0
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included

@@ -133,13 +133,6 @@ class AugmentSampler:
     """Draws `AugParams` for a batch. Per-sample randomness comes from a torch generator on the batch's
     device (no host sync); per-batch choices (mix or not, Beta draws) from a numpy generator on the host."""
 
-    def state_dict(self) -> dict:
-        return {"torch": self.gen.get_state(), "numpy": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["torch"])
-        self.rng.bit_generator.state = state["numpy"]
-
     def __init__(self, cfg: AugmentConfig, seed: int, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.seed = seed
@@ -147,6 +140,13 @@ class AugmentSampler:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return {"torch": self.gen.get_state(), "numpy": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["torch"])
+        self.rng.bit_generator.state = state["numpy"]
 
     def sample(self, n: int, h: int, w: int, *, mix: bool = True, keys: torch.Tensor | None = None,
                epoch: int = 0) -> AugParams:
