@@ -49,9 +49,10 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
              base_lr=cfg.lr * cfg.bias_lr_scale, use_muon=False),
     ]
     if muon:
-        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=0.0 if cfg.muon_weight_norm else
-                           cfg.weight_decay, base_lr=cfg.muon_lr, momentum=cfg.muon_momentum, use_muon=True,
-                           ns_steps=cfg.muon_ns_steps, weight_norm=cfg.muon_weight_norm))
+        muon_wd = 0.0 if cfg.muon_weight_norm else cfg.weight_decay  # renormalised weights need no decay
+        groups.append(dict(params=matrices, lr=cfg.muon_lr, weight_decay=muon_wd, base_lr=cfg.muon_lr,
+                           momentum=cfg.muon_momentum, use_muon=True, ns_steps=cfg.muon_ns_steps,
+                           weight_norm=cfg.muon_weight_norm))
     return [g for g in groups if g["params"]]
 
 
