@@ -313,7 +313,7 @@ def run(train_images, train_labels, test_images, test_labels, *, device="cpu", s
 def load_tensor_dataset(data_dir: str, train_subset: int | None = None, test_subset: int | None = None):
     """uint8 NHWC tensors; subsets are the same stratified, seeded ones fasttrain's trainer uses."""
     from fasttrain.data.tensor_format import load_split
-    from fasttrain.train import stratified_subset
+    from fasttrain.data.splits import stratified_subset
 
     out = []
     for split, n in (("train", train_subset), ("test", test_subset)):

@@ -1,3 +1,15 @@
 """fasttrain: train image classifiers as fast as the hardware allows."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# pipelines/ and cuda_ext/ sit beside fasttrain/ in the source tree (the repository's fixed layout) and an
+# install maps them to fasttrain.pipelines / fasttrain.cuda_ext (pyproject's package-dir). Adding the
+# checkout's root to this package's search path gives a plain source checkout the same two subpackages,
+# so `PYTHONPATH=. python -m fasttrain ...` runs with nothing installed (the GPU machine has no pip index).
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_root = _os.path.dirname(_here)
+if not _os.path.isdir(_os.path.join(_here, "pipelines")) and _os.path.isfile(
+        _os.path.join(_root, "pipelines", "__init__.py")):
+    __path__.append(_root)  # noqa: F821 (a package's __path__)

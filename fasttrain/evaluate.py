@@ -118,30 +118,6 @@ def _tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     return 0.5 * logits + 0.5 * translated
 
 
-def val_split_indices(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, val_idx): `n_val` samples carved from train, class proportions kept, seeded; sorted."""
-    labels = np.asarray(labels)
-    if not 0 < n_val < len(labels):
-        raise ValueError(f"--val-split: must lie in [1, {len(labels) - 1}] for {len(labels)} train samples, "
-                         f"got {n_val}")
-    rng = np.random.default_rng(seed + 7919)  # independent of the train-subset draw
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    depth = max(len(p) for p in per_class)
-    interleaved = np.asarray([p[k] for k in range(depth) for p in per_class if k < len(p)])
-    val = np.sort(interleaved[:n_val])
-    train = np.setdiff1d(np.arange(len(labels)), val)
-    return train, val
-
-
-def carve_val(labels: np.ndarray, train_idx: np.ndarray, n_val: int,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Splits the train indices `train_idx` (into `labels`) into (train_idx, val_idx), stratified, seeded."""
-    if n_val <= 0:
-        return train_idx, train_idx[:0]
-    pos_train, pos_val = val_split_indices(np.asarray(labels)[train_idx], n_val, seed)
-    return train_idx[pos_train], train_idx[pos_val]
-
-
 def prefixed(split: str, metrics: dict) -> dict:
     """The scalar metrics of one evaluation as row columns: {'val_loss': ..., 'val_acc': ..., ...}."""
     return {f"{split}_{k}": metrics[k] for k in ("loss", "acc", "top5", "precision", "recall", "f1")}

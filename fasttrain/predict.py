@@ -70,7 +70,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "tes
     from .data.tensor_format import read_meta
     from .evaluate import evaluate
     from .pipelines import load_split_tensors
-    from .train import resolve_amp, resolve_device
+    from .runtime import resolve_amp, resolve_device
 
     dev = resolve_device(device)
     loaded = load_checkpoint(path, dev, use_ema=use_ema)
@@ -97,7 +97,7 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     from .augment import norm_constants, normalize
     from .data.sources import decode_image
     from .evaluate import _tta_logits
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     dev = resolve_device(device)
     loaded = load_checkpoint(path, dev, use_ema=use_ema)

@@ -13,68 +13,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .data.formats import read_labels
+from .data.splits import carve_val, stratified_subset
 from .data.tensor_format import read_meta
-from .evaluate import carve_val, evaluate, prefixed  # metrics, val split
+from .evaluate import evaluate, prefixed  # metrics, val split
 from .models import create_model
 from .optim import Lookahead, TrainStep, build_optimizer, lr_multiplier, set_lr
 from .pipelines import load_split_tensors, make_pipeline
 from .progress import EpochProgress
 from . import checkpoint as ckpt_io, distributed, resilience  # resume, DDP, failure handling
+from .losses import mixed_cross_entropy
 from .runio import write_json
+from .runtime import compile_warmup, device_name, resolve_amp, resolve_device, sync
 
 
 # ============================================================================ small helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    return dev
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. 'auto': bf16 on CUDA (fp16 on GPUs without bf16); on a CPU bf16
-    only with AMX tiles, because without them oneDNN's bf16 convolutions are slower than fp32 (measured here)."""
-    if mode == "off":
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx else None
-
-
-def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """`n` indices with class proportions kept (round-robin over shuffled per-class lists), sorted."""
-    if n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    # interleave: k-th element of every class, then (k+1)-th, ... so any prefix is balanced
-    depth = max(len(p) for p in per_class)
-    inter = [p[k] for k in range(depth) for p in per_class if k < len(p)]
-    return np.sort(np.asarray(inter[:n]))
-
-
-def mixed_cross_entropy(logits: torch.Tensor, targets, label_smoothing: float) -> torch.Tensor:
-    """lam * CE(y_a) + (1 - lam) * CE(y_b), averaged over the batch."""
-    logits = logits.float()
-    loss_a = F.cross_entropy(logits, targets.y_a, reduction="none", label_smoothing=label_smoothing)
-    if targets.y_b is targets.y_a:
-        return loss_a.mean()
-    loss_b = F.cross_entropy(logits, targets.y_b, reduction="none", label_smoothing=label_smoothing)
-    return (targets.lam * loss_a + (1 - targets.lam) * loss_b).mean()
-
-
 # ============================================================================ the run
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
@@ -212,7 +168,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
         # zeros, unless resuming in the middle of this epoch
         loss_sum, correct, seen, skip, done_s = pos.epoch_start(epoch, device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         progress.start_epoch(epoch)
         for batch_i, (x, y) in enumerate(pipeline):
@@ -256,7 +212,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                 state.save(epoch=epoch, batch=batch_i + 1, step=step, history=history, train_s=train_s,
                            epoch_acc=acc, extra={"best_state": best_state})
                 raise sentinel.interrupt(out_dir, epoch, step)
-        _sync(device)
+        sync(device)
         sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)  # before eval/saving
         loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # all ranks' sums
         epoch_s = time.perf_counter() - t0 + done_s
@@ -312,7 +268,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
         "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
-        "device": _device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "device": device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         "compile": cfg.compile, "compile_s": round(compile_s, 3), "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
@@ -328,43 +284,3 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {meta['name']}")
     progress.footer(summary)
     return summary
-
-
-def compile_warmup(step_model, model: torch.nn.Module, shapes: list[tuple[int, ...]], epochs: list[int | None],
-                   dtype: torch.dtype, autocast, num_classes: int, device: torch.device) -> float:
-    """A forward/backward of the compiled model on a dummy batch of each training shape (and, for models
-    with `set_epoch`, in each given epoch's variant), so compilation happens outside the timed epochs;
-    weights, buffers (BatchNorm statistics), gradients and RNG streams are restored afterwards, so the
-    run itself is unchanged (the loop calls set_epoch itself). Returns the seconds it took."""
-    t0 = time.perf_counter()
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    model.train()
-    for epoch in epochs:
-        if epoch is not None:
-            model.set_epoch(epoch)
-        for shape in shapes:
-            x = torch.zeros(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-            y = torch.randint(0, num_classes, (shape[0],), device=device)  # RNG restored below
-            with autocast():
-                loss = F.cross_entropy(step_model(x).float(), y)
-            loss.backward()
-    model.load_state_dict(saved)
-    model.zero_grad(set_to_none=True)
-    torch.set_rng_state(rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng, device)
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"

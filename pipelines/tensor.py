@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..data.splits import epoch_permutation
+
 
 class TensorPipeline:
     def __init__(
@@ -64,9 +66,7 @@ class TensorPipeline:
         """This rank's sample indices for the current epoch, on the device."""
         n = len(self.images)
         if self.shuffle:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(self.seed * 100_003 + self.epoch)
-            perm = torch.randperm(n, generator=gen, device=self.device)
+            perm = epoch_permutation(n, self.seed, self.epoch, self.device)
         else:
             perm = torch.arange(n, device=self.device)
         start = self.rank * self.per_rank

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.formats import read_file_list
+from ..data.splits import epoch_permutation
 from ..data.tensor_format import DatasetError, load_split
 
 
@@ -66,9 +67,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            gen = torch.Generator()
-            gen.manual_seed(self.seed * 100_003 + self.epoch)
-            perm = torch.randperm(self.n, generator=gen)
+            perm = epoch_permutation(self.n, self.seed, self.epoch)
         else:
             perm = torch.arange(self.n)
         start = self.rank * self.per_rank

@@ -9,7 +9,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+# Subprocesses (`python -m fasttrain ...`) import this checkout's sources, not whatever is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 # Keep CPU tests predictable on the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -156,7 +156,7 @@ def test_speed94_param_groups_put_every_conv_filter_under_muon():
 # ============================================================================ compile outside the clock
 def test_compile_warmup_leaves_the_model_and_rng_untouched():
     from fasttrain.models import create_model
-    from fasttrain.train import compile_warmup
+    from fasttrain.runtime import compile_warmup
 
     torch.manual_seed(0)
     net = create_model("airbench", 10, width=0.25)

@@ -397,7 +397,7 @@ def test_macro_metrics_on_a_known_confusion():
 
 
 def test_val_split_is_stratified_disjoint_and_seeded():
-    from fasttrain.evaluate import carve_val, val_split_indices
+    from fasttrain.data.splits import carve_val, val_split_indices
 
     labels = np.repeat(np.arange(10), 30)
     train, val = val_split_indices(labels, 50, seed=3)
@@ -467,7 +467,7 @@ def test_plots_write_pngs(tmp_path):
 def test_label_smoothing_and_drop_path_reach_the_loss_and_model():
     from fasttrain.augment import Targets
     from fasttrain.models.options import merge_model_options
-    from fasttrain.train import mixed_cross_entropy
+    from fasttrain.losses import mixed_cross_entropy
 
     logits = torch.tensor([[4.0, 0.0, 0.0]])
     t = Targets(torch.tensor([0]), torch.tensor([0]), torch.ones(1))

@@ -24,6 +24,7 @@ import numpy as np
 
 from .archive import SourceTree
 from .convert import Loaded, ProgressFactory, register_dataset
+from .splits import stratified_holdout
 from .sources import IMAGE_SUFFIXES, BadFile, SourceError, decode_many, split_bad
 from .tensor_format import Split
 
@@ -94,20 +95,6 @@ def bad_or_raise(name: str, reason: str, skip_bad: bool, source: Path) -> BadFil
         raise SourceError(f"{source}: {name}: {reason}; remove it, or pass --skip-bad to skip it (it is then "
                           "listed in the dataset's meta.json)")
     return BadFile(name, reason)
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a held-out share of each class: round(n * fraction), at least 1 when n >= 2."""
-    if not 0 < fraction < 1:
-        raise SourceError(f"--val-fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = round(len(idx) * fraction)
-        k = max(k, 1) if len(idx) >= 2 else 0
-        mask[rng.permutation(idx)[:k]] = True
-    return mask
 
 
 # ----------------------------------------------------------------------------- layout detection
@@ -190,6 +177,8 @@ def read_imagefolder(
     if not has_holdout:
         frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         names, labels = listings.pop("train" if has_splits else "")
+        if not 0 < frac < 1:
+            raise SourceError(f"--val-fraction must lie in (0, 1), got {frac}")
         hold = stratified_holdout(labels, frac, seed)
         listings["train"] = ([n for n, h in zip(names, hold) if not h], labels[~hold])
         listings["test"] = ([n for n, h in zip(names, hold) if h], labels[hold])

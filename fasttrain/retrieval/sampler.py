@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..data.splits import epoch_generator
+
 
 class ClassBalancedSampler:
     def __init__(self, labels: torch.Tensor, batch_size: int, m: int = 4, *, seed: int = 0):
@@ -56,7 +58,6 @@ class ClassBalancedSampler:
         return self.order[self.offsets[cls][:, None] + first].reshape(-1)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 100_003 + self.epoch)
+        gen = epoch_generator(self.seed, self.epoch, self.device)
         for _ in range(len(self)):
             yield self.batch_indices(gen)

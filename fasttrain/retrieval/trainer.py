@@ -34,10 +34,12 @@ import torch.nn.functional as F
 
 from ..augment import AugmentConfig, AugmentSampler, augment_batch, norm_constants, normalize
 from ..config import ConfigError, RunConfig
+from ..data.splits import epoch_permutation, stratified_subset
 from ..data.tensor_format import load_split, read_meta
 from ..models import create_model
 from ..optim import build_optimizer, lr_multiplier
 from ..runio import atomic_torch_save, write_json
+from ..runtime import device_name, resolve_amp, resolve_device, sync
 from .loss import multi_similarity_loss
 from .metrics import DEFAULT_KS, recall_at_k
 from .model import EmbeddingNet, backbone_features
@@ -151,10 +153,7 @@ class _ShuffledIndices:
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=gen, device=self.device)
-        yield from perm.split(self.batch_size)
+        yield from epoch_permutation(self.n, self.seed, self.epoch, self.device).split(self.batch_size)
 
 
 @torch.no_grad()
@@ -187,7 +186,7 @@ def _train_phase(phase: str, model: nn.Module, cfg: RunConfig, batches: _Batches
         batches.set_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for inputs, targets in batches:
             if step >= total:
@@ -204,7 +203,7 @@ def _train_phase(phase: str, model: nn.Module, cfg: RunConfig, batches: _Batches
             step += 1
             loss_sum += loss.detach() * len(inputs)
             seen += len(inputs)
-        _sync(device)
+        sync(device)
         epoch_s = time.perf_counter() - t0
         spent += epoch_s
         row = {"phase": phase, "epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
@@ -246,7 +245,6 @@ def _embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # ============================================================================ the run
 def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
-    from ..train import resolve_amp, resolve_device, stratified_subset
 
     cfg.validate()
     opts = RetrievalOptions.from_dict(cfg.retrieval)
@@ -353,7 +351,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
         "recall_init": recall["init"], "train_classes": len(train_classes), "test_classes": len(test_classes),
         "train_samples": len(train_labels), "test_samples": len(test_labels), "embedding_dim": opts.embedding_dim,
         "train_s": round(train_s, 3), "wall_s": round(time.perf_counter() - t_run, 3),
-        "train_imgs_per_s": round(seen_imgs / max(train_s, 1e-9), 1), "device": _device_name(device),
+        "train_imgs_per_s": round(seen_imgs / max(train_s, 1e-9), 1), "device": device_name(device),
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "compile": cfg.compile,
         "params": sum(p.numel() for p in net.parameters()), "batch_size": cfg.batch_size,
         "torch": torch.__version__,
@@ -387,14 +385,3 @@ def _plot(rows: list[dict], recall: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
