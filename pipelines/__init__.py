@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.tensor_format import DatasetError, load_split, read_meta
+from ..data.errors import DatasetError
+from ..data.tensor_format import load_split, read_meta
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,3 @@ def load_split_tensors(
         ys.append(y.clone())
     return torch.cat(xs), torch.cat(ys)
 
-
-def available() -> dict[str, str]:
-    """Pipeline name -> one-line help, for the CLI."""
-    return {k: v.help for k, v in PIPELINES.items()}

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.errors import DatasetError
 from ..data.formats import import_optional
-from ..data.tensor_format import DatasetError
 
 
 class FFCVPipeline:

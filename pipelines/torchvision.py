@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.errors import DatasetError
 from ..data.formats import read_file_list
 from ..data.splits import epoch_permutation
-from ..data.tensor_format import DatasetError, load_split
+from ..data.tensor_format import load_split
 
 
 class JpegListDataset(Dataset):
