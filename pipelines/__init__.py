@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..data.errors import DatasetError
-from ..data.tensor_format import load_split, read_meta
+from ..data.tensor_format import load_split
+from ..data.verify import check_dataset
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ PIPELINES: dict[str, PipelineSpec] = {
 
 
 def require_format(data_dir: str | Path, pipeline: str) -> dict:
-    """The dataset's meta, after checking that `pipeline` can read its format (clear error otherwise)."""
-    meta = read_meta(data_dir)
+    """The dataset's meta, after the cheap structural check (a damaged dataset is a DatasetError naming the
+    file, never a traceback mid-run) and checking that `pipeline` can read its format."""
+    meta = check_dataset(data_dir, required_splits=())
     fmt = meta.get("format", "tensor")
     wanted = PIPELINES[pipeline].formats
     if fmt not in wanted:

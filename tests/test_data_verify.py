@@ -161,3 +161,22 @@ def test_cli_verify(dataset, tmp_path):
     _truncate(bad)
     proc = _cli("verify", bad)
     assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pipelines_check_the_dataset_before_reading(dataset):
+    from fasttrain.pipelines import load_split_tensors, make_pipeline
+
+    _truncate(dataset)
+    with pytest.raises(DatasetError, match="train_images.npy.*truncated"):
+        make_pipeline("tensor", dataset, "train", 4)
+    with pytest.raises(DatasetError, match="truncated"):
+        load_split_tensors("tensor", dataset, "test")
+
+
+def test_cli_run_on_labels_out_of_range_is_a_message(dataset, tmp_path):
+    """The reproduction: `run` on labels out of range ended in `IndexError: Target 15 is out of bounds`."""
+    _labels(dataset, np.full(12, 15, dtype=np.int64))
+    proc = _cli("run", "resnet9", "--data", dataset, "--epochs", 1, "--device", "cpu", "--no-compile",
+                "--out", tmp_path / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train_labels.npy" in proc.stderr and "outside [0, 3)" in proc.stderr and "--force" in proc.stderr
