@@ -27,6 +27,7 @@ import torch
 from ..data.errors import DatasetError
 from ..data.tensor_format import load_split
 from ..data.verify import check_dataset
+from .tensor import TensorPipeline
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,6 @@ def make_pipeline(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if name == "tensor":
-        from .tensor import TensorPipeline
-
         require_format(data_dir, "tensor")
         arrays = load_split(data_dir, split)
         sel = slice(None) if indices is None else np.asarray(indices)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from .archive import SourceTree
 from .imagefolder import decode_files, skipped_meta
@@ -122,8 +123,6 @@ def _read_devkit_release(tree: SourceTree, meta_name: str) -> tuple[list[CarReco
 
 
 def _image_size(data: bytes) -> list[int]:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         return list(img.size)
 

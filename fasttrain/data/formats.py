@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..runio import atomic_directory
 from .errors import DatasetError
@@ -228,8 +229,6 @@ def write_ffcv_dataset(
 # ----------------------------------------------------------------------------- dali (JPEG files + list)
 def encode_jpeg(image: np.ndarray, quality: int, max_resolution: int | None = None) -> bytes:
     """uint8 HWC RGB -> JPEG bytes (PIL, 4:2:0 as libjpeg's default), optionally shrunk first."""
-    from PIL import Image
-
     img = Image.fromarray(np.ascontiguousarray(image))
     h, w = limited_shape(image.shape[0], image.shape[1], max_resolution)
     if (h, w) != image.shape[:2]:

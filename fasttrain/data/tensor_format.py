@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ..runio import atomic_directory
+from .archive import is_archive
 from .errors import DatasetError
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
+_SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")  # what a source folder holds
 WRITER = "fasttrain"  # meta.json's "writer": this directory is fasttrain's to replace (with --force)
 
 
@@ -157,10 +160,30 @@ def write_tensor_dataset(
     return out_dir
 
 
+def not_a_dataset(path: Path) -> str:
+    """Why `path` is not a converted dataset, and the command that makes one from it."""
+    convert = (f"`fasttrain convert cifar10 --source {path}` (CIFAR) or `fasttrain convert imagefolder --source "
+               f"{path} --name NAME`, then pass the printed directory as --data")
+    if not path.exists():
+        return (f"{path}: no such directory; convert a dataset first, e.g. `fasttrain convert cifar10 --source "
+                f"PATH --out {path}`")
+    if path.is_file():
+        kind = "an archive" if is_archive(path) else "a file"
+        return f"{path} is {kind}, not a converted dataset directory: convert it first with {convert}"
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        entries = []
+    if any(e.is_dir() or e.name.lower().endswith(_SOURCE_SUFFIXES) or is_archive(e.name) for e in entries):
+        return (f"{path} has no {META_FILE}: it looks like a source (folders, images or archives), not a "
+                f"converted dataset: convert it first with {convert}")
+    return f"{path} has no {META_FILE}: not a converted dataset; convert one with {convert}"
+
+
 def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / META_FILE
     if not path.is_file():
-        raise DatasetError(f"{path} not found: convert the dataset first (`fasttrain convert ...`)")
+        raise DatasetError(not_a_dataset(Path(data_dir)))
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .archive import is_archive
 from .errors import DatasetError
 from .tensor_format import META_FILE, WRITER, read_meta, sha256_file
 
 FORMATS = ("tensor", "ffcv", "dali")
 REQUIRED_SPLITS = ("train", "test")
-_SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 
 # ----------------------------------------------------------------------------- what a directory is
@@ -52,27 +49,6 @@ def written_entries(meta: dict) -> set[str]:
         else:
             names |= {info.get("list") or f"{split}_list.txt", split}
     return names
-
-
-def _source_hint(path: Path) -> str:
-    """The next command for a --data that is not a converted dataset."""
-    convert = (f"`fasttrain convert cifar10 --source {path}` (CIFAR) or `fasttrain convert imagefolder --source "
-               f"{path} --name NAME`, then pass the printed directory as --data")
-    if not path.exists():
-        return (f"{path}: no such directory; convert a dataset first, e.g. `fasttrain convert cifar10 --source "
-                f"PATH --out {path}`")
-    if path.is_file():
-        kind = "an archive" if is_archive(path) else "a file"
-        return f"{path} is {kind}, not a converted dataset directory: convert it first with {convert}"
-    try:
-        entries = [e.name.lower() for e in os.scandir(path)]
-        entries += [f"{d}/{e.name.lower()}" for d in entries if (path / d).is_dir() for e in os.scandir(path / d)]
-    except OSError:
-        entries = []
-    if any(e.endswith(_SOURCE_SUFFIXES) or is_archive(e) for e in entries) or any("/" in e for e in entries):
-        return f"{path} has no {META_FILE}: it looks like a source (images or archives), not a converted " \
-               f"dataset: convert it first with {convert}"
-    return f"{path} has no {META_FILE}: not a converted dataset; convert one with {convert}"
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -214,8 +190,6 @@ def check_dataset(data_dir: str | Path, *, full: bool = False,
     """The dataset's meta.json after checking the files against it (structure always; sha256 when `full`).
     Raises DatasetError naming the file, what was expected and the fix."""
     data_dir = Path(data_dir)
-    if not (data_dir / META_FILE).is_file():
-        raise DatasetError(_source_hint(data_dir))
     meta = read_meta(data_dir)
     checker = _Checker(data_dir, meta)
     checker.top(required_splits)
