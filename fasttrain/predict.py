@@ -105,11 +105,8 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     if h != w:
         raise ValueError(f"{path}: trained on {h}x{w} images; predict resizes to squares only")
     batch = []
-    for img in images:
-        p = Path(img)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: image not found")
-        arr = decode_image_file(p, size=h)  # as convert: short side to h, centre crop; bombs refused
+    for img in images:  # a missing path, a directory, a FIFO or a bomb: a SourceError naming it
+        arr = decode_image_file(img, size=h)  # as convert: short side to h, centre crop; bombs refused
         batch.append(arr)
     x = torch.from_numpy(np.stack(batch)).to(dev)
     scale, bias = norm_constants(loaded.mean, loaded.std, dev)
