@@ -82,7 +82,7 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], l
 
 
 def check_splits(splits: dict[str, Split], classes: list[str]) -> None:
-    """What every writer needs: a train split, uint8 NHWC images, integer labels in [0, classes)."""
+    """What every writer needs: a train split, uint8 NHWC images of one size, integer labels in [0, classes)."""
     if "train" not in splits:
         raise DatasetError("a dataset needs a 'train' split (its statistics normalise every split)")
     if len(classes) < 2:
@@ -99,6 +99,10 @@ def check_splits(splits: dict[str, Split], classes: list[str]) -> None:
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DatasetError(f"split {name!r}: labels must lie in [0, {len(classes)}), got "
                                f"[{labels.min()}, {labels.max()}]")
+        if split.images.shape[1:] != splits["train"].images.shape[1:]:
+            raise DatasetError(f"split {name!r} has {split.images.shape[1:]} images, 'train' has "
+                               f"{splits['train'].images.shape[1:]}: every split must share one image size "
+                               "(--size S resizes them, for the datasets that take it)")
 
 
 def split_record(split: Split, num_classes: int, shape: tuple[int, ...] | list[int]) -> dict:
