@@ -163,6 +163,10 @@ def test_special_files_are_never_opened(tmp_path):
         read_regular_file(tmp_path / "fifo.jpg")
     with pytest.raises(SourceError, match="a character device"):
         decode_image_file(tmp_path / "zero.jpg")
+    with pytest.raises(SourceError, match="a directory"):  # `fasttrain predict DIR`
+        decode_image_file(tmp_path)
+    with pytest.raises(SourceError, match="missing.jpg: cannot read"):
+        decode_image_file(tmp_path / "missing.jpg")
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\0" * 100)
     with pytest.raises(SourceError, match="over the 10-byte limit"):
