@@ -28,7 +28,12 @@ from .errors import BadFile, SourceError
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARCHIVE_SUFFIXES = TAR_SUFFIXES + (".zip",)
 MAX_FILE_BYTES = 256 << 20  # per file: no image or annotation file of a supported dataset comes near it
-_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error)
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error)  # what a bad archive raises
+
+
+def truncated_archive(path: Path, e: BaseException) -> SourceError:
+    return SourceError(f"{path}: the tar archive is truncated or corrupt ({type(e).__name__}: {e}); "
+                       "download or copy it again")
 
 
 def is_archive(path: Path | str) -> bool:
@@ -71,7 +76,7 @@ class _Zip:
         try:
             self.zf = zipfile.ZipFile(path)
             infos = [i for i in self.zf.infolist() if not i.is_dir()]
-        except _ARCHIVE_ERRORS as e:
+        except ARCHIVE_ERRORS as e:
             raise SourceError(f"{path}: not a readable zip archive, or truncated ({e})") from e
         self.path = path
         self.names: list[str] = []
@@ -88,7 +93,7 @@ class _Zip:
     def read(self, name: str) -> bytes:
         try:
             return self.zf.read(name)
-        except (*_ARCHIVE_ERRORS, KeyError) as e:
+        except (*ARCHIVE_ERRORS, KeyError) as e:
             raise SourceError(f"{self.path}:{name}: cannot read member; the archive is truncated or corrupt "
                               f"({e})") from e
 
@@ -101,7 +106,7 @@ class _Tar:
         self.path = path
         try:
             tar = tarfile.open(path, "r:*")
-        except _ARCHIVE_ERRORS as e:
+        except ARCHIVE_ERRORS as e:
             raise SourceError(f"{path}: not a readable tar archive ({e})") from e
         self.names = []
         self.special: dict[str, str] = {}
@@ -118,13 +123,9 @@ class _Tar:
                         self.special[m.name] = f"{m.size} bytes, over the {MAX_FILE_BYTES}-byte limit"
                     else:
                         self.names.append(m.name)
-        except _ARCHIVE_ERRORS as e:
-            raise self._truncated(e) from e
+        except ARCHIVE_ERRORS as e:
+            raise truncated_archive(self.path, e) from e
         self._data: dict[str, bytes] | None = None
-
-    def _truncated(self, e: BaseException) -> SourceError:
-        return SourceError(f"{self.path}: the tar archive is truncated or corrupt ({type(e).__name__}: {e}); "
-                           "download or copy it again")
 
     def read(self, name: str) -> bytes:
         if self._data is None:
@@ -137,9 +138,9 @@ class _Tar:
                             f = tar.extractfile(m)
                             assert f is not None
                             self._data[m.name] = f.read()
-            except _ARCHIVE_ERRORS as e:
+            except ARCHIVE_ERRORS as e:
                 self._data = None
-                raise self._truncated(e) from e
+                raise truncated_archive(self.path, e) from e
         return self._data[name]
 
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import tarfile
-import zlib
 from pathlib import Path, PurePosixPath
 
+from .archive import ARCHIVE_ERRORS, truncated_archive
 from .errors import SourceError
 from .imagefolder import read_image_tree
 from .registry import Loaded, ProgressFactory, register_dataset
@@ -45,9 +45,8 @@ def detect_cifar_archive(path: Path) -> str:
             names = {PurePosixPath(m.name).name for m in tar.getmembers() if m.isfile()}
     except tarfile.ReadError as e:
         raise SourceError(f"{path}: not a readable tar archive ({e})") from e
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise SourceError(f"{path}: the tar archive is truncated or corrupt ({type(e).__name__}: {e}); "
-                          "download or copy it again") from e
+    except ARCHIVE_ERRORS as e:
+        raise truncated_archive(path, e) from e
     if not names:
         raise SourceError(f"{path}: empty archive")
     if {"data_batch_1", "test_batch"} <= names or {"train", "test", "meta"} <= names:

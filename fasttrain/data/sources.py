@@ -11,16 +11,14 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
-import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .archive import ARCHIVE_ERRORS, truncated_archive
 from .errors import SourceError
 from .tensor_format import Split
-
-_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
 # ----------------------------------------------------------------------------- restricted unpickling
@@ -93,20 +91,15 @@ def _decode_names(names: Iterable) -> list[str]:
 def _open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
-    except _TAR_ERRORS as e:
+    except ARCHIVE_ERRORS as e:
         raise SourceError(f"{path}: not a readable tar archive ({e})") from e
-
-
-def _truncated(path: Path, e: BaseException) -> SourceError:
-    return SourceError(f"{path}: the tar archive is truncated or corrupt ({type(e).__name__}: {e}); "
-                       "download or copy it again")
 
 
 def _tar_members_by_basename(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     try:
         return {PurePosixPath(m.name).name: m for m in tar.getmembers() if m.isfile()}
-    except _TAR_ERRORS as e:
-        raise _truncated(Path(tar.name or "archive"), e) from e
+    except ARCHIVE_ERRORS as e:
+        raise truncated_archive(Path(tar.name or "archive"), e) from e
 
 
 def _read_member(tar: tarfile.TarFile, members: dict, name: str, archive: Path) -> bytes:
@@ -116,8 +109,8 @@ def _read_member(tar: tarfile.TarFile, members: dict, name: str, archive: Path) 
         f = tar.extractfile(members[name])
         assert f is not None
         return f.read()
-    except _TAR_ERRORS as e:
-        raise _truncated(archive, e) from e
+    except ARCHIVE_ERRORS as e:
+        raise truncated_archive(archive, e) from e
 
 
 def _rows_to_nhwc(rows: np.ndarray, source: str) -> np.ndarray:
