@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path, PurePosixPath
 
 from .archive import ARCHIVE_ERRORS, truncated_archive
 from .errors import SourceError
 from .imagefolder import read_image_tree
 from .registry import Loaded, ProgressFactory, register_dataset
-from .sources import read_cifar_binary, read_cifar_python
+from .sources import open_tar, read_cifar_binary, read_cifar_python
 
 CIFAR_DOWNLOADS = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
@@ -40,13 +39,11 @@ def detect_cifar_archive(path: Path) -> str:
     """'python', 'binary' or 'images' for a CIFAR source path."""
     if path.is_dir():
         return "images"
-    try:
-        with tarfile.open(path, "r:*") as tar:
+    with open_tar(path) as tar:
+        try:
             names = {PurePosixPath(m.name).name for m in tar.getmembers() if m.isfile()}
-    except tarfile.ReadError as e:
-        raise SourceError(f"{path}: not a readable tar archive ({e})") from e
-    except ARCHIVE_ERRORS as e:
-        raise truncated_archive(path, e) from e
+        except ARCHIVE_ERRORS as e:
+            raise truncated_archive(path, e) from e
     if not names:
         raise SourceError(f"{path}: empty archive")
     if {"data_batch_1", "test_batch"} <= names or {"train", "test", "meta"} <= names:

@@ -88,7 +88,7 @@ def _decode_names(names: Iterable) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- official CIFAR archives
-def _open_tar(path: Path) -> tarfile.TarFile:
+def open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except ARCHIVE_ERRORS as e:
@@ -122,7 +122,7 @@ def _rows_to_nhwc(rows: np.ndarray, source: str) -> np.ndarray:
 
 def read_cifar_python(path: Path, dataset: str) -> tuple[dict[str, Split], list[str]]:
     """Official `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz`."""
-    with _open_tar(path) as tar:
+    with open_tar(path) as tar:
         members = _tar_members_by_basename(tar)
 
         def load(name: str) -> dict:
@@ -152,7 +152,7 @@ def read_cifar_python(path: Path, dataset: str) -> tuple[dict[str, Split], list[
 
 def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[str]]:
     """Official `cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`: records of label byte(s) + 3072 pixels."""
-    with _open_tar(path) as tar:
+    with open_tar(path) as tar:
         members = _tar_members_by_basename(tar)
         if dataset == "cifar10":
             names_file, label_bytes, label_index = "batches.meta.txt", 1, 0
