@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data.errors import DatasetError
+from ..data.splits import keep_multiple
 from ..data.tensor_format import load_split
 from ..data.verify import check_dataset
 from .tensor import TensorPipeline
@@ -67,8 +68,7 @@ def shard_indices(n: int, indices: np.ndarray | None, world_size: int, seed: int
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"indices must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
     if world_size > 1 and len(idx) % world_size:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(idx))[: len(idx) - len(idx) % world_size])
-        idx = idx[keep]
+        idx = idx[keep_multiple(len(idx), world_size, seed)]
     return idx
 
 

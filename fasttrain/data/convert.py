@@ -87,8 +87,9 @@ def convert(
     request = {"dataset": dataset, "name": name, "format": fmt,
                "source": str(source_path.resolve()) if source_path is not None else None,
                "options": given or None, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution}
+    in_format = "" if fmt == "tensor" else f" in {fmt} format"  # the messages of before, word for word
     if plan_output(out_dir, source=source_path, force=force, request=request, log=log) == "reuse":
-        log(f"{out_dir} already holds a complete {dataset} dataset ({fmt}); reusing it (--force rebuilds)")
+        log(f"{out_dir} already holds a complete {dataset} dataset{in_format}; reusing it (--force rebuilds)")
         return out_dir
 
     loaded = read_dataset(dataset, source, progress_factory, log, **options)
@@ -106,5 +107,5 @@ def convert(
         raise DatasetError(f"--out {out_dir}: cannot write the dataset ({e.strerror or e}); nothing was left "
                            "behind: free space or choose another --out") from e
     counts = ", ".join(f"{k} {len(v.labels)}" for k, v in loaded.splits.items())
-    log(f"wrote {out_dir} ({fmt}; {counts}; {len(loaded.classes)} classes)")
+    log(f"wrote {out_dir} ({'' if fmt == 'tensor' else fmt + '; '}{counts}; {len(loaded.classes)} classes)")
     return out_dir
