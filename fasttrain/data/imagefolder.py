@@ -124,13 +124,12 @@ def scan_tree(tree: SourceTree, skip_bad: bool
     images = [n for n in tree.names if is_image_name(n)]
     if not images:
         raise SourceError(f"{tree.path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    top, _ = _strip_common_root(images)
+    top, rel = _strip_common_root(images)
     top_depth = len(PurePosixPath(top).parts) if top else 0
     others = [n for n in tree.names if not is_image_name(n)]
     ignored = [n for n in others if len(PurePosixPath(n).parts) <= top_depth + 1]
     bad = [bad_or_raise(n, f"not an image file (suffix {PurePosixPath(n).suffix or 'none'!r})", skip_bad,
                         tree.path) for n in others if n not in ignored]
-    _, rel = _strip_common_root(images)
     has_splits = all(len(p) == 3 for p in rel) and all(p[0].lower() in SPLIT_ALIASES for p in rel)
     grouped: dict[str, dict[str, list[str]]] = {}
     for name, p in zip(images, rel):
