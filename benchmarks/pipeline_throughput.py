@@ -48,12 +48,12 @@ from fasttrain.pipelines import make_pipeline
 
 from fasttrain.augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
 from fasttrain.data.formats import (
-    is_complete,
     read_file_list,
     write_dali_dataset,
     write_ffcv_dataset,
 )
 from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset
+from fasttrain.data.verify import is_complete  # noqa: E402
 
 PAD, CUTOUT = 4, 8
 OURS = ("tensor", "ffcv", "dali", "torchvision")

@@ -76,7 +76,7 @@ def convert(
 ) -> None:
     """Convert a dataset once into a training-ready format (default ./data/<dataset>, or
     ./data/<dataset>-<format> for ffcv/dali)."""
-    from .data.formats import convert_dataset
+    from .data.convert import convert as convert_dataset
 
     reader_options = _reader_options(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad)
     try:
@@ -90,6 +90,26 @@ def convert(
 def _reader_options(**given) -> dict:
     """the dataset-reader options the user actually gave (None/False dropped)."""
     return {k: v for k, v in given.items() if v is not None and v is not False}
+
+
+@app.command()
+def verify(
+    data: Path = typer.Argument(..., help="A converted dataset directory."),
+    quick: bool = typer.Option(False, "--quick", help="Structure only (shapes, dtypes, sizes, labels); skip the "
+                               "sha256 of every file."),
+) -> None:
+    """Check a converted dataset against its meta.json: shapes, dtypes, sizes, label range, statistics and
+    (unless --quick) the sha256 of every file. Exit 0 with one OK line, or 2 with the reason."""
+    from .data.errors import DatasetError
+    from .data.verify import check_dataset
+
+    try:
+        meta = check_dataset(data, full=not quick)
+    except DatasetError as e:
+        _fail(str(e))
+    counts = ", ".join(f"{k} {v['count']}" for k, v in meta["splits"].items())
+    typer.echo(f"OK {data}: {meta.get('name')} ({meta.get('format', 'tensor')}; {counts}; {meta['num_classes']} "
+               f"classes; {'structure' if quick else 'structure and sha256 of every file'} checked)")
 
 
 

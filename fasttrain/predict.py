@@ -95,7 +95,7 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
                    tta: str = "none", use_ema: bool = True) -> list[dict]:
     """[{'image': path, 'top': [(class, probability), ...]}] for each image file."""
     from .augment import norm_constants, normalize
-    from .data.sources import decode_image
+    from .data.decode import decode_image_file
     from .evaluate import _tta_logits
     from .runtime import resolve_device
 
@@ -105,11 +105,8 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     if h != w:
         raise ValueError(f"{path}: trained on {h}x{w} images; predict resizes to squares only")
     batch = []
-    for img in images:
-        p = Path(img)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: image not found")
-        arr = decode_image(p.read_bytes(), str(p), size=h)  # short side to h, centre crop (as convert)
+    for img in images:  # a missing path, a directory, a FIFO or a bomb: a SourceError naming it
+        arr = decode_image_file(img, size=h)  # as convert: short side to h, centre crop; bombs refused
         batch.append(arr)
     x = torch.from_numpy(np.stack(batch)).to(dev)
     scale, bias = norm_constants(loaded.mean, loaded.std, dev)

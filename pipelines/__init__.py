@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.tensor_format import DatasetError, load_split, read_meta
+from ..data.errors import DatasetError
+from ..data.splits import keep_multiple
+from ..data.tensor_format import load_split
+from ..data.verify import check_dataset
+from .tensor import TensorPipeline
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,9 @@ PIPELINES: dict[str, PipelineSpec] = {
 
 
 def require_format(data_dir: str | Path, pipeline: str) -> dict:
-    """The dataset's meta, after checking that `pipeline` can read its format (clear error otherwise)."""
-    meta = read_meta(data_dir)
+    """The dataset's meta, after the cheap structural check (a damaged dataset is a DatasetError naming the
+    file, never a traceback mid-run) and checking that `pipeline` can read its format."""
+    meta = check_dataset(data_dir, required_splits=())
     fmt = meta.get("format", "tensor")
     wanted = PIPELINES[pipeline].formats
     if fmt not in wanted:
@@ -63,8 +68,7 @@ def shard_indices(n: int, indices: np.ndarray | None, world_size: int, seed: int
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"indices must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
     if world_size > 1 and len(idx) % world_size:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(idx))[: len(idx) - len(idx) % world_size])
-        idx = idx[keep]
+        idx = idx[keep_multiple(len(idx), world_size, seed)]
     return idx
 
 
@@ -89,8 +93,6 @@ def make_pipeline(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if name == "tensor":
-        from .tensor import TensorPipeline
-
         require_format(data_dir, "tensor")
         arrays = load_split(data_dir, split)
         sel = slice(None) if indices is None else np.asarray(indices)
@@ -128,7 +130,3 @@ def load_split_tensors(
         ys.append(y.clone())
     return torch.cat(xs), torch.cat(ys)
 
-
-def available() -> dict[str, str]:
-    """Pipeline name -> one-line help, for the CLI."""
-    return {k: v.help for k, v in PIPELINES.items()}

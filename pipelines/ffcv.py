@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.errors import DatasetError
 from ..data.formats import import_optional
-from ..data.tensor_format import DatasetError
+from . import require_format, shard_indices
 
 
 class FFCVPipeline:
@@ -41,8 +42,6 @@ class FFCVPipeline:
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import ToDevice, ToTensor
-
-        from . import require_format, shard_indices
 
         meta = require_format(data_dir, "ffcv")
         info = meta["splits"].get(split)

@@ -16,18 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+from torchvision.datasets.folder import default_loader
 
+from ..data.errors import DatasetError
 from ..data.formats import read_file_list
 from ..data.splits import epoch_permutation
-from ..data.tensor_format import DatasetError, load_split
+from ..data.tensor_format import load_split
+from . import require_format
 
 
 class JpegListDataset(Dataset):
     """(path, label) pairs decoded with torchvision's default (PIL) loader to uint8 HWC tensors."""
 
     def __init__(self, files: list[str], labels: np.ndarray):
-        from torchvision import transforms
-
         self.files, self.labels = files, labels
         self.to_tensor = transforms.PILToTensor()
 
@@ -35,8 +37,6 @@ class JpegListDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from torchvision.datasets.folder import default_loader
-
         chw = self.to_tensor(default_loader(self.files[i]))
         return chw.permute(1, 2, 0).contiguous(), int(self.labels[i])
 
@@ -90,8 +90,6 @@ class TorchvisionPipeline:
         indices: np.ndarray | None = None,
         num_workers: int | None = None,
     ):
-        from . import require_format
-
         meta = require_format(data_dir, "torchvision")
         if split not in meta["splits"]:
             raise DatasetError(f"{data_dir} has no split {split!r}; it has {sorted(meta['splits'])}")

@@ -15,7 +15,8 @@ from PIL import Image
 
 from fasttrain.data.convert import convert
 from fasttrain.data.sources import SourceError
-from fasttrain.data.tensor_format import is_complete, load_split, read_meta
+from fasttrain.data.tensor_format import load_split, read_meta
+from fasttrain.data.verify import check_dataset, is_complete
 
 CLASSES10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -97,11 +98,11 @@ def make_binary_tarball(path: Path, rng, per_batch=3, dataset="cifar10"):
 
 def assert_converted_equals(out: Path, expected: dict, classes=None):
     assert is_complete(out)
-    meta = read_meta(out)
+    meta = check_dataset(out, full=True)
     if classes is not None:
         assert meta["classes"] == classes
     for split, (images, labels) in expected.items():
-        got = load_split(out, split, verify=True)
+        got = load_split(out, split)
         np.testing.assert_array_equal(np.asarray(got.images), images)
         np.testing.assert_array_equal(np.asarray(got.labels), labels)
         assert got.labels.dtype == np.int64 and got.images.dtype == np.uint8
@@ -211,6 +212,8 @@ def test_bad_sources_name_the_file(tmp_path):
     folder = tmp_path / "broken"
     (folder / "train" / "cat").mkdir(parents=True)
     (folder / "train" / "cat" / "0.jpg").write_bytes(b"garbage")
+    (folder / "test" / "cat").mkdir(parents=True)
+    (folder / "test" / "cat" / "0.jpg").write_bytes(b"garbage")
     with pytest.raises(SourceError, match="0.jpg"):
         convert("cifar10", source=folder, out=tmp_path / "o", log=lambda s: None)
     assert not (tmp_path / "o").exists()
@@ -232,7 +235,8 @@ def test_real_jpeg_slice(cifar_tensor_slice):
     assert meta["classes"] == CLASSES10
     assert meta["splits"]["train"]["class_counts"] == [30] * 10
     assert meta["splits"]["test"]["count"] == 100
-    train = load_split(cifar_tensor_slice, "train", verify=True)
+    check_dataset(cifar_tensor_slice, full=True)
+    train = load_split(cifar_tensor_slice, "train")
     assert train.images.shape == (300, 32, 32, 3)
     # real photos: channel means well inside (0, 1) and not constant
     assert 0.3 < np.mean(meta["mean"]) < 0.7 and min(meta["std"]) > 0.1

@@ -18,8 +18,10 @@ from PIL import Image
 
 from fasttrain.data.cars196 import box_in_image
 from fasttrain.data.convert import convert
-from fasttrain.data.sources import SourceError, decode_image
-from fasttrain.data.tensor_format import is_complete, load_split, read_meta
+from fasttrain.data.decode import decode_image
+from fasttrain.data.errors import SourceError
+from fasttrain.data.tensor_format import load_split, read_meta
+from fasttrain.data.verify import check_dataset, is_complete
 
 QUIET = dict(log=lambda s: None)
 
@@ -94,8 +96,9 @@ def make_tiny_imagenet(base: Path, rng, train_per=3, val_per=2, n_test=2) -> tup
 
 def _assert_splits(out: Path, expected: dict) -> None:
     assert is_complete(out)
+    check_dataset(out, full=True)
     for split, (images, labels) in expected.items():
-        got = load_split(out, split, verify=True)
+        got = load_split(out, split)
         np.testing.assert_array_equal(np.asarray(got.labels), labels)
         np.testing.assert_array_equal(np.asarray(got.images), images)
 

@@ -20,16 +20,16 @@ import pytest
 import torch
 from fasttrain.pipelines import PIPELINES, load_split_tensors, make_pipeline
 
+from fasttrain.data.convert import convert as convert_dataset
 from fasttrain.data.formats import (
     MissingBackend,
     WriterTimeout,
     _write_atomically,
-    convert_dataset,
-    is_complete,
     read_file_list,
     read_labels,
 )
 from fasttrain.data.tensor_format import DatasetError, load_split, read_meta
+from fasttrain.data.verify import is_complete
 
 # (pipeline, dataset format, max mean |pixel difference| against the source image)
 CASES = [("tensor", "tensor", 0.0), ("ffcv", "ffcv", 0.0), ("dali", "dali", 4.0),

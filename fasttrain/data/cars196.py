@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from .archive import SourceTree
-from .convert import Loaded, ProgressFactory, register_dataset
 from .imagefolder import decode_files, skipped_meta
-from .sources import SourceError
+from .errors import SourceError
+from .registry import Loaded, ProgressFactory, register_dataset
 from .tensor_format import Split
 
 DEFAULT_SIZE = 224
@@ -122,8 +123,6 @@ def _read_devkit_release(tree: SourceTree, meta_name: str) -> tuple[list[CarReco
 
 
 def _image_size(data: bytes) -> list[int]:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         return list(img.size)
 
@@ -155,7 +154,7 @@ def read_cars196(
     size = DEFAULT_SIZE if size is None else size
     if size < 1:
         raise SourceError(f"--size must be >= 1, got {size}")
-    tree = SourceTree(source)
+    tree = SourceTree(source, skip_bad=skip_bad)
     annos = tree.find("cars_annos.mat")
     meta_mat = tree.find("cars_meta.mat")
     if annos is not None:
@@ -179,7 +178,7 @@ def read_cars196(
 
     splits: dict[str, Split] = {}
     per_image: dict[str, dict] = {}
-    bad_all = []
+    bad_all = list(tree.skipped)
     for split, wanted in (("train", set(train_classes)), ("test", set(test_classes))):
         recs = sorted((r for r in records if r.label in wanted), key=lambda r: (r.label, r.file))
         images, kept, bad = decode_files(tree, [r.file for r in recs], size=size, skip_bad=skip_bad, label=split,

@@ -1,4 +1,4 @@
-"""The FFCV and DALI dataset formats: writers, completeness checks, and `convert_dataset` over all formats.
+"""The FFCV and DALI dataset formats: writers, and the readers' side (labels, file lists).
 
 Layouts (one directory per dataset, `meta.json` as for the tensor format, plus `<split>_labels.npy` so
 subsets and label checks never need to decode an image):
@@ -11,21 +11,21 @@ Why JPEG files + a list for DALI and not DALI's indexed containers (webdataset/T
 benchmarks/pipeline_throughput.py (`--dali-layouts`), see the README table.
 
 Every writer runs in a forked child process (its own process group) under a timeout, writing into a
-temporary sibling directory; only the parent renames it into place, and only after the child reported
-success. A hung FFCV `DatasetWriter` (a known failure mode) or Ctrl-C is killed with its workers and
-leaves nothing that looks complete.
+temporary sibling directory (`runio.atomic_directory`); only the parent renames it into place, and only
+after the child reported success. A hung FFCV `DatasetWriter` (a known failure mode) or Ctrl-C is killed
+with its workers and leaves nothing that looks complete; if the parent itself is killed, the child sees
+it and kills its own process group.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import io
-import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -33,11 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .tensor_format import DatasetError, Split, _check_split, _replace_dir, channel_stats, read_meta
+from ..runio import atomic_directory
+from .errors import DatasetError
+from .tensor_format import Split, base_meta, read_meta, check_splits, file_record, save_labels, split_record, write_meta
 
-FORMATS = ("tensor", "ffcv", "dali")
-FORMAT_VERSIONS = {"ffcv": 1, "dali": 1}
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_DALI_JPEG_QUALITY = 95
 INSTALL_HINTS = {"ffcv": "pip install 'fasttrain[ffcv]'", "dali": "pip install 'fasttrain[dali]'"}
@@ -53,8 +54,6 @@ class MissingBackend(DatasetError):
 
 def import_optional(module: str, extra: str):
     """Import an optional backend, or fail with the extra that installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -73,38 +72,23 @@ def limited_shape(h: int, w: int, max_resolution: int | None) -> tuple[int, int]
     return int(ratio * h), int(ratio * w)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _base_meta(fmt: str, splits: dict[str, Split], classes: list[str], name: str, source: str) -> dict:
-    mean, std = channel_stats(splits["train"].images)
-    return {
-        "format": fmt,
-        "format_version": FORMAT_VERSIONS[fmt],
-        "name": name,
-        "classes": list(classes),
-        "num_classes": len(classes),
-        "source": source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "mean": mean,  # of the source pixels (before any JPEG re-encoding or resizing)
-        "std": std,
-        "splits": {},
-    }
-
-
-def _check_splits(fmt: str, splits: dict[str, Split], classes: list[str]) -> None:
-    if "train" not in splits:
-        raise DatasetError("a dataset needs a 'train' split (its statistics normalise every split)")
+def _check_rgb(fmt: str, splits: dict[str, Split], classes: list[str]) -> None:
+    check_splits(splits, classes)
     for split_name, split in splits.items():
-        _check_split(split_name, split, len(classes))
         if split.images.shape[-1] != 3:
             raise DatasetError(f"--format {fmt}: split {split_name!r} has {split.images.shape[-1]} channels; "
                                "the ffcv and dali formats store RGB images (3 channels): use --format tensor")
+
+
+def _kill_group_when_orphaned(parent_pid: int) -> None:
+    """In the writer child: kill this whole process group (the writer's own workers too) if the parent dies."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_with_timeout(fn: Callable[[], dict], timeout_s: float, what: str,
@@ -116,9 +100,11 @@ def run_with_timeout(fn: Callable[[], dict], timeout_s: float, what: str,
     """
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
+    parent_pid = os.getpid()
 
     def child() -> None:
         os.setsid()  # own process group: killing it also kills the writer's worker processes
+        _kill_group_when_orphaned(parent_pid)
         try:
             send.send(("ok", fn()))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
@@ -175,30 +161,13 @@ def _kill_group(proc) -> None:
 def _write_atomically(out_dir: Path, fmt: str, write_into: Callable[[Path], dict], meta: dict, timeout_s: float,
                       progress: Callable[[int], None] | None = None, counter=None) -> Path:
     """`write_into(tmp)` fills a temp dir (in a child, under the timeout) and returns per-split meta."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         meta["splits"] = run_with_timeout(lambda: write_into(tmp), timeout_s, f"--format {fmt} -> {out_dir}",
                                           progress, counter)
-        first = meta["splits"]["train"]
-        meta["shape"] = first["shape"]
-        with open(tmp / "meta.json", "w") as f:
-            json.dump(meta, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if "train" in meta["splits"]:
+            meta["shape"] = meta["splits"]["train"]["shape"]
+        write_meta(tmp, meta)
     return out_dir
-
-
-def _split_common(split: Split, n_classes: int, shape: tuple[int, int, int]) -> dict:
-    labels = np.asarray(split.labels, dtype=np.int64)
-    return {"count": len(labels), "shape": list(shape),
-            "class_counts": np.bincount(labels, minlength=n_classes).tolist()}
 
 
 # ----------------------------------------------------------------------------- ffcv
@@ -230,7 +199,7 @@ def write_ffcv_dataset(
 ) -> Path:
     """One `.beton` per split: raw pixels, or JPEG at `jpeg_quality` when given; atomic, under a timeout."""
     import_optional("ffcv", "ffcv")
-    _check_splits("ffcv", splits, classes)
+    _check_rgb("ffcv", splits, classes)
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
         raise DatasetError(f"--jpeg-quality must lie in [1, 100], got {jpeg_quality}")
     write_mode = "jpg" if jpeg_quality is not None else "raw"
@@ -247,23 +216,19 @@ def write_ffcv_dataset(
             path = tmp / f"{split_name}.beton"
             writer = DatasetWriter(str(path), {"image": field, "label": IntField()}, num_workers=workers)
             writer.from_indexed_dataset(_ArrayDataset(split), chunksize=256)
-            np.save(tmp / f"{split_name}_labels.npy", np.asarray(split.labels, dtype=np.int64))
             h, w = limited_shape(*split.images.shape[1:3], max_resolution)
-            info[split_name] = {**_split_common(split, len(classes), (h, w, 3)), "file": path.name,
-                                "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+            info[split_name] = {**split_record(split, len(classes), (h, w, 3)), "file": path.name,
+                                "files": {path.name: file_record(path), **save_labels(tmp, split_name, split.labels)}}
         return info
 
-    meta = _base_meta("ffcv", splits, classes, name, source)
+    meta = base_meta("ffcv", splits, classes, name, source, extra_meta)
     meta["ffcv"] = {"write_mode": write_mode, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution}
-    meta.update(extra_meta or {})
     return _write_atomically(Path(out_dir), "ffcv", write_into, meta, timeout_s)
 
 
 # ----------------------------------------------------------------------------- dali (JPEG files + list)
 def encode_jpeg(image: np.ndarray, quality: int, max_resolution: int | None = None) -> bytes:
     """uint8 HWC RGB -> JPEG bytes (PIL, 4:2:0 as libjpeg's default), optionally shrunk first."""
-    from PIL import Image
-
     img = Image.fromarray(np.ascontiguousarray(image))
     h, w = limited_shape(image.shape[0], image.shape[1], max_resolution)
     if (h, w) != image.shape[:2]:
@@ -295,7 +260,7 @@ def write_dali_dataset(
     extra_meta: dict | None = None,
 ) -> Path:
     """JPEG files under `<split>/<class>/` plus `<split>_list.txt`; atomic, under a timeout."""
-    _check_splits("dali", splits, classes)
+    _check_rgb("dali", splits, classes)
     quality = jpeg_quality if jpeg_quality is not None else DEFAULT_DALI_JPEG_QUALITY
     if not 1 <= quality <= 100:
         raise DatasetError(f"--jpeg-quality must lie in [1, 100], got {quality}")
@@ -320,62 +285,32 @@ def write_dali_dataset(
                 list(pool.map(write_one, range(len(labels)), chunksize=256))
             list_path = tmp / f"{split_name}_list.txt"
             list_path.write_text("".join(f"{r} {lab}\n" for r, lab in zip(rel, labels)))
-            np.save(tmp / f"{split_name}_labels.npy", labels)
             h, w = limited_shape(*split.images.shape[1:3], max_resolution)
-            info[split_name] = {**_split_common(split, len(classes), (h, w, 3)), "list": list_path.name,
-                                "list_sha256": _sha256_file(list_path)}
+            info[split_name] = {**split_record(split, len(classes), (h, w, 3)), "list": list_path.name,
+                                "files": {list_path.name: file_record(list_path),
+                                          **save_labels(tmp, split_name, labels)}}
         return info
 
     total = sum(len(s.labels) for s in splits.values())
     progress = progress_factory("encoding JPEGs", total) if progress_factory else None
-    meta = _base_meta("dali", splits, classes, name, source)
+    meta = base_meta("dali", splits, classes, name, source, extra_meta)
     meta["dali"] = {"layout": "jpeg-files+list", "jpeg_quality": quality, "max_resolution": max_resolution}
-    meta.update(extra_meta or {})
     return _write_atomically(Path(out_dir), "dali", write_into, meta, timeout_s, progress, counter)
 
 
 # ----------------------------------------------------------------------------- reading side
-def dataset_format(data_dir: str | Path) -> str:
-    return read_meta(data_dir).get("format", "tensor")
-
-
-def is_complete(data_dir: str | Path, fmt: str) -> bool:
-    """True if `data_dir` holds a complete dataset of format `fmt` (every recorded file present)."""
-    if fmt == "tensor":
-        from .tensor_format import is_complete as tensor_complete
-
-        return tensor_complete(data_dir)
-    data_dir = Path(data_dir)
-    try:
-        meta = read_meta(data_dir)
-    except DatasetError:
-        return False
-    if meta.get("format") != fmt or meta.get("format_version") != FORMAT_VERSIONS.get(fmt):
-        return False
-    for split_name, info in meta.get("splits", {}).items():
-        labels_path = data_dir / f"{split_name}_labels.npy"
-        if not labels_path.is_file() or len(np.load(labels_path, mmap_mode="r")) != info["count"]:
-            return False
-        if fmt == "ffcv":
-            beton = data_dir / info["file"]
-            if not beton.is_file() or beton.stat().st_size != info["bytes"]:
-                return False
-        else:
-            lst = data_dir / info["list"]
-            if not lst.is_file():
-                return False
-            with open(lst) as f:
-                if sum(1 for _ in f) != info["count"]:
-                    return False
-    return True
-
-
 def read_labels(data_dir: str | Path, split: str) -> np.ndarray:
     """int64 labels of a split in dataset order, for any format."""
+    splits = read_meta(data_dir).get("splits") or {}
+    if split not in splits:
+        raise DatasetError(f"{data_dir} has no split {split!r}; it has {sorted(splits)} (a validation split is "
+                           "carved out of train by `run --val-split`, not stored in the dataset)")
     path = Path(data_dir) / f"{split}_labels.npy"
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: {data_dir} is not a complete converted dataset")
-    return np.load(path)
+    try:
+        return np.load(path).astype(np.int64, casting="safe")
+    except (OSError, ValueError, TypeError) as e:
+        raise DatasetError(f"{path}: not a readable integer label array ({e}); `fasttrain verify {data_dir}` "
+                           "says more; re-convert with `fasttrain convert ... --force`") from e
 
 
 def read_file_list(data_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -392,58 +327,3 @@ def read_file_list(data_dir: str | Path, split: str) -> tuple[list[str], np.ndar
         files.append(str(data_dir / rel))
         labels.append(int(lab))
     return files, np.asarray(labels, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- entry point for every format
-def default_out_dir(dataset: str, fmt: str) -> Path:
-    return Path("data") / (dataset if fmt == "tensor" else f"{dataset}-{fmt}")
-
-
-def convert_dataset(
-    dataset: str,
-    *,
-    fmt: str = "tensor",
-    source: str | Path | None = None,
-    out: str | Path | None = None,
-    force: bool = False,
-    jpeg_quality: int | None = None,
-    max_resolution: int | None = None,
-    timeout_s: float | None = None,
-    progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
-    log: Callable[[str], None] = print,
-    **options,
-) -> Path:
-    """`fasttrain convert DATASET --format FMT`: tensor goes to `data.convert.convert`, ffcv/dali here.
-
-    `options` are the dataset reader's (e.g. name, size), passed through unchanged."""
-    from .convert import READERS, convert, read_dataset
-    from .sources import SourceError
-
-    if fmt not in FORMATS:
-        raise DatasetError(f"--format: unknown format {fmt!r}; available: {', '.join(FORMATS)}")
-    if fmt == "tensor":
-        if jpeg_quality is not None or max_resolution is not None:
-            raise DatasetError("--jpeg-quality/--max-resolution apply to --format ffcv or dali, not tensor")
-        return convert(dataset, source=source, out=out, force=force, progress_factory=progress_factory, log=log,
-                       **options)
-    if dataset not in READERS:
-        raise SourceError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(READERS))}")
-    if max_resolution is not None and max_resolution < 1:
-        raise DatasetError(f"--max-resolution must be >= 1, got {max_resolution}")
-    if fmt == "ffcv":
-        import_optional("ffcv", "ffcv")  # fail before the (long) read of the source
-    name = options.get("name") or dataset
-    out_dir = Path(out) if out is not None else default_out_dir(name, fmt)
-    if is_complete(out_dir, fmt) and not force:
-        log(f"{out_dir} already holds a complete {dataset} dataset in {fmt} format; reusing it (--force rebuilds)")
-        return out_dir
-    loaded = read_dataset(dataset, source, progress_factory, log, **options)
-    common = {"name": name, "source": loaded.source, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution,
-              "timeout_s": timeout_s or DEFAULT_TIMEOUT_S, "extra_meta": loaded.extra_meta}
-    if fmt == "ffcv":
-        write_ffcv_dataset(out_dir, loaded.splits, loaded.classes, **common)
-    else:
-        write_dali_dataset(out_dir, loaded.splits, loaded.classes, progress_factory=progress_factory, **common)
-    counts = ", ".join(f"{k} {len(v.labels)}" for k, v in loaded.splits.items())
-    log(f"wrote {out_dir} ({fmt}; {counts}; {len(loaded.classes)} classes)")
-    return out_dir

@@ -1,6 +1,8 @@
-"""`fasttrain convert imagefolder --source DIR_OR_ARCHIVE --name NAME`: any `<split>/<class>/<image>` tree.
+"""`fasttrain convert imagefolder --source DIR_OR_ARCHIVE --name NAME`: any `<split>/<class>/<image>` tree;
+also the reader of CIFAR sources given as image folders (`read_image_tree`).
 
-Layouts (a single top folder, e.g. the one a tar or zip unpacks to, is looked through):
+Layouts (a single top folder, e.g. the one a tar or zip unpacks to, is looked through; archives directly
+in the source folder, e.g. one tarball per split, are read in place: see `archive.py`):
 
     <split>/<class>/<image>   split in train | val | valid | validation | test ('train' required)
     <class>/<image>           no split folders: a stratified, seeded `val_fraction` becomes 'test'
@@ -8,11 +10,12 @@ Layouts (a single top folder, e.g. the one a tar or zip unpacks to, is looked th
 The trainer evaluates the 'test' split: with train + val but no test folder, 'val' is written as 'test'
 (recorded in meta.json); with train only, `val_fraction` of it is held out as 'test'. Images must share
 one size unless `size` is given (short side resized to `size`, then centre-cropped to size x size).
+Non-image files at the top of the source (README, checksums) are ignored, and a note says so.
 
-Bad files are never dropped silently: a file that does not decode (corrupt, truncated, not an image)
-raises an error naming it; with `skip_bad` it is skipped, and the count and the list go into the
-dataset's meta.json under "skipped". The decode helpers here are shared by the Tiny ImageNet and
-Cars196 readers.
+Bad files are never dropped silently: a file that does not decode (corrupt, truncated, not an image, a
+decompression bomb), a link or a special file raises an error naming it; with `skip_bad` it is skipped,
+and the count and the list go into the dataset's meta.json under "skipped". The decode helpers here are
+shared by the Tiny ImageNet and Cars196 readers.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .archive import SourceTree
-from .convert import Loaded, ProgressFactory, register_dataset
+from .decode import decode_many, split_bad
+from .errors import BadFile, SourceError
+from .registry import Loaded, ProgressFactory, register_dataset
 from .splits import stratified_holdout
-from .sources import IMAGE_SUFFIXES, BadFile, SourceError, decode_many, split_bad
 from .tensor_format import Split
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DEFAULT_VAL_FRACTION = 0.1
 DECODE_BLOCK = 4096  # images decoded per block: bounds the memory held as compressed bytes
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
+RESIZE_HINT = "pass --size S to resize the short side to S and centre-crop"
 
 
 # ----------------------------------------------------------------------------- shared decode helpers
@@ -46,11 +52,13 @@ def decode_files(
     skip_bad: bool,
     label: str,
     progress_factory: ProgressFactory | None = None,
+    resize_hint: str = RESIZE_HINT,
 ) -> tuple[np.ndarray, list[int], list[BadFile]]:
     """Decode `names` from `tree` into one uint8 (N, H, W, 3) array, block by block.
 
     Returns (images, indices into `names` that were kept, bad files). Without `skip_bad` the first bad
-    file raises. All images must share one shape unless `size` is given; the error names an odd file.
+    file raises. All images must share one shape unless `size` is given; the error names an odd file and
+    ends with `resize_hint` (what the user can do, for a dataset that takes --size or not).
     """
     progress = progress_factory(f"decoding {label}", len(names)) if progress_factory and names else None
     out: np.ndarray | None = None
@@ -74,7 +82,7 @@ def decode_files(
             if im.shape != out.shape[1:]:
                 raise SourceError(
                     f"{tree.path}: images differ in size ({first_name!r} is {out.shape[1:]}, {block[i]!r} is "
-                    f"{im.shape}); pass --size S to resize the short side to S and centre-crop"
+                    f"{im.shape}); {resize_hint}"
                 )
             out[len(kept)] = im
             kept.append(start + i)
@@ -109,14 +117,19 @@ def _strip_common_root(names: list[str]) -> tuple[str, list[tuple[str, ...]]]:
     return "/".join(parts[0][:depth]), [p[depth:] for p in parts]
 
 
-def scan_tree(tree: SourceTree, skip_bad: bool) -> tuple[dict[str, dict[str, list[str]]], bool, list[BadFile]]:
-    """{split: {class: [file names]}}, whether split folders exist, and non-image files found."""
+def scan_tree(tree: SourceTree, skip_bad: bool
+              ) -> tuple[dict[str, dict[str, list[str]]], bool, list[BadFile], list[str]]:
+    """{split: {class: [file names]}}, whether split folders exist, non-image files found in the tree,
+    and non-image files at its top (ignored: READMEs, checksums)."""
     images = [n for n in tree.names if is_image_name(n)]
-    bad = [bad_or_raise(n, f"not an image file (suffix {PurePosixPath(n).suffix or 'none'!r})", skip_bad,
-                        tree.path) for n in tree.names if not is_image_name(n)]
     if not images:
         raise SourceError(f"{tree.path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    _, rel = _strip_common_root(images)
+    top, rel = _strip_common_root(images)
+    top_depth = len(PurePosixPath(top).parts) if top else 0
+    others = [n for n in tree.names if not is_image_name(n)]
+    ignored = [n for n in others if len(PurePosixPath(n).parts) <= top_depth + 1]
+    bad = [bad_or_raise(n, f"not an image file (suffix {PurePosixPath(n).suffix or 'none'!r})", skip_bad,
+                        tree.path) for n in others if n not in ignored]
     has_splits = all(len(p) == 3 for p in rel) and all(p[0].lower() in SPLIT_ALIASES for p in rel)
     grouped: dict[str, dict[str, list[str]]] = {}
     for name, p in zip(images, rel):
@@ -130,29 +143,27 @@ def scan_tree(tree: SourceTree, skip_bad: bool) -> tuple[dict[str, dict[str, lis
         grouped.setdefault(split, {}).setdefault(cls, []).append(name)
     if has_splits and "train" not in grouped:
         raise SourceError(f"{tree.path}: split folders {sorted(grouped)} found but no 'train' folder")
-    return grouped, has_splits, bad
+    return grouped, has_splits, bad, ignored
 
 
-# ----------------------------------------------------------------------------- the reader
-@register_dataset("imagefolder")
-def read_imagefolder(
-    source: Path | None,
+def read_image_tree(
+    source: Path,
     progress_factory: ProgressFactory | None = None,
     *,
-    name: str | None = None,
     size: int | None = None,
     val_fraction: float | None = None,
     skip_bad: bool = False,
     seed: int = 0,
-) -> Loaded:
-    if source is None:
-        raise SourceError("imagefolder: --source DIR_OR_ARCHIVE is required (a <split>/<class>/* or <class>/* tree)")
-    if not name:
-        raise SourceError("imagefolder: --name NAME is required (it names the dataset and its default --out)")
+    holdout: bool = True,
+    resize_hint: str = RESIZE_HINT,
+) -> tuple[dict[str, Split], list[str], dict, list[str]]:
+    """(splits, classes, extra meta, notes) of an image tree. Without `holdout`, a tree with no val/test
+    folder is an error (the dataset has an official test split that must not be replaced by a draw)."""
     if size is not None and size < 1:
         raise SourceError(f"--size must be >= 1, got {size}")
-    tree = SourceTree(source)
-    grouped, has_splits, bad_files = scan_tree(tree, skip_bad)
+    tree = SourceTree(source, skip_bad=skip_bad)
+    grouped, has_splits, bad_files, ignored = scan_tree(tree, skip_bad)
+    bad_files = tree.skipped + bad_files
     classes = sorted(grouped["train" if has_splits else ""])
     for split, by_class in grouped.items():
         unknown = sorted(set(by_class) - set(classes))
@@ -169,8 +180,13 @@ def read_imagefolder(
 
     listings = {split: listing(by_class) for split, by_class in grouped.items()}
     notes: list[str] = []
+    if ignored:
+        notes.append(f"ignored {len(ignored)} non-image file(s) at the top of the source: {', '.join(ignored[:5])}")
     aliases: dict[str, str] = {}
     has_holdout = "test" in listings or "val" in listings
+    if not has_holdout and not holdout:
+        raise SourceError(f"{source}: found a train split but no test split (no test/ or val/ folder, or no "
+                          "test.tar.gz beside train.tar.gz); give the whole source, with both splits")
     if val_fraction is not None and has_holdout:
         raise SourceError(f"--val-fraction: {source} already has split folders {sorted(listings)}; "
                           "it applies only to a tree without a val/test folder")
@@ -192,11 +208,31 @@ def read_imagefolder(
     splits: dict[str, Split] = {}
     for split, (names, labels) in sorted(listings.items()):
         images, kept, bad = decode_files(tree, names, size=size, skip_bad=skip_bad, label=split,
-                                         progress_factory=progress_factory)
+                                         progress_factory=progress_factory, resize_hint=resize_hint)
         bad_files.extend(bad)
         splits[split] = Split(images, labels[kept])
     if bad_files:
         notes.append(f"skipped {len(bad_files)} bad file(s) (--skip-bad); listed in meta.json under 'skipped'")
     extra = {**skipped_meta(bad_files), "split_sources": aliases, "resize": size}
-    return Loaded(splits, classes, source=f"imagefolder:{Path(source).resolve()}", extra_meta=extra, notes=notes)
+    return splits, classes, extra, notes
 
+
+# ----------------------------------------------------------------------------- the reader
+@register_dataset("imagefolder")
+def read_imagefolder(
+    source: Path | None,
+    progress_factory: ProgressFactory | None = None,
+    *,
+    name: str | None = None,
+    size: int | None = None,
+    val_fraction: float | None = None,
+    skip_bad: bool = False,
+    seed: int = 0,
+) -> Loaded:
+    if source is None:
+        raise SourceError("imagefolder: --source DIR_OR_ARCHIVE is required (a <split>/<class>/* or <class>/* tree)")
+    if not name:
+        raise SourceError("imagefolder: --name NAME is required (it names the dataset and its default --out)")
+    splits, classes, extra, notes = read_image_tree(source, progress_factory, size=size, val_fraction=val_fraction,
+                                                    skip_bad=skip_bad, seed=seed)
+    return Loaded(splits, classes, source=f"imagefolder:{Path(source).resolve()}", extra_meta=extra, notes=notes)

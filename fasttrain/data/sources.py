@@ -1,34 +1,24 @@
-"""Readers for the raw forms a dataset arrives in, each returning uint8 NHWC arrays per split.
+"""The official CIFAR archives, read into uint8 NHWC arrays per split (image-folder sources of CIFAR
+are read by `imagefolder.read_image_tree`):
 
-Supported sources:
-- the official CIFAR python-version tarball (pickles, read with a restricted unpickler that admits only
-  the numpy array constructors and plain data: a pickle that would call anything else is refused);
-- the official CIFAR binary tarball (fixed-size records);
-- an image folder `<split>/<class>/*.jpg|png`, a tar/tar.gz of one, or a directory holding one tarball
-  per split (`train.tar.gz`, `test.tar.gz`, as in the offline CIFAR-10 JPEG copy).
+- the python-version tarball (pickles, read with a restricted unpickler that admits only the numpy
+  array constructors and plain data: a pickle that would call anything else is refused);
+- the binary tarball (fixed-size records).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .archive import ARCHIVE_ERRORS, truncated_archive
+from .errors import SourceError
 from .tensor_format import Split
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-
-
-class SourceError(RuntimeError):
-    """A source archive or folder is missing, malformed or unsafe. The message names the file."""
 
 
 # ----------------------------------------------------------------------------- restricted unpickling
@@ -98,23 +88,29 @@ def _decode_names(names: Iterable) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- official CIFAR archives
-def _open_tar(path: Path) -> tarfile.TarFile:
+def open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
+    except ARCHIVE_ERRORS as e:
         raise SourceError(f"{path}: not a readable tar archive ({e})") from e
 
 
 def _tar_members_by_basename(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
-    return {PurePosixPath(m.name).name: m for m in tar.getmembers() if m.isfile()}
+    try:
+        return {PurePosixPath(m.name).name: m for m in tar.getmembers() if m.isfile()}
+    except ARCHIVE_ERRORS as e:
+        raise truncated_archive(Path(tar.name or "archive"), e) from e
 
 
 def _read_member(tar: tarfile.TarFile, members: dict, name: str, archive: Path) -> bytes:
     if name not in members:
         raise SourceError(f"{archive}: expected a member named {name!r}; is this the right archive?")
-    f = tar.extractfile(members[name])
-    assert f is not None
-    return f.read()
+    try:
+        f = tar.extractfile(members[name])
+        assert f is not None
+        return f.read()
+    except ARCHIVE_ERRORS as e:
+        raise truncated_archive(archive, e) from e
 
 
 def _rows_to_nhwc(rows: np.ndarray, source: str) -> np.ndarray:
@@ -126,7 +122,7 @@ def _rows_to_nhwc(rows: np.ndarray, source: str) -> np.ndarray:
 
 def read_cifar_python(path: Path, dataset: str) -> tuple[dict[str, Split], list[str]]:
     """Official `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz`."""
-    with _open_tar(path) as tar:
+    with open_tar(path) as tar:
         members = _tar_members_by_basename(tar)
 
         def load(name: str) -> dict:
@@ -156,7 +152,7 @@ def read_cifar_python(path: Path, dataset: str) -> tuple[dict[str, Split], list[
 
 def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[str]]:
     """Official `cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`: records of label byte(s) + 3072 pixels."""
-    with _open_tar(path) as tar:
+    with open_tar(path) as tar:
         members = _tar_members_by_basename(tar)
         if dataset == "cifar10":
             names_file, label_bytes, label_index = "batches.meta.txt", 1, 0
@@ -184,189 +180,3 @@ def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[
             return Split(np.concatenate(images), np.concatenate(labels))
 
         return {"train": to_split(train_files), "test": to_split(test_files)}, classes
-
-
-# ----------------------------------------------------------------------------- image folders and tars
-def decode_image(data: bytes, name: str, size: int | None = None) -> np.ndarray:
-    """Decode one image file to uint8 HWC RGB; with `size`, resize the short side and centre-crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if size is not None:
-                w, h = img.size
-                scale = size / min(w, h)
-                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-                w, h = img.size
-                left, top = (w - size) // 2, (h - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError as e:
-        raise SourceError(f"{name}: cannot decode image (not a recognised image format)") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise SourceError(f"{name}: cannot decode image ({e})") from e
-
-
-@dataclass(frozen=True)
-class BadFile:
-    """A file that could not be decoded, kept (with `skip_bad`) so the caller can record it."""
-
-    file: str
-    error: str
-
-
-def _decode_chunk(args: tuple[list[tuple[str, bytes]], int | None, bool]) -> list[np.ndarray | BadFile]:
-    items, size, skip_bad = args
-    out: list[np.ndarray | BadFile] = []
-    for name, data in items:
-        try:
-            out.append(decode_image(data, name, size))
-        except SourceError as e:
-            if not skip_bad:
-                raise
-            out.append(BadFile(name, str(e)))
-    return out
-
-
-def decode_many(
-    items: list[tuple[str, bytes]],
-    *,
-    size: int | None = None,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    chunk: int = 512,
-    skip_bad: bool = False,
-) -> list[np.ndarray]:
-    """Decode (name, bytes) pairs in parallel processes, preserving order.
-
-    A file that does not decode raises `SourceError` naming it; with `skip_bad` it comes back as a
-    `BadFile` in its place instead (see `split_bad`), so the caller can drop it and record it.
-    """
-    workers = workers or min(8, os.cpu_count() or 1)
-    chunks = [(items[i : i + chunk], size, skip_bad) for i in range(0, len(items), chunk)]
-    out: list[np.ndarray] = []
-    if workers <= 1 or len(chunks) <= 1:
-        for c in chunks:
-            out.extend(_decode_chunk(c))
-            if progress:
-                progress(len(c[0]))
-        return out
-    with ProcessPoolExecutor(workers) as pool:
-        for c, decoded in zip(chunks, pool.map(_decode_chunk, chunks)):
-            out.extend(decoded)
-            if progress:
-                progress(len(c[0]))
-    return out
-
-
-def split_bad(decoded: list) -> tuple[list[np.ndarray], list[int], list[BadFile]]:
-    """(images, indices of the items they came from, bad files) from `decode_many(..., skip_bad=True)`."""
-    images, kept, bad = [], [], []
-    for i, d in enumerate(decoded):
-        if isinstance(d, BadFile):
-            bad.append(d)
-        else:
-            images.append(d)
-            kept.append(i)
-    return images, kept, bad
-
-
-def _is_image(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _collect_from_tar(path: Path) -> list[tuple[str, bytes]]:
-    """All image files in a tar as (path inside the tar, bytes), in the archive's order."""
-    out = []
-    with _open_tar(path) as tar:
-        for m in tar:
-            if m.isfile() and _is_image(m.name):
-                f = tar.extractfile(m)
-                assert f is not None
-                out.append((m.name, f.read()))
-    return out
-
-
-def _collect_from_dir(path: Path) -> list[tuple[str, bytes]]:
-    out = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for fname in sorted(files):
-            if _is_image(fname):
-                full = Path(root) / fname
-                out.append((full.relative_to(path).as_posix(), full.read_bytes()))
-    return out
-
-
-def collect_image_files(source: Path) -> list[tuple[str, bytes]]:
-    """Image files under a folder, a tar, or a folder of per-split tars; paths relative, '/'-separated."""
-    if source.is_file():
-        if not source.name.endswith(TAR_SUFFIXES):
-            raise SourceError(f"{source}: expected a directory or a .tar/.tar.gz/.tgz archive")
-        return _collect_from_tar(source)
-    if not source.is_dir():
-        raise SourceError(f"{source}: no such file or directory")
-    tars = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(TAR_SUFFIXES))
-    files = _collect_from_dir(source)
-    for t in tars:
-        files.extend(_collect_from_tar(t))
-    return files
-
-
-def group_by_split_and_class(
-    files: list[tuple[str, bytes]], source: Path, splits: tuple[str, ...] = ("train", "test")
-) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
-    """Group `<prefix>/<split>/<class>/<file>` paths; a leading prefix directory (e.g. a tar's top dir) is fine."""
-    grouped: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
-    for name, data in files:
-        parts = PurePosixPath(name).parts
-        idx = next((i for i, p in enumerate(parts[:-2]) if p in splits), None)
-        if idx is None or len(parts) - idx != 3:
-            raise SourceError(
-                f"{source}: image {name!r} is not at <split>/<class>/<file> with split in {list(splits)}"
-            )
-        split, cls = parts[idx], parts[idx + 1]
-        grouped.setdefault(split, {}).setdefault(cls, []).append((name, data))
-    if "train" not in grouped:
-        raise SourceError(f"{source}: found no images under a 'train/<class>/' folder")
-    return grouped
-
-
-def read_image_folder(
-    source: Path,
-    *,
-    expected_classes: list[str] | None = None,
-    size: int | None = None,
-    progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
-) -> tuple[dict[str, Split], list[str]]:
-    """Read `<split>/<class>/*` images (folder, tar, or per-split tars) into uint8 NHWC splits.
-
-    Classes are the sorted class-folder names of the train split (for CIFAR this is the official order).
-    Every split must use only those classes, and all images must share one size unless `size` is given.
-    """
-    grouped = group_by_split_and_class(collect_image_files(source), source)
-    classes = sorted(grouped["train"])
-    if expected_classes is not None and classes != list(expected_classes):
-        raise SourceError(f"{source}: class folders {classes} differ from the expected {list(expected_classes)}")
-    splits: dict[str, Split] = {}
-    for split_name, by_class in sorted(grouped.items()):
-        unknown = sorted(set(by_class) - set(classes))
-        if unknown:
-            raise SourceError(f"{source}: split {split_name!r} has class folders {unknown} absent from train")
-        items, labels = [], []
-        for label, cls in enumerate(classes):
-            for name, data in sorted(by_class.get(cls, [])):
-                items.append((name, data))
-                labels.append(label)
-        progress = progress_factory(f"decoding {split_name}", len(items)) if progress_factory else None
-        images = decode_many(items, size=size, progress=progress)
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            first = images[0].shape
-            odd = next(name for (name, _), im in zip(items, images) if im.shape != first)
-            raise SourceError(
-                f"{source}: images differ in size ({first} vs {odd!r}); pass a size to resize them"
-            )
-        splits[split_name] = Split(np.stack(images), np.asarray(labels, dtype=np.int64))
-    return splits, classes

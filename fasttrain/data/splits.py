@@ -3,6 +3,7 @@
 - `stratified_subset`: a class-balanced subset (`--train-subset`, `--test-subset`).
 - `val_split_indices` / `carve_val`: a class-balanced validation split carved out of train (`--val-split`).
 - `stratified_holdout`: a class-balanced share held out as a test split (image folders without one).
+- `keep_multiple`: a seeded choice of samples to keep so that their count divides by the DDP world size.
 - `epoch_permutation`: the shuffled order of one epoch, a pure function of (seed, epoch), shared by every
   pipeline and the retrieval samplers so that they can be compared batch for batch and resumed anywhere.
 """
@@ -64,6 +65,11 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nda
         k = max(k, 1) if len(idx) >= 2 else 0
         mask[rng.permutation(idx)[:k]] = True
     return mask
+
+
+def keep_multiple(n: int, multiple: int, seed: int) -> np.ndarray:
+    """Sorted positions of `n - n % multiple` of `n` samples, the dropped ones drawn at seeded random."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[: n - n % multiple])
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:

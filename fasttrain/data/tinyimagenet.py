@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .archive import SourceTree
-from .convert import Loaded, ProgressFactory, register_dataset
 from .imagefolder import bad_or_raise, decode_files, is_image_name, skipped_meta
-from .sources import BadFile, SourceError
+from .errors import BadFile, SourceError
+from .registry import Loaded, ProgressFactory, register_dataset
 from .tensor_format import Split
 
 EXPECTED_CLASSES = 200
@@ -56,7 +56,7 @@ def read_tinyimagenet(
     if source is None:
         raise SourceError("tinyimagenet: --source PATH is required (tiny-imagenet-200.zip or its unpacked "
                           "folder; download it from http://cs231n.stanford.edu/tiny-imagenet-200.zip)")
-    tree = SourceTree(source)
+    tree = SourceTree(source, skip_bad=skip_bad)
     wnids_file = tree.find("wnids.txt")
     if wnids_file is None:
         raise SourceError(f"{source}: no wnids.txt found; expected the official tiny-imagenet-200 layout")
@@ -68,7 +68,7 @@ def read_tinyimagenet(
     notes: list[str] = []
     if len(wnids) != EXPECTED_CLASSES:
         notes.append(f"{wnids_file} lists {len(wnids)} classes (the official set has {EXPECTED_CLASSES})")
-    bad: list[BadFile] = []
+    bad: list[BadFile] = list(tree.skipped)
 
     # --- train/<wnid>/images/<file>
     train_names, train_labels = [], []
