@@ -233,3 +233,62 @@ def test_speed94_cpu_trains_end_to_end_with_its_tricks(cifar_tensor_slice, tmp_p
     filters = [v for k, v in ckpt["model"].items() if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
     # each filter bank was renormalised to sqrt(out channels) before its last (small) step
     assert all(abs(f.norm().item() / math.sqrt(len(f)) - 1) < 0.2 for f in filters)
+
+
+def test_compile_defaults_on_for_cuda_only():
+    from fasttrain.runtime import resolve_compile
+
+    assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
+    assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
+    assert RunConfig().compile is None
+
+
+TINY_MODEL = "test_speed_tiny"
+
+
+@contextlib.contextmanager
+def tiny_model_registered():
+    """A conv-BN-ReLU net small enough to compile in seconds on a CPU; registered for one test only,
+    so the zoo's model list stays exact."""
+    from fasttrain.models.registry import MODELS, register_model
+
+    @register_model(TINY_MODEL, family="test")
+    def tiny(num_classes: int = 10) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    try:
+        yield
+    finally:
+        MODELS.pop(TINY_MODEL, None)
+
+
+def test_compile_model_specialises_every_batch_size():
+    """A second batch size gets its own static graph, not a dynamic one (a dynamic graph would also serve
+    a third size without compiling): full batches keep their fully specialised kernels."""
+    from fasttrain.runtime import compile_model, compiled_graphs
+
+    torch._dynamo.reset()
+    net = compile_model(nn.Linear(4, 2))
+    start = compiled_graphs()
+    for n in (64, 44, 64):
+        net(torch.ones(n, 4))
+    assert compiled_graphs() - start == 2  # one per size; the full size again reuses its graph
+    net(torch.ones(50, 4))
+    assert compiled_graphs() - start == 3  # specialised, so a new size compiles anew
+
+
+@pytest.mark.slow
+def test_compiled_training_never_recompiles_inside_the_timed_epochs(cifar_tensor_slice, tmp_path):
+    """Full batches (64) and the short last one (300 % 64 = 44) each get a static graph compiled before
+    the clock (the full one first): dynamo's own counters see no graph compiled during the two epochs."""
+    from fasttrain.train import train
+
+    with tiny_model_registered():
+        cfg = resolve(TINY_MODEL, None, dict(data=str(cifar_tensor_slice), out=str(tmp_path / "run"),
+                                             device="cpu", epochs=2, batch_size=64, tta="none", amp="off",
+                                             compile=True))
+        summary = train(cfg, quiet=True)
+    assert summary["compile"] is True and summary["compile_s"] > 0
+    assert summary["steps"] == 2 * 5
+    assert summary["recompiles"] == 0
