@@ -151,6 +151,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         epochs = sorted({pos.epoch, n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
         compile_s = compile_warmup(step_model, model, [(n, 3, h, w) for n in sizes], epochs, in_dtype, autocast,
                                    meta["num_classes"], device)
+        if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
+            compile_s += optimizer.compile_newton_schulz()
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "

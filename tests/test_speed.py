@@ -292,3 +292,46 @@ def test_compiled_training_never_recompiles_inside_the_timed_epochs(cifar_tensor
     assert summary["compile"] is True and summary["compile_s"] > 0
     assert summary["steps"] == 2 * 5
     assert summary["recompiles"] == 0
+
+
+# ============================================================================ batched Muon
+def test_batched_muon_matches_torch_muon_on_same_shape_matrices():
+    """Same-shape weights share one batched Newton-Schulz; each must still get exactly torch.optim.Muon's
+    update (the batch is a stack of independent matrices, not one big one)."""
+    gen = torch.Generator().manual_seed(5)
+    w0 = [torch.randn(16, 24, generator=gen) for _ in range(3)] + [torch.randn(40, 8, generator=gen)]
+    ours = [nn.Parameter(w.clone()) for w in w0]
+    ref = [nn.Parameter(w.clone()) for w in w0]
+    opt = MuonWithAux([dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True)
+    opt_ref = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True,
+                               adjust_lr_fn="original")
+    for _ in range(3):
+        for p, q in zip(ours, ref):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        opt_ref.step()
+    for p, q in zip(ours, ref):
+        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+    batch = torch.stack([w.reshape(16, -1) for w in w0[:3]])
+    each = torch.stack([zeropower_newton_schulz(m, 3) for m in batch])
+    assert torch.equal(zeropower_newton_schulz(batch, 3), each)
+
+
+def test_compiled_newton_schulz_matches_eager_and_is_warmed_up_per_shape():
+    convs = [nn.Conv2d(4, 8, 3, bias=False) for _ in range(2)] + [nn.Conv2d(8, 8, 1, bias=False)]
+    params = [c.weight for c in convs]
+    opt = MuonWithAux([dict(params=params, lr=0.1, momentum=0.6, weight_decay=0.0, use_muon=True, ns_steps=3,
+                            weight_norm=True)], nesterov=True)
+    from fasttrain.runtime import compiled_graphs
+
+    before = compiled_graphs()
+    assert opt.compile_newton_schulz() > 0
+    assert compiled_graphs() - before == 2  # one graph per (shape, count): (2, 8, 36) and (1, 8, 8)
+    g = torch.randn(2, 8, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(opt._newton_schulz(g, 3), zeropower_newton_schulz(g, 3), rtol=0.02, atol=0.02)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert compiled_graphs() - before == 2  # the real step reuses the warmed-up graphs
