@@ -181,6 +181,25 @@ def test_sharding_splits_the_epoch(name, fmt, tol, datasets, reference):
         assert len(set(union)) == len(union) == world * per_rank
 
 
+def test_dali_pipeline_is_built_once_per_run(datasets, reference):
+    """Decoder set-up happens once, not in every (timed) epoch; a jump out of sequence or an epoch left
+    unfinished rebuilds it, and the order is still the seeded one."""
+    need("dali")
+    ref, labels = reference
+    pipe = make_pipeline("dali", datasets["dali"], "train", BATCH, seed=3)
+    orders = []
+    for epoch in range(3):
+        pipe.set_epoch(epoch)
+        orders.append(epoch_indices(pipe, ref, labels, 4.0))
+    assert pipe.builds == 1
+    assert [sorted(o) for o in orders] == [list(range(len(labels)))] * 3 and orders[0] != orders[1]
+    pipe.set_epoch(1)  # out of sequence (a test, or a resumed run)
+    assert epoch_indices(pipe, ref, labels, 4.0) == orders[1] and pipe.builds == 2
+    pipe.set_epoch(2)
+    next(iter(pipe))  # abandoned after one batch
+    assert epoch_indices(pipe, ref, labels, 4.0) == orders[2] and pipe.builds == 3
+
+
 # ----------------------------------------------------------------------------- formats
 @pytest.mark.parametrize("fmt", ["ffcv", "dali"])
 def test_format_metadata_and_labels(fmt, datasets, cifar_tensor_slice):
