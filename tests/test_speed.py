@@ -176,15 +176,19 @@ def test_compile_warmup_leaves_the_model_and_rng_untouched():
 
 
 # ============================================================================ benchmark helpers
-def test_time_to_reach_and_speedup_at_equal_accuracy():
+def test_time_to_reach_and_ratios_at_equal_accuracy():
     tta = load_benchmark("time_to_accuracy")
     curve = [{"epoch_s": 10.0, "test_acc": 0.5}, {"epoch_s": 10.0, "test_acc": 0.89},
              {"epoch_s": 10.0, "test_acc": 0.91}]
     assert tta.time_to_reach(curve, 0.9) == 30.0
     assert tta.time_to_reach(curve, 0.89) == 20.0
     assert tta.time_to_reach(curve, 0.95) is None
-    assert tta.speedup_at_equal_accuracy(44.0, [20.0, 18.0], [2.0, 4.0]) == 2.0
-    assert tta.speedup_at_equal_accuracy(44.0, [20.0, None], [2.0, 2.0]) is None
+    refs = [{"train_s": 40.0, "eval_s": 4.0}, {"train_s": 40.0, "eval_s": 4.0}]
+    ours = [{"train_s": 20.0, "eval_s": 2.0}, {"train_s": 18.0, "eval_s": 4.0}]
+    ratios = tta.per_seed_ratios(refs, ours, [20.0, 18.0])
+    assert ratios["total_per_seed"] == [2.0, 2.0] and ratios["total"] == {"mean": 2.0, "std": 0.0}
+    assert ratios["equal_accuracy_per_seed"] == [2.0, 2.0] and ratios["equal_accuracy"]["mean"] == 2.0
+    assert tta.per_seed_ratios(refs, ours, [20.0, None])["equal_accuracy"] is None
 
 
 def test_export_airbench_data_is_what_airbench_reads(cifar_tensor_slice, tmp_path):
