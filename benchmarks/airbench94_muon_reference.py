@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling airbench
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # fasttrain, from a source checkout
 from airbench94_reference import BatchNorm, CifarLoader, Conv, ConvGroup, evaluate, load_tensor_dataset  # noqa: E402
 
+from fasttrain.optim import newton_schulz_dtype  # noqa: E402
 from fasttrain.runtime import resolve_amp  # noqa: E402
 
 HYP = {"batch_size": 2000, "epochs": 8, "whiten_bias_epochs": 3, "bias_lr": 0.053, "head_lr": 0.67,
@@ -45,10 +46,12 @@ HYP = {"batch_size": 2000, "epochs": 8, "whiten_bias_epochs": 3, "bias_lr": 0.05
 
 
 # ----------------------------------------------------------------------------- Muon (as published)
-def newton_schulz(g: torch.Tensor, steps: int = HYP["ns_steps"], eps: float = 1e-7) -> torch.Tensor:
-    """The record's quintic Newton-Schulz orthogonalisation of one matrix, in bf16."""
+def newton_schulz(g: torch.Tensor, steps: int = HYP["ns_steps"], eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The record's quintic Newton-Schulz orthogonalisation of one matrix, in bf16 (fp32 on CPUs without
+    AMX, where bf16 matmuls are ~60x slower: the fastest precision of the device, as for ours)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(dtype)
     x = x / (x.norm() + eps)
     tall = g.size(0) > g.size(1)
     if tall:
@@ -142,11 +145,13 @@ class Reference:
             self.data_dtype = torch.float32
             self.precision = "bf16 autocast" if amp_dtype == torch.bfloat16 else "fp32"
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.orthogonalise = newton_schulz
+        ns_dtype = newton_schulz_dtype(self.device)
         self.compiled = self.cuda and compile_mode is not None
         if self.compiled:
             self.model.compile(mode=compile_mode)
-            self.orthogonalise = torch.compile(newton_schulz)
+        ns = torch.compile(newton_schulz) if self.compiled else newton_schulz
+        self.orthogonalise = lambda g: ns(g, dtype=ns_dtype)
+        self.precision += f", Newton-Schulz {str(ns_dtype).replace('torch.', '')}"
         torch.backends.cudnn.benchmark = True
 
     def warmup(self, train_images, train_labels, test_images, test_labels) -> float:

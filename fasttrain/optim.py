@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
+from .runtime import resolve_amp
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
@@ -73,12 +74,19 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 # ============================================================================ Muon
-def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 (as torch.optim.Muon and the record) where it is fast: GPUs with bf16, CPUs with AMX tiles.
+    Elsewhere fp32: on a CPU without AMX a bf16 matmul is ~60x slower than fp32 (measured here)."""
+    return torch.bfloat16 if resolve_amp("auto", device) == torch.bfloat16 else torch.float32
+
+
+def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                            dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Approximate orthogonalisation U V^T of a matrix (m, n), or of each matrix of a batch (B, m, n), by the
     quintic Newton-Schulz iteration of Keller Jordan's Muon (coefficients 3.4445, -4.7750, 2.0315), in
-    bfloat16 like torch.optim.Muon. Static shapes and no host reads: torch.compile fuses it."""
+    `dtype` (bfloat16 like torch.optim.Muon). Static shapes and no host reads: torch.compile fuses it."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(dtype)
     single = x.dim() == 2
     if single:
         x = x.unsqueeze(0)
@@ -112,10 +120,11 @@ class MuonWithAux(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
-                 ns_steps: int = 5):
+                 ns_steps: int = 5, ns_dtype: torch.dtype | None = None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
                                       use_muon=False, ns_steps=ns_steps, weight_norm=False))
         self._newton_schulz = zeropower_newton_schulz
+        self.ns_dtype = ns_dtype  # None: newton_schulz_dtype(the parameters' device)
 
     @torch.no_grad()  # as in step(): grad mode is part of the compiled graph's guards
     def compile_newton_schulz(self) -> float:
@@ -129,7 +138,8 @@ class MuonWithAux(torch.optim.Optimizer):
             if group["use_muon"]:
                 for (m, n, _), members in self._same_shape(group["params"]).items():
                     p = group["params"][members[0]]
-                    self._newton_schulz(torch.zeros(len(members), m, n, device=p.device), group["ns_steps"])
+                    self._newton_schulz(torch.zeros(len(members), m, n, device=p.device), group["ns_steps"],
+                                        dtype=self.ns_dtype or newton_schulz_dtype(p.device))
         return time.perf_counter() - t0
 
     @staticmethod
@@ -169,8 +179,9 @@ class MuonWithAux(torch.optim.Optimizer):
             torch._foreach_mul_(params, scales)
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)
+        ns_dtype = self.ns_dtype or newton_schulz_dtype(params[0].device)
         for (m, n, dtype), members in self._same_shape(params).items():
-            ortho = self._newton_schulz(torch.stack([updates[i] for i in members]), group["ns_steps"])
+            ortho = self._newton_schulz(torch.stack([updates[i] for i in members]), group["ns_steps"], dtype=ns_dtype)
             ortho = ortho.to(dtype).unbind(0)
             torch._foreach_add_([params[i] for i in members], [o.view_as(params[i]) for o, i in zip(ortho, members)],
                                 alpha=-lr * math.sqrt(max(1.0, m / n)))

@@ -17,7 +17,7 @@ import torch.nn as nn
 from fasttrain.augment import AugmentConfig, AugmentSampler
 from fasttrain.augment.reference import alternating_flip_bits
 from fasttrain.config import ConfigError, RunConfig, resolve
-from fasttrain.optim import MuonWithAux, zeropower_newton_schulz
+from fasttrain.optim import MuonWithAux, newton_schulz_dtype, zeropower_newton_schulz
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -90,7 +90,7 @@ def test_muon_weight_norm_step_matches_the_formula():
     conv.weight.grad = grad.clone()
     lr, mom = 0.24, 0.6
     opt = MuonWithAux([dict(params=[conv.weight], lr=lr, momentum=mom, weight_decay=0.5, use_muon=True,
-                            ns_steps=3, weight_norm=True)], nesterov=True)
+                            ns_steps=3, weight_norm=True)], nesterov=True, ns_dtype=torch.bfloat16)
     opt.step()
     g = grad.reshape(16, -1)
     buf = torch.zeros_like(g).lerp_(g, 1 - mom)
@@ -299,6 +299,18 @@ def test_compiled_training_never_recompiles_inside_the_timed_epochs(cifar_tensor
 
 
 # ============================================================================ batched Muon
+def test_newton_schulz_runs_in_the_fastest_precision_of_the_device():
+    from fasttrain.runtime import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert newton_schulz_dtype(cpu) == (torch.bfloat16 if resolve_amp("auto", cpu) else torch.float32)
+    g = torch.randn(8, 12)
+    assert zeropower_newton_schulz(g, 3, dtype=torch.float32).dtype == torch.float32
+    # the same orthogonalisation, to bf16's precision
+    torch.testing.assert_close(zeropower_newton_schulz(g, 3, dtype=torch.float32),
+                               zeropower_newton_schulz(g, 3).float(), rtol=0.05, atol=0.05)
+
+
 def test_batched_muon_matches_torch_muon_on_same_shape_matrices():
     """Same-shape weights share one batched Newton-Schulz; each must still get exactly torch.optim.Muon's
     update (the batch is a stack of independent matrices, not one big one)."""
@@ -306,7 +318,8 @@ def test_batched_muon_matches_torch_muon_on_same_shape_matrices():
     w0 = [torch.randn(16, 24, generator=gen) for _ in range(3)] + [torch.randn(40, 8, generator=gen)]
     ours = [nn.Parameter(w.clone()) for w in w0]
     ref = [nn.Parameter(w.clone()) for w in w0]
-    opt = MuonWithAux([dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True)
+    opt = MuonWithAux([dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True,
+                      ns_dtype=torch.bfloat16)  # as torch.optim.Muon
     opt_ref = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True,
                                adjust_lr_fn="original")
     for _ in range(3):
@@ -334,7 +347,9 @@ def test_compiled_newton_schulz_matches_eager_and_is_warmed_up_per_shape():
     assert compiled_graphs() - before == 2  # one graph per (shape, count): (2, 8, 36) and (1, 8, 8)
     g = torch.randn(2, 8, 36)
     with torch.no_grad():
-        torch.testing.assert_close(opt._newton_schulz(g, 3), zeropower_newton_schulz(g, 3), rtol=0.02, atol=0.02)
+        dtype = opt.ns_dtype or newton_schulz_dtype(g.device)
+        torch.testing.assert_close(opt._newton_schulz(g, 3, dtype=dtype), zeropower_newton_schulz(g, 3, dtype=dtype),
+                                   rtol=0.02, atol=0.02)
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
