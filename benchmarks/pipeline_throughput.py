@@ -43,17 +43,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from fasttrain.pipelines import make_pipeline
-
-from fasttrain.augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
-from fasttrain.data.formats import (
+sys.path.insert(0, str(ROOT))  # runs from a source checkout, nothing installed
+from fasttrain.augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants  # noqa: E402
+from fasttrain.data.formats import (  # noqa: E402
+    MissingBackend,
     read_file_list,
     write_dali_dataset,
     write_ffcv_dataset,
 )
-from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset
+from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset  # noqa: E402
 from fasttrain.data.verify import is_complete  # noqa: E402
+from fasttrain.pipelines import make_pipeline  # noqa: E402
 
 PAD, CUTOUT = 4, 8
 OURS = ("tensor", "ffcv", "dali", "torchvision")
@@ -61,8 +61,23 @@ PEER_OF = {"ffcv": "ffcv-raw", "dali": "dali-raw", "torchvision": "torchvision-r
 
 
 # ----------------------------------------------------------------------------- data
-def prepare(source: Path, n: int, cache: Path) -> dict[str, Path]:
-    """Datasets of the same n images in every format (built once, reused)."""
+# the dataset format each loop reads: only the formats of the loops asked for are written, so a machine
+# without ffcv can time the others
+FORMAT_OF = {"tensor": "tensor", "ffcv": "ffcv", "dali": "dali", "torchvision": "dali", "ffcv-raw": "ffcv",
+             "dali-raw": "dali", "torchvision-raw": "dali", "torchvision-mem": "tensor"}
+
+
+def default_data() -> Path:
+    """data/cifar10 (what `make run` converts), else .data/cifar10 (what benchmarks/gpu_check.py converts
+    from the carried JPEG copy on a GPU machine)."""
+    for path in (ROOT / "data" / "cifar10", ROOT / ".data" / "cifar10"):
+        if (path / "meta.json").is_file():
+            return path
+    return ROOT / "data" / "cifar10"
+
+
+def prepare(source: Path, n: int, cache: Path, formats: set[str]) -> dict[str, Path]:
+    """Datasets of the same n images in each of `formats` (built once, reused); tensor always."""
     meta = read_meta(source)
     split = load_split(source, "train")
     idx = np.sort(np.random.default_rng(0).choice(len(split.labels), size=min(n, len(split.labels)), replace=False))
@@ -72,9 +87,9 @@ def prepare(source: Path, n: int, cache: Path) -> dict[str, Path]:
     common = {"name": "cifar10-bench", "source": f"subset of {source} (seed 0)"}
     if not is_complete(dirs["tensor"], "tensor"):
         write_tensor_dataset(dirs["tensor"], sub, meta["classes"], **common)
-    if not is_complete(dirs["ffcv"], "ffcv"):
+    if "ffcv" in formats and not is_complete(dirs["ffcv"], "ffcv"):
         write_ffcv_dataset(dirs["ffcv"], sub, meta["classes"], **common)
-    if not is_complete(dirs["dali"], "dali"):
+    if "dali" in formats and not is_complete(dirs["dali"], "dali"):
         write_dali_dataset(dirs["dali"], sub, meta["classes"], **common)  # JPEG q95
     return dirs
 
@@ -358,7 +373,8 @@ def bars(loops: dict) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "cifar10", help="converted tensor dataset")
+    ap.add_argument("--data", type=Path, default=default_data(),
+                    help="converted tensor dataset (default: data/cifar10, else .data/cifar10)")
     ap.add_argument("--cache", type=Path, default=ROOT / "data" / "bench", help="where the format copies live")
     ap.add_argument("--n", type=int, default=50_000, help="images (a seeded subset of train)")
     ap.add_argument("--batch-size", type=int, default=512)
@@ -377,7 +393,16 @@ def main() -> None:
     if not (args.data / "meta.json").is_file():
         sys.exit(f"{args.data}: no converted dataset; run `fasttrain convert cifar10 --source ...` first")
 
-    dirs = prepare(args.data, args.n, args.cache)
+    wanted = args.only.split(",") if args.only else list(FORMAT_OF)
+    unknown = sorted(set(wanted) - set(FORMAT_OF))
+    if unknown:
+        sys.exit(f"--only: unknown loop(s) {', '.join(unknown)}; choose from {', '.join(FORMAT_OF)}")
+    formats = {FORMAT_OF[w] for w in wanted} | ({"dali"} if args.dali_layouts else set())
+    try:
+        dirs = prepare(args.data, args.n, args.cache, formats)
+    except MissingBackend as e:  # writing the .beton needs ffcv: time the loops that do not need it
+        print(f"ffcv copy not written: {e}", flush=True)
+        dirs = prepare(args.data, args.n, args.cache, formats - {"ffcv"})
     meta = read_meta(dirs["tensor"])
     mean, std = meta["mean"], meta["std"]
     builders = {
@@ -390,12 +415,11 @@ def main() -> None:
         "torchvision-raw": lambda: torchvision_raw_loop(dirs["dali"], args, device, mean, std, in_memory=False),
         "torchvision-mem": lambda: torchvision_raw_loop(dirs["tensor"], args, device, mean, std, in_memory=True),
     }
-    wanted = args.only.split(",") if args.only else list(builders)
     loops, skipped = {}, {}
     for name in wanted:
         try:
             epoch_fn = builders[name]()
-        except ImportError as e:  # e.g. no DALI/FFCV on this machine
+        except (ImportError, MissingBackend) as e:  # e.g. no DALI/FFCV on this machine
             skipped[name] = str(e)
             print(f"{name:16s} skipped: {e}", flush=True)
             continue

@@ -1,13 +1,23 @@
-"""Time-to-accuracy: a fasttrain recipe vs the airbench94 reference, same data, same device, one run.
+"""Time-to-accuracy: a fasttrain recipe vs the airbench94 and airbench94_muon references, same data, same
+device, one run.
 
 For each seed it runs our recipe (evaluating every epoch outside the timed region, so the curve gives the
-time at which the reference's accuracy is first reached) and then the reference (a faithful airbench94
-re-implementation, benchmarks/airbench94_reference.py, fed the same converted dataset). Reports mean and
-std of test accuracy (with and without TTA) and of time (training, and training + TTA eval). A first run
-with torch.compile is reported separately as compile warm-up.
+time at which a reference's accuracy is first reached) and then each reference, faithful re-implementations
+fed the same converted dataset: benchmarks/airbench94_reference.py (airbench94, 3.83 s on an A100) and
+benchmarks/airbench94_muon_reference.py (airbench94_muon, the record to beat: 2.59 s on an A100).
 
-    python benchmarks/time_to_accuracy.py --recipe speed94-cpu --seeds 1          # CPU (about 1 hour)
-    python benchmarks/time_to_accuracy.py --recipe speed94 --seeds 10 --compile   # GPU
+Equal treatment: every system gets a warm-up before any clock (ours: a short compiled run plus the
+trainer's own compile warm-up; the references: a few steps and both evaluations, which compile them where
+they compile and autotune cuDNN), and each runs in its fastest precision on the device (on CUDA: bf16 for
+ours, fp16 for the references as published; on a CPU: bf16 only with AMX tiles, else fp32).
+
+Reported per reference, mean ± std over seeds: accuracy with and without TTA, train and train + TTA eval
+seconds, the ratio of train + TTA eval time (reference / ours, per seed), and the ratio at equal accuracy:
+reference train + TTA eval over the time our run first reached the reference's mean no-TTA accuracy (from
+our per-epoch curve) plus our TTA eval.
+
+    python benchmarks/time_to_accuracy.py --recipe speed94-cpu --seeds 2          # CPU (hours on 2 cores)
+    python benchmarks/time_to_accuracy.py --recipe speed94 --seeds 5              # GPU (compiles by default)
 
 `--export-airbench-data DIR` also writes DIR/train.pt and DIR/test.pt in the layout the PyPI `airbench`
 package reads instead of downloading, so the published (CUDA-only) package can be timed on the same data.
@@ -27,10 +37,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # fasttrain, from a source checkout
+import airbench94_muon_reference as muon_reference  # noqa: E402
 import airbench94_reference as reference  # noqa: E402
 
 from fasttrain.config import resolve  # noqa: E402
 from fasttrain.train import train  # noqa: E402
+
+REFERENCES = {"airbench94": "airbench94 (re-implementation)", "airbench94_muon": "airbench94_muon (re-implementation)"}
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -64,13 +78,16 @@ def export_airbench_data(data_dir: str, out_dir: str) -> None:
         tmp.replace(out / f"{split}.pt")
 
 
-def speedup_at_equal_accuracy(ref_total_s: float, reach_s: list[float | None],
-                              eval_s: list[float]) -> float | None:
-    """Reference train + TTA eval time over ours to first reach the reference's accuracy (+ our TTA eval);
-    None when some run of ours never reached it."""
-    if not reach_s or any(t is None for t in reach_s):
-        return None
-    return ref_total_s / statistics.fmean(t + e for t, e in zip(reach_s, eval_s))
+def per_seed_ratios(ref_runs: list[dict], ours: list[dict], reach: list[float | None]) -> dict:
+    """Per seed: reference total / our total, and reference total / our time to its accuracy + TTA eval."""
+    total = [(r["train_s"] + r["eval_s"]) / (o["train_s"] + o["eval_s"]) for r, o in zip(ref_runs, ours)]
+    equal = [None if t is None else (r["train_s"] + r["eval_s"]) / (t + o["eval_s"])
+             for r, o, t in zip(ref_runs, ours, reach)]
+    out = {"total": dict(zip(("mean", "std"), mean_std(total))), "total_per_seed": total,
+           "equal_accuracy_per_seed": equal}
+    out["equal_accuracy"] = (dict(zip(("mean", "std"), mean_std(equal))) if equal and None not in equal
+                             else None)
+    return out
 
 
 def commit() -> str:
@@ -85,25 +102,36 @@ def commit() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="fasttrain recipe vs airbench94, time to accuracy")
+    ap = argparse.ArgumentParser(description="fasttrain recipe vs airbench94 and airbench94_muon, time to accuracy")
     ap.add_argument("--recipe", default="speed94-cpu")
     ap.add_argument("--model", default=None, help="default: the recipe's model")
     ap.add_argument("--data", default="data/cifar10")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=None, help="override our recipe's epochs")
-    ap.add_argument("--ref-epochs", type=float, default=None, help="override the reference's 9.9 epochs")
-    ap.add_argument("--ref-dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+    ap.add_argument("--ref-epochs", type=float, default=None, help="override the references' epochs (9.9 and 8)")
+    ap.add_argument("--ref-dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"],
+                    help="airbench94's precision (auto: fastest on the device)")
+    ap.add_argument("--ref-compile-mode", default="max-autotune",
+                    help="airbench94_muon's torch.compile mode on CUDA, as published ('none': eager)")
+    ap.add_argument("--references", default=",".join(REFERENCES), help="comma-separated, or 'none'")
+    ap.add_argument("--ref-batch-size", type=int, default=None,
+                    help="override the references' published batch sizes (smoke runs on a few hundred images)")
     ap.add_argument("--train-subset", type=int, default=None)
     ap.add_argument("--test-subset", type=int, default=None)
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="compile ours (default: the recipe's, and on CUDA always)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="", help="suffix for the result files (e.g. smoke)")
     ap.add_argument("--export-airbench-data", default=None, metavar="DIR",
                     help="also write DIR/train.pt, DIR/test.pt for the PyPI airbench package")
     args = ap.parse_args()
     if args.export_airbench_data:
         export_airbench_data(args.data, args.export_airbench_data)
+    refs_wanted = [] if args.references == "none" else args.references.split(",")
+    unknown = sorted(set(refs_wanted) - set(REFERENCES))
+    if unknown:
+        sys.exit(f"--references: unknown {', '.join(unknown)}; choose from {', '.join(REFERENCES)} or none")
 
     from fasttrain.config import RECIPES
 
@@ -118,38 +146,52 @@ def main() -> None:
     def our_cfg(seed: int, tag: str):
         return resolve(model, args.recipe, dict(
             data=args.data, device=str(device), seed=seed, epochs=args.epochs, eval_every=1,
-            compile=args.compile or None, train_subset=args.train_subset, test_subset=args.test_subset,
+            compile=args.compile, train_subset=args.train_subset, test_subset=args.test_subset,
             out=str(run_root / f"{args.recipe}-{tag}")))
 
-    compile_s = None
-    if our_cfg(0, "probe").compile:  # first compiled run: warm-up (fills the compile caches), reported apart
-        t = time.perf_counter()
-        cfg = our_cfg(12345, "warmup")
-        cfg.epochs = 0.05
-        train(cfg, quiet=True)
-        compile_s = time.perf_counter() - t
+    # --- warm-up of every system, outside every clock
+    t = time.perf_counter()
+    cfg = our_cfg(12345, "warmup")
+    cfg.epochs = 0.05  # a few batches: fills the compile caches, autotunes cuDNN, pays first calls
+    train(cfg, quiet=True)
+    warmup_s = {"ours": time.perf_counter() - t}
+    ref_data = reference.load_tensor_dataset(args.data, args.train_subset, args.test_subset)
+    runners = {}
+    if "airbench94" in refs_wanted:
+        warmup_s["airbench94"] = reference.warmup(*ref_data, device=device, dtype=args.ref_dtype,
+                                                  batch_size=args.ref_batch_size)
+        runners["airbench94"] = lambda seed: reference.run(*ref_data, device=device, seed=seed, dtype=args.ref_dtype,
+                                                           epochs=args.ref_epochs, batch_size=args.ref_batch_size)
+    if "airbench94_muon" in refs_wanted:
+        muon_ref = muon_reference.Reference(device, compile_mode=None if args.ref_compile_mode == "none"
+                                            else args.ref_compile_mode, batch_size=args.ref_batch_size)
+        warmup_s["airbench94_muon"] = muon_ref.warmup(*ref_data)
+        runners["airbench94_muon"] = lambda seed: muon_ref.run(*ref_data, seed=seed, epochs=args.ref_epochs)
+    print(f"warm-up (outside the clock): {', '.join(f'{k} {v:.1f} s' for k, v in warmup_s.items())}", flush=True)
 
     meta = {"recipe": args.recipe, "model": model, "device": device_name, "torch": torch.__version__,
             "commit": commit(), "data": args.data, "train_subset": args.train_subset,
-            "test_subset": args.test_subset, "compile_warmup_s": compile_s}
-    ours, refs = [], []
-    ref_data = reference.load_tensor_dataset(args.data, args.train_subset, args.test_subset)
+            "test_subset": args.test_subset, "warmup_s": warmup_s, "ref_compile_mode": args.ref_compile_mode}
+    ours: list[dict] = []
+    refs: dict[str, list[dict]] = {name: [] for name in runners}
+    stem = f"time_to_accuracy_{args.recipe}_{device.type}{'_' + args.tag if args.tag else ''}"
     for seed in range(args.seeds):
         cfg = our_cfg(seed, f"seed{seed}")
         summary = train(cfg, quiet=True)
         rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
         ours.append({"acc_tta": summary["test_acc"], "acc": summary["test_acc_no_tta"],
-                     "train_s": summary["train_s"], "eval_s": summary["eval_s"],
-                     "compile_s": summary["compile_s"], "curve": rows, "run_dir": cfg.out})
+                     "train_s": summary["train_s"], "eval_s": summary["eval_s"], "amp": summary["amp"],
+                     "compile": summary["compile"], "compile_s": summary["compile_s"],
+                     "recompiles": summary.get("recompiles"), "curve": rows, "run_dir": cfg.out})
         print(f"[ours seed {seed}] acc_tta {ours[-1]['acc_tta']:.4f} acc {ours[-1]['acc']:.4f} "
               f"train {ours[-1]['train_s']:.1f}s eval {ours[-1]['eval_s']:.1f}s", flush=True)
-        if not args.skip_reference:
-            r = reference.run(*ref_data, device=device, seed=seed, dtype=args.ref_dtype, epochs=args.ref_epochs)
-            refs.append(r)
-            print(f"[airbench94 seed {seed}] acc_tta {r['acc_tta']:.4f} acc {r['acc']:.4f} "
-                  f"train {r['train_s']:.1f}s eval {r['eval_s']:.1f}s", flush=True)
+        for name, run_reference in runners.items():
+            r = run_reference(seed)
+            refs[name].append(r)
+            print(f"[{name} seed {seed}] acc_tta {r['acc_tta']:.4f} acc {r['acc']:.4f} "
+                  f"train {r['train_s']:.1f}s eval {r['eval_s']:.1f}s ({r['dtype']})", flush=True)
         # written after every seed, so a run cut short keeps what it measured
-        lines = write_report(Path(args.out), f"time_to_accuracy_{args.recipe}_{device.type}", meta, ours, refs)
+        lines = write_report(Path(args.out), stem, meta, ours, refs)
     print("\n".join(lines))
 
 
@@ -170,32 +212,37 @@ def table_row(name: str, st: dict) -> str:
             f"{st['total_s']['mean']:.1f} ± {st['total_s']['std']:.1f} |")
 
 
-def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: list[dict]) -> list[str]:
-    """JSON + Markdown: mean ± std of each system, the total-time ratio and the ratio at equal accuracy."""
-    result = dict(meta, seeds=len(ours), ours=stats(ours), ours_runs=ours)
-    lines = [f"# Time to accuracy: `{meta['recipe']}` vs airbench94 reference", "",
+def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: dict[str, list[dict]]) -> list[str]:
+    """JSON + Markdown: mean ± std of each system, and against each reference the total-time ratio and the
+    ratio at equal accuracy (both per seed, then mean ± std)."""
+    result = dict(meta, seeds=len(ours), ours=stats(ours), ours_runs=ours, references={})
+    names = ", ".join(REFERENCES[n].split(" ")[0] for n in refs) or "no reference"
+    lines = [f"# Time to accuracy: `{meta['recipe']}` vs {names}", "",
              f"Device: {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; seeds {len(ours)}; "
-             f"data {meta['data']}", "",
-             "| system | acc (TTA) | acc (no TTA) | train s | train + TTA eval s |", "|---|---|---|---|---|",
+             f"data {meta['data']}" + (f" (train subset {meta['train_subset']})" if meta["train_subset"] else ""),
+             "", "| system | acc (TTA) | acc (no TTA) | train s | train + TTA eval s |", "|---|---|---|---|---|",
              table_row(f"fasttrain `{meta['recipe']}`", result["ours"])]
-    if refs:
-        result["reference"] = ref = stats(refs)
-        result["reference_runs"] = refs
-        target = ref["acc"]["mean"]
+    notes = []
+    for name, runs in refs.items():
+        if not runs:
+            continue
+        st = stats(runs)
+        target = st["acc"]["mean"]
         reach = [time_to_reach(r["curve"], target) for r in ours]
-        ratio = ref["total_s"]["mean"] / result["ours"]["total_s"]["mean"]
-        equal = speedup_at_equal_accuracy(ref["total_s"]["mean"], reach, [r["eval_s"] for r in ours])
-        result.update(time_to_reference_acc_s=reach, speedup_total=ratio, speedup_at_equal_accuracy=equal)
-        delta = 100 * (result["ours"]["acc_tta"]["mean"] - ref["acc_tta"]["mean"])
-        lines += [table_row("airbench94 (re-implementation)", ref), "",
-                  f"Speed-up of train + TTA eval (reference / ours): **{ratio:.2f}x**; accuracy delta (TTA): "
-                  f"{delta:+.2f} points.",
-                  f"Time for our runs to first reach the reference's mean no-TTA accuracy ({100 * target:.2f}%): "
-                  f"{[None if t is None else round(t, 1) for t in reach]} s of training; speed-up at equal "
-                  f"accuracy (reference train + TTA eval / ours to that accuracy + TTA eval): "
-                  + ("not reached" if equal is None else f"**{equal:.2f}x**") + "."]
-    if meta["compile_warmup_s"] is not None:
-        lines.append(f"\nFirst compiled run (warm-up, excluded above): {meta['compile_warmup_s']:.1f} s.")
+        ratios = per_seed_ratios(runs, ours, reach)
+        result["references"][name] = dict(stats=st, runs=runs, time_to_reference_acc_s=reach, **ratios)
+        lines.append(table_row(REFERENCES[name] + f" ({runs[0]['dtype']})", st))
+        delta_tta = 100 * (result["ours"]["acc_tta"]["mean"] - st["acc_tta"]["mean"])
+        delta = 100 * (result["ours"]["acc"]["mean"] - target)
+        eq = ratios["equal_accuracy"]
+        notes.append(
+            f"- vs {name}: train + TTA eval **{ratios['total']['mean']:.2f}x ± {ratios['total']['std']:.2f}** "
+            f"(reference / ours); accuracy delta {delta_tta:+.2f} points with TTA, {delta:+.2f} without. "
+            f"At equal accuracy (our curve first reaching its mean no-TTA {100 * target:.2f}%, + our TTA eval): "
+            + ("not reached by every seed" if eq is None else f"**{eq['mean']:.2f}x ± {eq['std']:.2f}**") + ".")
+    lines += [""] + notes
+    lines.append("\nWarm-up before any clock (compile, cuDNN autotune, first calls): "
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in meta["warmup_s"].items()) + ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(result, indent=2)), (".md", "\n".join(lines) + "\n")):
         tmp = out_dir / f"{stem}{suffix}.tmp"

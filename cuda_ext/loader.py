@@ -3,7 +3,7 @@
 First use compiles csrc/*.cu with nvcc through `torch.utils.cpp_extension.load` (about a minute) into
 a cache directory keyed by the torch, CUDA and Python versions, so later runs only load the .so; a
 change in the sources or flags triggers a rebuild (torch hashes both). Loading registers the CUDA
-kernels of `torch.ops.fasttrain.augment` / `augment_out` (schemas in fasttrain/augment/fused.py).
+kernels of `torch.ops.fasttrain.augment` / `augment_out` (schemas in ops.py, beside this file).
 
 Environment:
   FASTTRAIN_EXT_DIR      where to build (default: $XDG_CACHE_HOME or ~/.cache, /fasttrain/cuda_ext/<tag>)
@@ -21,9 +21,12 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
+
+from . import ops  # noqa: F401  (declares the op schemas the kernels register against)
 
 NAME = "fasttrain_augment_ext"
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -33,6 +36,11 @@ HEADERS = ("augment.cuh", "checks.h")
 # subnormals to zero, which would change results.
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 CXX_FLAGS = ["-O3"]
+
+# torch's builder holds `<build dir>/lock` while it compiles and waits, forever, while it exists. A build
+# killed mid-way (a timeout, Ctrl-C at the wrong moment) leaves it behind; one older than any real build
+# (about a minute on a GPU machine, a few on a busy 2-core one) is stale.
+STALE_LOCK_S = 20 * 60
 
 _lock = threading.Lock()
 _error: ExtensionUnavailable | None = None
@@ -85,17 +93,29 @@ def find_cuda_home() -> str | None:
     return None
 
 
-def _kernel_registered() -> bool:
-    import fasttrain.augment.fused  # noqa: F401  (declares the op; the query below needs it to exist)
+def clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock a killed build left behind (older than `max_age_s`), saying so; True if removed.
+    A younger lock belongs to a build still running in another process: torch's builder waits for it."""
+    lock = Path(build_dir) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        return False
+    print(f"fasttrain: removing the stale CUDA build lock {lock} ({age / 60:.0f} min old, left by a build that "
+          "was killed); rebuilding", file=sys.stderr, flush=True)
+    lock.unlink(missing_ok=True)
+    return True
 
+
+def _kernel_registered() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fasttrain::augment", "CUDA")
 
 
 def build(build_dir: str | Path | None = None, *, verbose: bool = False) -> Path:
     """Compile (or reuse the cached build) and load the extension; returns the build directory.
     Raises ExtensionUnavailable with the reason and the fix. Needs no GPU when TORCH_CUDA_ARCH_LIST is set."""
-    import fasttrain.augment.fused  # noqa: F401  (declares the schemas the kernels register against)
-
     if torch.version.cuda is None:
         raise ExtensionUnavailable(f"this torch build ({torch.__version__}) has no CUDA support",
                                    "install a CUDA build of torch, or set FASTTRAIN_AUGMENT=reference")
@@ -120,6 +140,7 @@ def build(build_dir: str | Path | None = None, *, verbose: bool = False) -> Path
                                    "pip install ninja") from e
     out = Path(build_dir) if build_dir is not None else cache_dir()
     out.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(out)
     if not any(out.glob(f"{NAME}*.so")):
         print(f"fasttrain: compiling the CUDA augmentation kernels (first use, about a minute; cached in {out})",
               file=sys.stderr, flush=True)

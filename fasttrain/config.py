@@ -59,7 +59,7 @@ class RunConfig:
     mix_prob: float = 1.0
     # --- numerics and speed
     amp: str = "auto"  # auto (bf16 where supported) | bf16 | fp16 | off
-    compile: bool = False  # torch.compile the model
+    compile: bool | None = None  # torch.compile the model; None: on for CUDA, off on a CPU
     channels_last: bool = True
     tta: str = "flip"  # test-time augmentation at the final eval: none | flip | flip_translate
     # --- reproducibility

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
+from .runtime import resolve_amp
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
@@ -73,19 +74,32 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 # ============================================================================ Muon
-def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate orthogonalisation U V^T of a 2-d matrix by the quintic Newton-Schulz iteration of Keller
-    Jordan's Muon (coefficients 3.4445, -4.7750, 2.0315), in bfloat16 like torch.optim.Muon."""
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 (as torch.optim.Muon and the record) where it is fast: GPUs with bf16, CPUs with AMX tiles.
+    Elsewhere fp32: on a CPU without AMX a bf16 matmul is ~60x slower than fp32 (measured here)."""
+    return torch.bfloat16 if resolve_amp("auto", device) == torch.bfloat16 else torch.float32
+
+
+def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                            dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximate orthogonalisation U V^T of a matrix (m, n), or of each matrix of a batch (B, m, n), by the
+    quintic Newton-Schulz iteration of Keller Jordan's Muon (coefficients 3.4445, -4.7750, 2.0315), in
+    `dtype` (bfloat16 like torch.optim.Muon). Static shapes and no host reads: torch.compile fuses it."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
-    tall = g.size(0) > g.size(1)
+    x = g.to(dtype)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if tall:
+        x = x.mT
+    return x[0] if single else x
 
 
 class MuonWithAux(torch.optim.Optimizer):
@@ -99,12 +113,42 @@ class MuonWithAux(torch.optim.Optimizer):
     - the other groups (biases, norms, classifier): SGD with (Nesterov) momentum and coupled L2 decay,
       exactly torch.optim.SGD with dampening 0.
     Being one Optimizer it works with GradScaler, per-group lr schedules and state_dict unchanged.
+
+    A step costs a few launches per group, not per parameter: elementwise work runs as torch._foreach_*
+    over the group, and Newton-Schulz runs once per set of same-shape matrices, batched. After
+    `compile_newton_schulz()` (the trainer calls it with --compile) that batched iteration is compiled.
     """
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
-                 ns_steps: int = 5):
+                 ns_steps: int = 5, ns_dtype: torch.dtype | None = None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
                                       use_muon=False, ns_steps=ns_steps, weight_norm=False))
+        self._newton_schulz = zeropower_newton_schulz
+        self.ns_dtype = ns_dtype  # None: newton_schulz_dtype(the parameters' device)
+
+    @torch.no_grad()  # as in step(): grad mode is part of the compiled graph's guards
+    def compile_newton_schulz(self) -> float:
+        """Compile the batched Newton-Schulz (static shapes) and run it once on zeros of every shape the
+        Muon groups will feed it, so compilation happens before the clock; returns the seconds taken."""
+        import time
+
+        t0 = time.perf_counter()
+        self._newton_schulz = torch.compile(zeropower_newton_schulz, dynamic=False)
+        for group in self.param_groups:
+            if group["use_muon"]:
+                for (m, n, _), members in self._same_shape(group["params"]).items():
+                    p = group["params"][members[0]]
+                    self._newton_schulz(torch.zeros(len(members), m, n, device=p.device), group["ns_steps"],
+                                        dtype=self.ns_dtype or newton_schulz_dtype(p.device))
+        return time.perf_counter() - t0
+
+    @staticmethod
+    def _same_shape(params: list[torch.Tensor]) -> dict[tuple, list[int]]:
+        """Indices of the parameters per (out, in*k*k, dtype): the sets Newton-Schulz batches over."""
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((len(p), p[0].numel(), p.dtype), []).append(i)
+        return buckets
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -113,30 +157,54 @@ class MuonWithAux(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mom, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if group["use_muon"]:
-                    g = p.grad.reshape(len(p), -1)
-                    buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
-                    buf.lerp_(g, 1 - mom)
-                    update = g.lerp(buf, mom) if nesterov else buf
-                    update = zeropower_newton_schulz(update, group["ns_steps"]).to(p.dtype).view_as(p)
-                    if group.get("weight_norm", False):  # absent in older checkpoints
-                        p.mul_(math.sqrt(len(p)) / p.norm().clamp(min=1e-12))
-                    p.mul_(1 - lr * wd)
-                    p.add_(update, alpha=-lr * math.sqrt(max(1.0, g.size(0) / g.size(1))))
-                else:
-                    g = p.grad.add(p, alpha=wd) if wd else p.grad
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = g.detach().clone()  # torch SGD: first buffer = grad
-                    else:
-                        state["momentum_buffer"].mul_(mom).add_(g)
-                    buf = state["momentum_buffer"]
-                    p.add_(g.add(buf, alpha=mom) if nesterov else buf, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                (self._muon_step if group["use_muon"] else self._sgd_step)(group, params)
         return loss
+
+    def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        grads = [p.grad.reshape(len(p), -1) for p in params]
+        for p, g in zip(params, grads):
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(g)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - mom)
+        updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
+        if group.get("weight_norm", False):  # absent in older checkpoints
+            scales = torch._foreach_norm(params)
+            torch._foreach_clamp_min_(scales, 1e-12)
+            torch._foreach_reciprocal_(scales)
+            torch._foreach_mul_(scales, [math.sqrt(len(p)) for p in params])
+            torch._foreach_mul_(params, scales)
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        ns_dtype = self.ns_dtype or newton_schulz_dtype(params[0].device)
+        for (m, n, dtype), members in self._same_shape(params).items():
+            ortho = self._newton_schulz(torch.stack([updates[i] for i in members]), group["ns_steps"], dtype=ns_dtype)
+            ortho = ortho.to(dtype).unbind(0)
+            torch._foreach_add_([params[i] for i in members], [o.view_as(params[i]) for o, i in zip(ortho, members)],
+                                alpha=-lr * math.sqrt(max(1.0, m / n)))
+
+    def _sgd_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        if wd:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        bufs, running, running_grads = [], [], []
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.detach().clone()  # torch SGD: first buffer = grad
+            else:
+                running.append(state["momentum_buffer"])
+                running_grads.append(g)
+            bufs.append(state["momentum_buffer"])
+        if running:
+            torch._foreach_mul_(running, mom)
+            torch._foreach_add_(running, running_grads)
+        torch._foreach_add_(params, torch._foreach_add(grads, bufs, alpha=mom) if group["nesterov"] else bufs,
+                            alpha=-lr)
 
 
 # ============================================================================ schedule

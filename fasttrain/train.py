@@ -27,7 +27,8 @@ from .progress import EpochProgress
 from . import checkpoint as ckpt_io, distributed, resilience  # resume, DDP, failure handling
 from .losses import mixed_cross_entropy
 from .runio import write_json
-from .runtime import compile_warmup, device_name, resolve_amp, resolve_device, sync
+from .runtime import (compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp, resolve_compile,
+                      resolve_device, sync)
 
 
 # ============================================================================ small helpers
@@ -91,7 +92,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
     dist.main_only(resilience.check_free_space, out_dir, need)
     step_model = dist.wrap(model, sync_bn=cfg.sync_bn)  # DDP around the same parameters
-    step_model = torch.compile(step_model) if cfg.compile else step_model
+    use_compile = resolve_compile(cfg.compile, device)  # default: on for CUDA, off on a CPU
+    step_model = compile_model(step_model) if use_compile else step_model
     run_evaluate = dist.wrap_evaluate(evaluate)  # each rank evaluates a slice; sums all-reduced
 
     # --- optimiser and schedule
@@ -140,25 +142,28 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
 
     # compile before the clock starts: the first compiled step is reported as compile_s, not training
     compile_s = 0.0
-    if cfg.compile:
+    if use_compile:
         # every batch size the loop will see (a short last batch recompiles) and, for models whose
         # trainable set changes with the epoch (airbench freezes its whitening bias), the first and last
         # epoch's variant: each would otherwise trigger a recompile inside a timed epoch
         last = n_train % cfg.batch_size if not getattr(pipeline, "drop_last", False) else 0
-        sizes = sorted({len(range(b)[dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b})
+        sizes = sorted({len(range(b)[dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b}, reverse=True)
         epochs = sorted({pos.epoch, n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
         compile_s = compile_warmup(step_model, model, [(n, 3, h, w) for n in sizes], epochs, in_dtype, autocast,
                                    meta["num_classes"], device)
+        if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
+            compile_s += optimizer.compile_newton_schulz()
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
-        f"amp {amp_dtype} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
+        f"amp {amp_dtype} | compile {use_compile} | augment {backend_for(device)} | {n_params:,} params | "
         f"recipe {cfg.recipe}"
     )
     history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
     step = pos.step
     train_s = pos.train_s
     best_state = pos.extra.get("best_state", best_state)
+    graphs_before = compiled_graphs()
     for epoch in range(pos.epoch, n_epochs):
         # ----------------------------------------------------------------- one epoch (timed)
         model.train()
@@ -246,6 +251,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         if sentinel.requested_anywhere():
             raise sentinel.interrupt(out_dir, epoch, step)
     sentinel.close()
+    recompiles = compiled_graphs() - graphs_before  # graphs compiled inside the timed epochs (0 is right)
 
     # --- final evaluation with TTA (not timed), checkpoint, summary, plots
     t_eval = time.perf_counter()
@@ -269,7 +275,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
         "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
         "device": device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-        "compile": cfg.compile, "compile_s": round(compile_s, 3), "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
+        "compile": use_compile, "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
     summary["world_size"] = dist.world_size

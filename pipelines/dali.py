@@ -6,21 +6,22 @@ Nothing else runs in DALI: augmentation is the same fused op as for every other 
 
 Order: DALI's own shuffles are either a shuffle buffer (not a permutation: a class-sorted list would
 give nearly single-class batches) or `shuffle_after_epoch` (a permutation from DALI's fixed seed that
-depends on how many epochs ran before, so a resumed run could not reproduce it). Instead each epoch gets
-a small DALI pipeline over a file list we permute with numpy's generator seeded by (seed, epoch): the
-order is a pure function of seed and epoch, `set_epoch` can jump anywhere, and every DDP rank holds the
-same permutation, of which the reader's `shard_id`/`num_shards` give each rank a contiguous share.
-Building one costs ~0.1 s per epoch on 50k files. `pad_last_batch` keeps each epoch aligned with
-batches, so every sample appears exactly once per epoch.
+depends on how many epochs ran before, so a resumed run could not reproduce it). Instead the order is a
+permutation we draw with numpy's generator seeded by (seed, epoch): a pure function of seed and epoch, the
+same on every DDP rank, of which each rank reads a contiguous share. The encoded JPEG bytes reach DALI
+through an external source that reads the files of each batch in that order.
+
+The DALI pipeline (decoder set-up, nvJPEG handles) is built once per run, on the first iteration, not per
+epoch: DALI numbers its epochs from 0, and epoch `base + k` of ours is its k-th. Only a `set_epoch` out of
+sequence (a resumed run's first epoch is in sequence: it is where the pipeline starts) or an epoch left
+unfinished (its batches are already queued) rebuilds it. Every sample appears exactly once per epoch; the
+last batch is short unless `drop_last`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,35 @@ import torch
 
 from ..data.formats import import_optional, read_file_list
 from ..data.tensor_format import DatasetError
+
+
+class _BatchReader:
+    """DALI's external source: the encoded JPEGs and labels of each batch of this rank's share, in the
+    epoch's order. DALI numbers its epochs from 0; its epoch k is our epoch base_epoch + k."""
+
+    def __init__(self, files: np.ndarray, labels: np.ndarray, idx: np.ndarray, seed: int, shuffle: bool,
+                 start: int, count: int, batch_size: int, drop_last: bool):
+        self.files, self.labels, self.idx, self.seed, self.shuffle = files, labels, idx, seed, shuffle
+        self.start, self.count, self.batch_size, self.drop_last = start, count, batch_size, drop_last
+        self.base_epoch = 0
+        self._share, self._share_epoch = None, None
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self.idx
+        return self.idx[np.random.default_rng([self.seed, epoch]).permutation(len(self.idx))]
+
+    def __call__(self, info):
+        epoch = self.base_epoch + info.epoch_idx
+        if self._share_epoch != epoch:  # once per epoch, not per batch
+            self._share = self.epoch_order(epoch)[self.start:self.start + self.count]
+            self._share_epoch = epoch
+        begin = info.iteration * self.batch_size
+        end = min(begin + self.batch_size, self.count)
+        if begin >= self.count or (self.drop_last and end - begin < self.batch_size):
+            raise StopIteration  # the end of DALI's epoch
+        sel = self._share[begin:end]
+        return [np.fromfile(f, dtype=np.uint8) for f in self.files[sel]], self.labels[sel].astype(np.int64)[:, None]
 
 
 class DALIPipeline:
@@ -70,9 +100,11 @@ class DALIPipeline:
         self.labels = labels
         self.per_rank = len(self.idx) // world_size
         self.epoch = 0
-        self._lists = 0
-        self._tmp = tempfile.mkdtemp(prefix="fasttrain-dali-")  # per-epoch file lists
-        weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        self.builds = 0  # DALI pipelines built so far: one per run unless epochs jump
+        self._reader = _BatchReader(self.files, self.labels, self.idx, seed, shuffle, rank * self.per_rank,
+                                    self.per_rank, batch_size, drop_last)
+        self._dali = None  # the DALI iterator, built on the first iteration
+        self._next_epoch = 0  # the epoch the built pipeline serves next
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,40 +112,43 @@ class DALIPipeline:
     def __len__(self) -> int:
         return self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
 
-    def epoch_order(self) -> np.ndarray:
+    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Dataset indices of the whole epoch (all ranks), in order: the same on every rank."""
-        if not self.shuffle:
-            return self.idx
-        return self.idx[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.idx))]
+        return self._reader.epoch_order(self.epoch if epoch is None else epoch)
 
-    def _iterator(self):
+    def _build(self, base_epoch: int):
         from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        order = self.epoch_order()
-        self._lists += 1  # a fresh name: an unfinished earlier epoch's reader may still hold its list
-        list_path = os.path.join(self._tmp, f"epoch{self.epoch}-{self._lists}.txt")
-        with open(list_path, "w") as f:
-            f.writelines(f"{path} {lab}\n" for path, lab in zip(self.files[order], self.labels[order]))
+        self.builds += 1
+        reader = self._reader  # the pipeline holds the reader, never self: no cycle keeps DALI's threads alive
+        reader.base_epoch = base_epoch
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
                       seed=self.seed, prefetch_queue_depth=2)
         def decode_pipeline():
-            jpegs, labels = fn.readers.file(file_list=list_path, pad_last_batch=True, shard_id=self.rank,
-                                            num_shards=self.world_size, name="Reader")
+            jpegs, labels = fn.external_source(source=reader, num_outputs=2, batch=True, batch_info=True,
+                                               dtype=[types.UINT8, types.INT64])
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
             return images, labels
 
         pipe = decode_pipeline()
         pipe.build()
-        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        iterator = DALIGenericIterator(pipe, ["images", "labels"], reader_name="Reader", last_batch_policy=policy)
-        os.unlink(list_path)  # read when the pipeline was built
-        return iterator
+        return DALIGenericIterator(pipe, ["images", "labels"], auto_reset=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._iterator():
-            out = batch[0]
-            yield out["images"], out["labels"].view(-1).to(self.device, torch.int64, non_blocking=True)
+        if self._dali is None or self._next_epoch != self.epoch:
+            self._dali = self._build(self.epoch)
+        finished = False
+        try:
+            for batch in self._dali:
+                out = batch[0]
+                yield out["images"], out["labels"].view(-1).to(self.device, torch.int64, non_blocking=True)
+            finished = True
+        finally:
+            if finished:  # DALI has reset itself and queues our next epoch
+                self._next_epoch = self.epoch + 1
+            else:  # abandoned mid-epoch: its queue holds this epoch's batches
+                self._dali = None

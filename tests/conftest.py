@@ -10,7 +10,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+# the shared offline copy beside the checkout, else the copy carried in the checkout's git-ignored .data/
+# (how the GPU machine gets it: docs/gpu.md)
+SHARED_CIFAR = next((p for p in (REPO.parent / "shared" / "data" / "cifar10-jpeg", REPO / ".data" / "cifar10-jpeg")
+                     if p.is_dir()), REPO.parent / "shared" / "data" / "cifar10-jpeg")
 
 # Subprocesses (`python -m fasttrain ...`) import this checkout's sources, not whatever is installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)

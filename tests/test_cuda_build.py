@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow  # an nvcc build: about a minute alone, several on
 def load_once(library: Path) -> None:
     """Load the freshly built library unless this process already holds one (a GPU run's cached build
     of the same sources): registering the same kernels twice is an error."""
-    import fasttrain.augment.fused  # noqa: F401  (the schemas the library registers against)
+    import fasttrain.cuda_ext.ops  # noqa: F401  (the schemas the library registers against)
 
     if not hasattr(torch.ops.fasttrain, "_augment_out_emulated"):
         torch.ops.load_library(str(library))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 import warnings
 
 import pytest
@@ -254,9 +255,10 @@ def test_dispatch_defaults_to_numba_on_cpu_and_env_forces_reference(monkeypatch)
         backend_for(torch.device("cpu"))
 
 
-def test_unbuildable_extension_warns_once_and_falls_back(monkeypatch):
-    """A CUDA device whose extension cannot be built: one warning with the reason and the fix, then
-    the reference; requesting 'fused' raises instead (what tests and benchmarks do)."""
+def test_unbuildable_extension_is_an_error_on_cuda_unless_the_reference_is_forced(monkeypatch):
+    """A CUDA device whose extension cannot be built: an error with the reason and the fix (a silent
+    fallback would make a GPU run several times slower unnoticed); FASTTRAIN_AUGMENT=reference runs the
+    reference without trying to build. On a CPU without numba: one warning, then the reference."""
     import fasttrain.cuda_ext as ext
 
     def fail():
@@ -264,14 +266,23 @@ def test_unbuildable_extension_warns_once_and_falls_back(monkeypatch):
 
     monkeypatch.delenv("FASTTRAIN_AUGMENT", raising=False)
     monkeypatch.setattr(ext, "load", fail)
-    monkeypatch.setattr(aug, "_warned", set())
-    with pytest.warns(aug.FusedAugmentFallback, match=r"no CUDA toolkit found \(test\).*Fix: install nvcc"):
-        assert backend_for(torch.device("cuda")) == "reference"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert backend_for(torch.device("cuda")) == "reference"  # no second warning
+    with pytest.raises(ext.ExtensionUnavailable, match=r"no CUDA toolkit found \(test\).*Fix: install nvcc"):
+        backend_for(torch.device("cuda"))
     with pytest.raises(ext.ExtensionUnavailable, match="no CUDA toolkit"):
         backend_for(torch.device("cuda"), "fused")
+    monkeypatch.setenv("FASTTRAIN_AUGMENT", "reference")
+    assert backend_for(torch.device("cuda")) == "reference"
+
+    monkeypatch.delenv("FASTTRAIN_AUGMENT")
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.delitem(sys.modules, "fasttrain.augment.numba_cpu", raising=False)
+    monkeypatch.delattr(aug, "numba_cpu", raising=False)
+    monkeypatch.setattr(aug, "_warned", set())
+    with pytest.warns(aug.FusedAugmentFallback, match="numba is not importable"):
+        assert backend_for(torch.device("cpu")) == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend_for(torch.device("cpu")) == "reference"  # no second warning
 
 
 def test_loader_reports_missing_toolkit_and_remembers_failure(monkeypatch):
@@ -330,3 +341,22 @@ def test_cuda_functional_op_large_batch_strided_input_and_trainer_dispatch():
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out, ref, rtol=torch.finfo(torch.bfloat16).eps, atol=1e-6, msg=f"seed={seed}")
         assert torch.equal(targets.y_b, ref_t.y_b)
+
+
+def test_stale_build_lock_is_cleared_with_a_message_and_a_fresh_one_kept(tmp_path, capsys):
+    """A build killed mid-way leaves torch's `lock` file, and every later load would wait on it forever."""
+    import os
+    import time
+
+    from fasttrain.cuda_ext import loader
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not loader.clear_stale_lock(tmp_path)  # a build in progress elsewhere: wait for it
+    assert lock.exists()
+    old = time.time() - loader.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert loader.clear_stale_lock(tmp_path)
+    assert not lock.exists()
+    assert "removing the stale CUDA build lock" in capsys.readouterr().err
+    assert not loader.clear_stale_lock(tmp_path)  # nothing to clear

@@ -8,6 +8,7 @@ sample exactly once per epoch), that labels travel with their images, and the pi
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -38,14 +39,44 @@ IDS = [f"{p}-{f}" for p, f, _ in CASES]
 BATCH = 64
 
 
+# the optional package each pipeline / dataset format needs; a case whose package is missing skips
+BACKEND_MODULES = {"ffcv": "ffcv", "dali": "nvidia.dali"}
+
+
+def has(name: str) -> bool:
+    try:
+        importlib.import_module(BACKEND_MODULES.get(name, name))
+        return True
+    except ImportError:
+        return False
+
+
+def need(name: str) -> None:
+    """Skip the calling test when pipeline or format `name` needs a package that is not installed."""
+    if name in BACKEND_MODULES:
+        pytest.importorskip(BACKEND_MODULES[name])
+
+
+class Datasets:
+    """The session's slice in every format, each converted on first use (FFCV only where ffcv imports),
+    so a machine without an optional backend skips the cases that need it and runs all the others."""
+
+    def __init__(self, jpeg_dir, tensor_dir, root):
+        self.jpeg_dir, self.root = jpeg_dir, root
+        self.paths = {"tensor": str(tensor_dir)}
+
+    def __getitem__(self, fmt: str) -> str:
+        if fmt not in self.paths:
+            if fmt == "ffcv":  # only writing .beton files needs the package; DALI's format is JPEG files
+                need("ffcv")
+            self.paths[fmt] = str(convert_dataset("cifar10", fmt=fmt, source=self.jpeg_dir, out=self.root / fmt,
+                                                  log=lambda s: None))
+        return self.paths[fmt]
+
+
 @pytest.fixture(scope="session")
-def datasets(cifar_jpeg_slice, cifar_tensor_slice, tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("formats")
-    out = {"tensor": str(cifar_tensor_slice)}
-    for fmt in ("ffcv", "dali"):
-        out[fmt] = str(convert_dataset("cifar10", fmt=fmt, source=cifar_jpeg_slice, out=root / fmt,
-                                       log=lambda s: None))
-    return out
+def datasets(cifar_jpeg_slice, cifar_tensor_slice, tmp_path_factory) -> Datasets:
+    return Datasets(cifar_jpeg_slice, cifar_tensor_slice, tmp_path_factory.mktemp("formats"))
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +108,7 @@ def epoch_indices(pipe, ref, labels, tol) -> list[int]:
 # ----------------------------------------------------------------------------- the contract
 @pytest.mark.parametrize("name,fmt,tol", CASES, ids=IDS)
 def test_contract_two_epochs(name, fmt, tol, datasets, reference):
+    need(name)
     ref, labels = reference
     n = len(labels)
     pipe = make_pipeline(name, datasets[fmt], "train", BATCH, seed=3)
@@ -102,6 +134,7 @@ def test_contract_two_epochs(name, fmt, tol, datasets, reference):
 
 @pytest.mark.parametrize("name,fmt,tol", CASES, ids=IDS)
 def test_drop_last_subset_and_eval_split(name, fmt, tol, datasets, reference, cifar_tensor_slice):
+    need(name)
     ref, labels = reference
     subset = np.arange(5, 300, 3)  # 99 samples
     pipe = make_pipeline(name, datasets[fmt], "train", 16, seed=0, indices=subset, drop_last=True)
@@ -133,6 +166,7 @@ def test_torchvision_matches_tensor_pipeline_batch_for_batch(datasets):
 def test_sharding_splits_the_epoch(name, fmt, tol, datasets, reference):
     """DDP: ranks with the same seed see disjoint, equal shares that together cover the epoch (and the
     odd sample out is dropped when the count does not divide)."""
+    need(name)
     ref, labels = reference
     for world, per_rank in ((2, 150), (7, 42)):
         shards = []
@@ -147,27 +181,49 @@ def test_sharding_splits_the_epoch(name, fmt, tol, datasets, reference):
         assert len(set(union)) == len(union) == world * per_rank
 
 
+def test_dali_pipeline_is_built_once_per_run(datasets, reference):
+    """Decoder set-up happens once, not in every (timed) epoch; a jump out of sequence or an epoch left
+    unfinished rebuilds it, and the order is still the seeded one."""
+    need("dali")
+    ref, labels = reference
+    pipe = make_pipeline("dali", datasets["dali"], "train", BATCH, seed=3)
+    orders = []
+    for epoch in range(3):
+        pipe.set_epoch(epoch)
+        orders.append(epoch_indices(pipe, ref, labels, 4.0))
+    assert pipe.builds == 1
+    assert [sorted(o) for o in orders] == [list(range(len(labels)))] * 3 and orders[0] != orders[1]
+    pipe.set_epoch(1)  # out of sequence (a test, or a resumed run)
+    assert epoch_indices(pipe, ref, labels, 4.0) == orders[1] and pipe.builds == 2
+    pipe.set_epoch(2)
+    next(iter(pipe))  # abandoned after one batch
+    assert epoch_indices(pipe, ref, labels, 4.0) == orders[2] and pipe.builds == 3
+
+
 # ----------------------------------------------------------------------------- formats
-def test_format_metadata_and_labels(datasets, cifar_tensor_slice):
+@pytest.mark.parametrize("fmt", ["ffcv", "dali"])
+def test_format_metadata_and_labels(fmt, datasets, cifar_tensor_slice):
     tensor_meta = read_meta(cifar_tensor_slice)
-    for fmt in ("ffcv", "dali"):
-        meta = read_meta(datasets[fmt])
-        assert meta["format"] == fmt and meta["classes"] == tensor_meta["classes"]
-        assert meta["mean"] == tensor_meta["mean"] and meta["std"] == tensor_meta["std"]
-        assert meta["shape"] == [32, 32, 3]
-        for split in ("train", "test"):
-            info = meta["splits"][split]
-            assert info["class_counts"] == tensor_meta["splits"][split]["class_counts"]
-            assert np.array_equal(read_labels(datasets[fmt], split), load_split(cifar_tensor_slice, split).labels)
-        assert is_complete(datasets[fmt], fmt) and not is_complete(datasets[fmt], "tensor")
-    assert read_meta(datasets["ffcv"])["ffcv"]["write_mode"] == "raw"
-    files, labels = read_file_list(datasets["dali"], "test")
-    assert len(files) == 100 and all(os.path.isfile(f) and f.endswith(".jpg") for f in files)
-    assert np.array_equal(labels, read_labels(datasets["dali"], "test"))
+    meta = read_meta(datasets[fmt])
+    assert meta["format"] == fmt and meta["classes"] == tensor_meta["classes"]
+    assert meta["mean"] == tensor_meta["mean"] and meta["std"] == tensor_meta["std"]
+    assert meta["shape"] == [32, 32, 3]
+    for split in ("train", "test"):
+        info = meta["splits"][split]
+        assert info["class_counts"] == tensor_meta["splits"][split]["class_counts"]
+        assert np.array_equal(read_labels(datasets[fmt], split), load_split(cifar_tensor_slice, split).labels)
+    assert is_complete(datasets[fmt], fmt) and not is_complete(datasets[fmt], "tensor")
+    if fmt == "ffcv":
+        assert meta["ffcv"]["write_mode"] == "raw"
+    else:
+        files, labels = read_file_list(datasets["dali"], "test")
+        assert len(files) == 100 and all(os.path.isfile(f) and f.endswith(".jpg") for f in files)
+        assert np.array_equal(labels, read_labels(datasets["dali"], "test"))
 
 
 @pytest.mark.parametrize("fmt", ["ffcv", "dali"])
 def test_jpeg_quality_and_max_resolution(fmt, cifar_jpeg_slice, tmp_path):
+    need(fmt)  # reading back uses the format's own pipeline
     out = convert_dataset("cifar10", fmt=fmt, source=cifar_jpeg_slice, out=tmp_path / fmt, jpeg_quality=80,
                           max_resolution=16, log=lambda s: None)
     meta = read_meta(out)
@@ -223,21 +279,36 @@ def test_failed_rewrite_keeps_the_old_dataset(datasets, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
-def test_format_mismatch_and_missing_package_errors(datasets, monkeypatch):
-    with pytest.raises(DatasetError, match="--format ffcv"):
+def ffcv_shaped_dataset(datasets, tmp_path) -> str:
+    """A directory whose meta.json says 'ffcv' (the DALI copy relabelled): the format checks and the
+    missing-package error come before any .beton is read, so this needs no ffcv to build."""
+    import shutil
+
+    out = tmp_path / "ffcv-meta"
+    if not out.exists():
+        shutil.copytree(datasets["dali"], out)
+        meta = json.loads((out / "meta.json").read_text())
+        meta["format"] = "ffcv"
+        (out / "meta.json").write_text(json.dumps(meta))
+    return str(out)
+
+
+def test_format_mismatch_and_missing_package_errors(datasets, monkeypatch, tmp_path):
+    # without ffcv installed, the missing package is reported first (either way: a clear DatasetError)
+    with pytest.raises(DatasetError, match="--format ffcv" if has("ffcv") else r"fasttrain\[ffcv\]"):
         make_pipeline("ffcv", datasets["tensor"], "train", 8)
     with pytest.raises(DatasetError, match="'dali' or 'tensor'"):
-        make_pipeline("torchvision", datasets["ffcv"], "train", 8)
+        make_pipeline("torchvision", ffcv_shaped_dataset(datasets, tmp_path), "train", 8)
     with pytest.raises(ValueError, match="unknown pipeline 'nope'"):
         make_pipeline("nope", datasets["tensor"], "train", 8)
     monkeypatch.setitem(sys.modules, "ffcv", None)  # import ffcv now raises ImportError
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(MissingBackend, match=r"pip install 'fasttrain\[ffcv\]'"):
-        make_pipeline("ffcv", datasets["ffcv"], "train", 8)
+        make_pipeline("ffcv", ffcv_shaped_dataset(datasets, tmp_path), "train", 8)
     with pytest.raises(MissingBackend, match=r"pip install 'fasttrain\[dali\]'"):
         make_pipeline("dali", datasets["dali"], "train", 8)
     with pytest.raises(MissingBackend, match=r"fasttrain\[ffcv\]"):
-        convert_dataset("cifar10", fmt="ffcv", source="/nonexistent", out=datasets["ffcv"] + "-x")
+        convert_dataset("cifar10", fmt="ffcv", source="/nonexistent", out=tmp_path / "ffcv-x")
 
 
 def test_registry_matches_config():
@@ -259,6 +330,8 @@ def fasttrain(*args, check=True):
 @pytest.mark.parametrize("name,fmt", [("tensor", "tensor"), ("ffcv", "ffcv"), ("dali", "dali"),
                                       ("torchvision", "dali")])
 def test_cli_convert_and_run_one_epoch(name, fmt, cifar_jpeg_slice, tmp_path):
+    need(name)
+    need(fmt)
     data = tmp_path / f"cifar10-{fmt}"
     out = fasttrain("convert", "cifar10", "--source", cifar_jpeg_slice, "--out", data, "--format", fmt).stdout
     assert "wrote" in out and read_meta(data)["format"] == fmt
@@ -277,7 +350,7 @@ def test_cli_rejects_bad_format_and_pipeline(datasets, tmp_path):
     assert proc.returncode == 2 and "--format" in proc.stderr and "ffcv" in proc.stderr
     proc = fasttrain("run", "resnet9", "--data", datasets["tensor"], "--pipeline", "ffcv", "--out", tmp_path / "r",
                      check=False)
-    assert proc.returncode == 2 and "--format ffcv" in proc.stderr
+    assert proc.returncode == 2 and ("--format ffcv" if has("ffcv") else "fasttrain[ffcv]") in proc.stderr
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -285,8 +358,7 @@ def test_cli_rejects_bad_format_and_pipeline(datasets, tmp_path):
 @pytest.mark.parametrize("name,fmt,tol", CASES, ids=IDS)
 def test_contract_on_gpu(name, fmt, tol, datasets, reference):
     """On a GPU batches arrive on the device (DALI decodes with nvJPEG, FFCV uses ToDevice)."""
-    if name in ("ffcv", "dali"):
-        pytest.importorskip("ffcv" if name == "ffcv" else "nvidia.dali")
+    need(name)
     ref, labels = reference
     pipe = make_pipeline(name, datasets[fmt], "train", BATCH, seed=3, device="cuda")
     order = []

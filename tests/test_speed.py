@@ -17,7 +17,7 @@ import torch.nn as nn
 from fasttrain.augment import AugmentConfig, AugmentSampler
 from fasttrain.augment.reference import alternating_flip_bits
 from fasttrain.config import ConfigError, RunConfig, resolve
-from fasttrain.optim import MuonWithAux, zeropower_newton_schulz
+from fasttrain.optim import MuonWithAux, newton_schulz_dtype, zeropower_newton_schulz
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -90,7 +90,7 @@ def test_muon_weight_norm_step_matches_the_formula():
     conv.weight.grad = grad.clone()
     lr, mom = 0.24, 0.6
     opt = MuonWithAux([dict(params=[conv.weight], lr=lr, momentum=mom, weight_decay=0.5, use_muon=True,
-                            ns_steps=3, weight_norm=True)], nesterov=True)
+                            ns_steps=3, weight_norm=True)], nesterov=True, ns_dtype=torch.bfloat16)
     opt.step()
     g = grad.reshape(16, -1)
     buf = torch.zeros_like(g).lerp_(g, 1 - mom)
@@ -176,15 +176,19 @@ def test_compile_warmup_leaves_the_model_and_rng_untouched():
 
 
 # ============================================================================ benchmark helpers
-def test_time_to_reach_and_speedup_at_equal_accuracy():
+def test_time_to_reach_and_ratios_at_equal_accuracy():
     tta = load_benchmark("time_to_accuracy")
     curve = [{"epoch_s": 10.0, "test_acc": 0.5}, {"epoch_s": 10.0, "test_acc": 0.89},
              {"epoch_s": 10.0, "test_acc": 0.91}]
     assert tta.time_to_reach(curve, 0.9) == 30.0
     assert tta.time_to_reach(curve, 0.89) == 20.0
     assert tta.time_to_reach(curve, 0.95) is None
-    assert tta.speedup_at_equal_accuracy(44.0, [20.0, 18.0], [2.0, 4.0]) == 2.0
-    assert tta.speedup_at_equal_accuracy(44.0, [20.0, None], [2.0, 2.0]) is None
+    refs = [{"train_s": 40.0, "eval_s": 4.0}, {"train_s": 40.0, "eval_s": 4.0}]
+    ours = [{"train_s": 20.0, "eval_s": 2.0}, {"train_s": 18.0, "eval_s": 4.0}]
+    ratios = tta.per_seed_ratios(refs, ours, [20.0, 18.0])
+    assert ratios["total_per_seed"] == [2.0, 2.0] and ratios["total"] == {"mean": 2.0, "std": 0.0}
+    assert ratios["equal_accuracy_per_seed"] == [2.0, 2.0] and ratios["equal_accuracy"]["mean"] == 2.0
+    assert tta.per_seed_ratios(refs, ours, [20.0, None])["equal_accuracy"] is None
 
 
 def test_export_airbench_data_is_what_airbench_reads(cifar_tensor_slice, tmp_path):
@@ -233,3 +237,120 @@ def test_speed94_cpu_trains_end_to_end_with_its_tricks(cifar_tensor_slice, tmp_p
     filters = [v for k, v in ckpt["model"].items() if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
     # each filter bank was renormalised to sqrt(out channels) before its last (small) step
     assert all(abs(f.norm().item() / math.sqrt(len(f)) - 1) < 0.2 for f in filters)
+
+
+def test_compile_defaults_on_for_cuda_only():
+    from fasttrain.runtime import resolve_compile
+
+    assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
+    assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
+    assert RunConfig().compile is None
+
+
+TINY_MODEL = "test_speed_tiny"
+
+
+@contextlib.contextmanager
+def tiny_model_registered():
+    """A conv-BN-ReLU net small enough to compile in seconds on a CPU; registered for one test only,
+    so the zoo's model list stays exact."""
+    from fasttrain.models.registry import MODELS, register_model
+
+    @register_model(TINY_MODEL, family="test")
+    def tiny(num_classes: int = 10) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    try:
+        yield
+    finally:
+        MODELS.pop(TINY_MODEL, None)
+
+
+def test_compile_model_specialises_every_batch_size():
+    """A second batch size gets its own static graph, not a dynamic one (a dynamic graph would also serve
+    a third size without compiling): full batches keep their fully specialised kernels."""
+    from fasttrain.runtime import compile_model, compiled_graphs
+
+    torch._dynamo.reset()
+    net = compile_model(nn.Linear(4, 2))
+    start = compiled_graphs()
+    for n in (64, 44, 64):
+        net(torch.ones(n, 4))
+    assert compiled_graphs() - start == 2  # one per size; the full size again reuses its graph
+    net(torch.ones(50, 4))
+    assert compiled_graphs() - start == 3  # specialised, so a new size compiles anew
+
+
+@pytest.mark.slow
+def test_compiled_training_never_recompiles_inside_the_timed_epochs(cifar_tensor_slice, tmp_path):
+    """Full batches (64) and the short last one (300 % 64 = 44) each get a static graph compiled before
+    the clock (the full one first): dynamo's own counters see no graph compiled during the two epochs."""
+    from fasttrain.train import train
+
+    with tiny_model_registered():
+        cfg = resolve(TINY_MODEL, None, dict(data=str(cifar_tensor_slice), out=str(tmp_path / "run"),
+                                             device="cpu", epochs=2, batch_size=64, tta="none", amp="off",
+                                             compile=True))
+        summary = train(cfg, quiet=True)
+    assert summary["compile"] is True and summary["compile_s"] > 0
+    assert summary["steps"] == 2 * 5
+    assert summary["recompiles"] == 0
+
+
+# ============================================================================ batched Muon
+def test_newton_schulz_runs_in_the_fastest_precision_of_the_device():
+    from fasttrain.runtime import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert newton_schulz_dtype(cpu) == (torch.bfloat16 if resolve_amp("auto", cpu) else torch.float32)
+    g = torch.randn(8, 12)
+    assert zeropower_newton_schulz(g, 3, dtype=torch.float32).dtype == torch.float32
+    # the same orthogonalisation, to bf16's precision
+    torch.testing.assert_close(zeropower_newton_schulz(g, 3, dtype=torch.float32),
+                               zeropower_newton_schulz(g, 3).float(), rtol=0.05, atol=0.05)
+
+
+def test_batched_muon_matches_torch_muon_on_same_shape_matrices():
+    """Same-shape weights share one batched Newton-Schulz; each must still get exactly torch.optim.Muon's
+    update (the batch is a stack of independent matrices, not one big one)."""
+    gen = torch.Generator().manual_seed(5)
+    w0 = [torch.randn(16, 24, generator=gen) for _ in range(3)] + [torch.randn(40, 8, generator=gen)]
+    ours = [nn.Parameter(w.clone()) for w in w0]
+    ref = [nn.Parameter(w.clone()) for w in w0]
+    opt = MuonWithAux([dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True,
+                      ns_dtype=torch.bfloat16)  # as torch.optim.Muon
+    opt_ref = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True,
+                               adjust_lr_fn="original")
+    for _ in range(3):
+        for p, q in zip(ours, ref):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        opt_ref.step()
+    for p, q in zip(ours, ref):
+        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+    batch = torch.stack([w.reshape(16, -1) for w in w0[:3]])
+    each = torch.stack([zeropower_newton_schulz(m, 3) for m in batch])
+    assert torch.equal(zeropower_newton_schulz(batch, 3), each)
+
+
+def test_compiled_newton_schulz_matches_eager_and_is_warmed_up_per_shape():
+    convs = [nn.Conv2d(4, 8, 3, bias=False) for _ in range(2)] + [nn.Conv2d(8, 8, 1, bias=False)]
+    params = [c.weight for c in convs]
+    opt = MuonWithAux([dict(params=params, lr=0.1, momentum=0.6, weight_decay=0.0, use_muon=True, ns_steps=3,
+                            weight_norm=True)], nesterov=True)
+    from fasttrain.runtime import compiled_graphs
+
+    before = compiled_graphs()
+    assert opt.compile_newton_schulz() > 0
+    assert compiled_graphs() - before == 2  # one graph per (shape, count): (2, 8, 36) and (1, 8, 8)
+    g = torch.randn(2, 8, 36)
+    with torch.no_grad():
+        dtype = opt.ns_dtype or newton_schulz_dtype(g.device)
+        torch.testing.assert_close(opt._newton_schulz(g, 3, dtype=dtype), zeropower_newton_schulz(g, 3, dtype=dtype),
+                                   rtol=0.02, atol=0.02)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert compiled_graphs() - before == 2  # the real step reuses the warmed-up graphs

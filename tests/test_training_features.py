@@ -81,7 +81,8 @@ def test_muon_matches_torch_muon_on_matrices():
     ours = [nn.Parameter(w.clone()) for w in w0]
     ref = [nn.Parameter(w.clone()) for w in w0]
     opt = MuonWithAux(
-        [dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True
+        [dict(params=ours, lr=0.02, momentum=0.95, weight_decay=0.1, use_muon=True)], nesterov=True,
+        ns_dtype=torch.bfloat16,  # as torch.optim.Muon
     )
     opt_ref = torch.optim.Muon(
         ref, lr=0.02, momentum=0.95, weight_decay=0.1, nesterov=True, adjust_lr_fn="original"

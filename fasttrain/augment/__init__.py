@@ -3,9 +3,11 @@
 `augment_batch` dispatches on the tensor's device: CUDA -> the fused kernel (cuda_ext/), CPU -> the
 fused numba implementation; the pure-PyTorch reference (`reference.apply`) is the ground truth and the
 fallback. `FASTTRAIN_AUGMENT` (or the `backend` argument) chooses:
-  auto       fused where available; if it cannot be had (no nvcc, compile error, no numba) the run goes
-             on with the reference after one warning that says why and how to fix it
-  reference  the reference everywhere
+  auto       fused where available. On a GPU a CUDA extension that cannot be built (no nvcc, compile
+             error) is an error that says why and how to fix it: the reference is several times slower
+             there, and a run must not be slow without anyone noticing. On a CPU without numba the
+             run goes on with the reference after one warning.
+  reference  the reference everywhere (the way to train on a GPU whose extension cannot be built)
   fused      the fused op or an error, never a fallback (tests and benchmarks use this)
 """
 
@@ -75,7 +77,7 @@ def backend_for(device: torch.device | str, requested: str | None = None) -> str
             raise
         return "reference"  # e.g. mps: no fused op exists, nothing is broken
     except Exception as e:
-        if requested == "fused":
+        if requested == "fused" or device.type == "cuda":
             raise
         if device.type not in _warned:
             _warned.add(device.type)

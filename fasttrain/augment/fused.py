@@ -1,11 +1,11 @@
 """The fused augmentation op: one pass from the uint8 batch to the network's input.
 
-Two custom ops, declared once here and implemented beside their schema:
+Two custom ops, declared once in cuda_ext/ops.py beside the CUDA kernels:
   torch.ops.fasttrain.augment(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias,
                               pad, reflect, out_dtype) -> (out, y_b, lam)
   torch.ops.fasttrain.augment_out(... same up to reflect ..., out, y_b, lam) -> ()   (writes in place)
-  CPU:  numba (numba_cpu.py), parallel over the batch.  CUDA: cuda_ext/csrc/augment_cuda.cu, registered
-  when the extension is loaded (`fasttrain.cuda_ext.load()`).  Meta/fake: shapes only, for torch.compile.
+  CPU:  numba (numba_cpu.py), parallel over the batch, registered here.  CUDA: cuda_ext/csrc/augment_cuda.cu,
+  registered when the extension is loaded (`fasttrain.cuda_ext.load()`).  Meta/fake: in cuda_ext/ops.py.
 
 Arguments (N images of H x W x C; see reference.py for what every value means):
   x          uint8 (N, H, W, C), any strides (the tensor dataset's NHWC layout, or a permuted NCHW one)
@@ -29,7 +29,9 @@ import threading
 
 import numpy as np
 import torch
-from torch.library import Library
+
+from fasttrain.cuda_ext import load as load_cuda_kernels
+from fasttrain.cuda_ext.ops import LIB, empty_outputs
 
 from .reference import AugParams, Targets, check_inputs
 
@@ -37,20 +39,8 @@ OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PARAM_DTYPES = (("offset", torch.int32, 2), ("flip", torch.bool, 0), ("cutout", torch.int32, 4),
                  ("mix_index", torch.int64, 0), ("mix_lam", torch.float32, 0), ("cutmix", torch.int32, 4))
 
-_ARGS = ("Tensor x, Tensor labels, Tensor offset, Tensor flip, Tensor cutout, Tensor mix_index, Tensor mix_lam, "
-         "Tensor cutmix, Tensor scale, Tensor bias, int pad, bool reflect")
 # numba's default "workqueue" threading layer aborts on concurrent parallel calls: serialise them.
 _NUMBA_LOCK = threading.Lock()
-LIB = Library("fasttrain", "FRAGMENT")  # kept alive for the process: it owns the registrations
-LIB.define(f"augment({_ARGS}, ScalarType out_dtype) -> (Tensor, Tensor, Tensor)")
-LIB.define(f"augment_out({_ARGS}, Tensor(a!) out, Tensor(b!) y_b, Tensor(c!) lam) -> ()")
-
-
-def _empty_outputs(x: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    n, h, w, c = x.shape
-    out = torch.empty((n, c, h, w), dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
-    return out, torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device)
-
 
 def check_op_args(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect,
                   out, y_b, lam) -> None:
@@ -101,23 +91,10 @@ def _augment_out_cpu(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix
 def _augment_cpu(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect, out_dtype):
     if x.dim() != 4:
         raise ValueError(f"fasttrain::augment: images must be 4-d uint8 (N, H, W, C); got {x.dim()}-d")
-    out, y_b, lam = _empty_outputs(x, out_dtype)
+    out, y_b, lam = empty_outputs(x, out_dtype)
     _augment_out_cpu(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect,
                      out, y_b, lam)
     return out, y_b, lam
-
-
-# --------------------------------------------------------------------------- fake (meta) for torch.compile
-@torch.library.register_fake("fasttrain::augment", lib=LIB)
-def _augment_fake(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect,
-                  out_dtype):
-    return _empty_outputs(x, out_dtype)
-
-
-@torch.library.register_fake("fasttrain::augment_out", lib=LIB)
-def _augment_out_fake(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect,
-                      out, y_b, lam) -> None:
-    return None
 
 
 # ------------------------------------------------------------------------------------------ Python API
@@ -147,9 +124,7 @@ def fused_apply(
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     if x.is_cuda:
-        from fasttrain.cuda_ext import load
-
-        load()
+        load_cuda_kernels()
     dev = x.device
     args = (x, labels, *op_params(params, dev), scale.to(dev, torch.float32).contiguous(),
             bias.to(dev, torch.float32).contiguous(), int(params.pad), params.pad_mode == "reflect")

@@ -266,11 +266,10 @@ def apply(
     else:
         valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-    if pad == 0 and not params.flip.any():
-        gathered = x
-    else:
-        nidx = torch.arange(n, device=dev)[:, None, None]
-        gathered = x[nidx, rows[:, :, None], cols[:, None, :]]  # uint8 (N, H, W, C)
+    # always the gather (the identity when nothing moves): asking whether any image flips would make
+    # the host wait for the device on every batch
+    nidx = torch.arange(n, device=dev)[:, None, None]
+    gathered = x[nidx, rows[:, :, None], cols[:, None, :]]  # uint8 (N, H, W, C)
     # --- normalise: product and sum as two separately rounded fp32 ops
     f = gathered.to(torch.float32) * scale.to(dev, torch.float32)
     f = f + bias.to(dev, torch.float32)
