@@ -20,8 +20,11 @@ Keys of `checkpoint.pt` (FORMAT 1):
     extra                   loop variables (e.g. the best weights kept in memory for the final test)
     world_size              processes that wrote it (the tensor pipeline's data order does not depend on it)
 
-Reproducibility lives here too: `seed_everything`, `set_deterministic`, `capture_rng`/`restore_rng`
-(torch CPU, every CUDA device, numpy's global generator, Python's `random`).
+Every file fasttrain writes with weights in it (checkpoint.pt, best.pt, retrieval's backbone.pt) goes through
+`save`, and `weights_payload` lays out the keys its readers (eval, predict) need, once.
+
+Reproducibility lives here too: `set_deterministic`, `capture_rng`/`restore_rng` (torch CPU, every CUDA
+device, numpy's global generator, Python's `random`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .resilience import check_finite_params
 from .runio import atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -50,13 +54,6 @@ class CheckpointError(RuntimeError):
 
 
 # ============================================================================ reproducibility
-def seed_everything(seed: int) -> None:
-    """Seeds torch (CPU and every CUDA device), numpy's global generator and Python's `random`."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 _DETERMINISM_SET_BY_US = False
 
 
@@ -146,6 +143,13 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, int) and type(obj) not in (int, bool):
         return int(obj)
     return obj
+
+
+def weights_payload(weights: dict, config: dict, meta: dict, **extra: Any) -> dict:
+    """The keys every weights file has for its readers: format, model (a state_dict), config, the dataset's
+    classes / mean / std; then `extra` (e.g. image_size, epoch, the full training state)."""
+    return {"format": FORMAT, "model": weights, "config": config, "classes": meta.get("classes"),
+            "mean": meta.get("mean"), "std": meta.get("std"), **extra}
 
 
 def save(path: str | Path, payload: dict) -> Path:
@@ -341,8 +345,6 @@ class TrainState:
     ) -> Path:
         """Collective under DDP (every rank must call it at the same point); only rank 0 writes.
         Refuses (NonFiniteLoss) to overwrite the last good checkpoint with non-finite weights."""
-        from .resilience import check_finite_params
-
         check_finite_params(self.modules["model"])
         mine = {"rng": capture_rng(), "sampler": self.sampler.state_dict()}
         if epoch_acc is not None:  # this rank's running sums of the interrupted epoch, as plain numbers
@@ -351,26 +353,21 @@ class TrainState:
         ranks = self.dist.gather_object(mine)
         if not self.dist.is_main:
             return self.path
-        payload = {
-            "format": FORMAT,
-            "config": self.config,
-            **{name: m.state_dict() for name, m in self.modules.items()},
-            "classes": self.meta.get("classes"),
-            "mean": self.meta.get("mean"),
-            "std": self.meta.get("std"),
-            **self.info,
-            "state": {k: state_of(v) for k, v in self.objects.items()},
-            "ranks": ranks,
-            "world_size": self.dist.world_size,
-            "position": {"epoch": epoch, "batch": batch, "step": step},
-            "epoch": epoch,
-            "step": step,
-            "epoch_acc": epoch_acc,
-            "history": history,
-            "train_s": train_s,
-            "extra": extra or {},
-            "torch": torch.__version__,
-        }
+        weights = {name: m.state_dict() for name, m in self.modules.items()}  # model, model_ema
+        payload = weights_payload(
+            weights.pop("model"), self.config, self.meta, **weights, **self.info,
+            state={k: state_of(v) for k, v in self.objects.items()},
+            ranks=ranks,
+            world_size=self.dist.world_size,
+            position={"epoch": epoch, "batch": batch, "step": step},
+            epoch=epoch,
+            step=step,
+            epoch_acc=epoch_acc,
+            history=history,
+            train_s=train_s,
+            extra=extra or {},
+            torch=torch.__version__,
+        )
         return save(self.path, payload)
 
     def restore(self) -> Position:

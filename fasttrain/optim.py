@@ -8,14 +8,18 @@ each batch, so one schedule drives all groups (Muon's weights and the rest alike
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .config import RunConfig
+from .choices import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
+if TYPE_CHECKING:  # annotations only: the config layer sits above the optimiser
+    from .config import RunConfig
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Lookahead", "MuonWithAux", "TrainStep", "build_optimizer", "lr_multiplier",
+           "param_groups", "set_lr"]
 
 
 # ============================================================================ parameter groups

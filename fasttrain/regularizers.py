@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import Targets
+from .choices import PATCHUP_MODES
 
-PATCHUP_MODES = ("none", "hard", "soft")
+__all__ = ["PATCHUP_MODES", "PatchUp", "block_holes", "patchup_mix", "stage_outputs"]
 
 
 def stage_outputs(model: nn.Module, sample: torch.Tensor) -> list[str]:
