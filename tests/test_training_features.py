@@ -292,7 +292,7 @@ def test_ema_matches_formula_and_reference_loop():
         slow.update(model)
         expected = 0.9 * expected + 0.1 * model[0].weight.detach()
     assert torch.allclose(fast.module[0].weight, expected, atol=1e-6)
-    for a, b in zip(fast.state_dict().values(), slow.state_dict().values()):
+    for a, b in zip(fast.module.state_dict().values(), slow.module.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     assert fast.module[1].num_batches_tracked.item() == 3  # integer buffers are copied
     assert not torch.allclose(fast.module[0].weight, model[0].weight)  # an average, not a copy
