@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .optim import TrainStep, lr_multiplier, set_lr
+from .ema import ModelEma
+from .optim import Lookahead, TrainStep, lr_multiplier, set_lr
 
 if TYPE_CHECKING:  # annotations only: the config layer sits above the step
     from .config import RunConfig
-    from .ema import ModelEma
-    from .optim import Lookahead
 
 
 @dataclass(frozen=True)

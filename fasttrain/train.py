@@ -35,6 +35,7 @@ from .progress import EpochProgress
 from .regularizers import PatchUp
 from .report import finish_run
 from .runio import write_json
+from .reproducibility import set_deterministic
 from .runlog import RunLog
 from .runtime import compile_warmup, device_name, resolve_amp, resolve_device, sync
 from .steps import EpochTally, Precision, Updater
@@ -159,7 +160,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ckpt_io.set_deterministic(cfg.deterministic, device)
+    set_deterministic(cfg.deterministic, device)
     return Runtime(device, dist, precision)
 
 

@@ -46,6 +46,7 @@ from ..ema import ModelEma
 from ..models import create_model
 from ..optim import Lookahead, build_optimizer
 from ..regularizers import PatchUp
+from ..reproducibility import set_deterministic
 from ..resilience import LossGuard, check_run_dir
 from ..runio import write_json
 from ..runtime import device_name, resolve_amp, resolve_device, sync
@@ -233,7 +234,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     precision = Precision(device, resolve_amp(cfg.amp, device))
-    ckpt_io.set_deterministic(cfg.deterministic, device)
+    set_deterministic(cfg.deterministic, device)
     out_dir = check_run_dir(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.out = str(out_dir)
     cfg.save(out_dir / "config.json")
