@@ -125,6 +125,10 @@ class EpochTally:
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.t0 + self.done_s
 
+    def rate(self) -> float:
+        """Images per second in this segment of the epoch (a resumed epoch counts its carried images too)."""
+        return self.seen / (time.perf_counter() - self.t0)
+
     def means(self) -> tuple[float, float]:
         """(mean loss, accuracy) so far: a host sync."""
         n = max(self.seen, 1)

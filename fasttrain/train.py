@@ -65,8 +65,12 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
     progress.header(run_header(cfg, data, rt, model))
     sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=x.state.path, steps_per_epoch=fit.steps_per_epoch)
-    stop_at: tuple[int, int, EpochTally | None] | None = None  # (epoch, batch, its tally) to save, then exit
 
+    def save(epoch: int, batch: int = 0, tally: EpochTally | None = None) -> None:  # atomic; collective under DDP
+        x.state.save(epoch=epoch, batch=batch, step=fit.updater.step, history=history, train_s=train_s,
+                     epoch_acc=tally.sums() if tally else None, extra={"best_state": x.selection.best_state})
+
+    stop_at: tuple[int, int, EpochTally | None] | None = None  # where a stop signal found the run
     for epoch in range(pos.epoch, fit.n_epochs):
         # ----------------------------------------------------------------- one epoch (timed)
         set_epoch(model, data.pipeline, epoch)
@@ -79,18 +83,13 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                 break
             if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
                 continue
-            # keys: the batch's dataset indices (tensor pipeline), for the alternating flip
-            params = x.sampler.sample(len(xb), *data.hw, mix=mix, epoch=epoch,
-                                      keys=getattr(data.pipeline, "batch_indices", None))
-            # under DDP, this rank's slice of the global batch
-            inputs, targets = rt.dist.augment(augment_batch, xb, yb, params, data.scale, data.bias,
-                                              rt.precision.input_dtype)
+            inputs, targets, mixed = augment(xb, yb, x.sampler, data, rt, mix=mix, epoch=epoch)
             out = fit.updater(inputs, targets, end_of_epoch=batch_i + 1 == fit.steps_per_epoch,
-                              mix_features=mix and not params.has_mix)  # PatchUp only on unmixed batches
+                              mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
             x.runlog.log_lr(fit.updater.step - 1, out.lr)
             tally.add(out, len(inputs))
             if progress.should_log(batch_i):
-                progress.update(batch_i + 1, *tally.means(), tally.seen / (time.perf_counter() - tally.t0))
+                progress.update(batch_i + 1, *tally.means(), tally.rate())
             if sentinel.should_stop(out.loss, fit.updater.step, at_boundary=out.stepped):
                 stop_at = (epoch, batch_i + 1, tally)
                 break
@@ -100,7 +99,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         sentinel.check()  # a non-finite loss stops the run before eval or saving
         epoch_s = tally.elapsed_s()
         train_s += epoch_s
-        # ----------------------------------------------------------------- eval (not timed)
+        # ----------------------------------------------------------------- eval (not timed), log, checkpoint
         row = epoch_row(cfg, epoch, tally, epoch_s, fit, x, data, rt, last=epoch == fit.n_epochs - 1)
         history.append(row)
         x.runlog.log(row)
@@ -110,14 +109,10 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         if sentinel.requested_anywhere():
             stop_at = (epoch + 1, 0, None)
             break
-        x.state.save(epoch=epoch + 1, batch=0, step=fit.updater.step, history=history, train_s=train_s,
-                     extra={"best_state": x.selection.best_state})  # atomic
-    if stop_at is not None:  # the one stop path: save where the run stands, then exit with a resume hint
+        save(epoch + 1)
+    if stop_at is not None:  # the one stop path: save where the run stands, exit with a resume hint
         sentinel.check()
-        stop_epoch, stop_batch, stopped = stop_at
-        x.state.save(epoch=stop_epoch, batch=stop_batch, step=fit.updater.step, history=history, train_s=train_s,
-                     epoch_acc=stopped.sums() if stopped is not None else None,
-                     extra={"best_state": x.selection.best_state})
+        save(*stop_at)
         raise sentinel.interrupt(out_dir, epoch, fit.updater.step)
     sentinel.close()
 
@@ -127,8 +122,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         final = run_evaluate(tested, data, data.test, rt, tta=cfg.tta, confusion=True)
         plain = final if cfg.tta == "none" else run_evaluate(tested, data, data.test, rt)
     eval_s = time.perf_counter() - t_eval
-    x.state.save(epoch=fit.n_epochs, batch=0, step=fit.updater.step, history=history, train_s=train_s,
-                 extra={"best_state": x.selection.best_state})  # checkpoint.pt keeps the last weights
+    save(fit.n_epochs)  # checkpoint.pt keeps the last weights
     summary = build_summary(cfg, data, rt, model, final, plain, steps=fit.updater.step, history=history,
                             train_s=train_s, eval_s=eval_s, compile_s=compile_s, wall_s=time.perf_counter() - t_run)
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
@@ -343,6 +337,16 @@ def set_epoch(model: nn.Module, pipeline, epoch: int) -> None:
     if hasattr(model, "set_epoch"):  # e.g. airbench's whitening bias trains only in the first epochs
         model.set_epoch(epoch)
     pipeline.set_epoch(epoch)
+
+
+def augment(xb: torch.Tensor, yb: torch.Tensor, sampler: AugmentSampler, data: RunData, rt: Runtime, *,
+            mix: bool, epoch: int) -> tuple[torch.Tensor, object, bool]:
+    """(inputs, targets, whether mixup/cutmix mixed the batch): this rank's slice of the augmented global
+    batch. The pipeline's batch_indices (tensor pipeline) key the alternating flip."""
+    params = sampler.sample(len(xb), *data.hw, mix=mix, epoch=epoch,
+                            keys=getattr(data.pipeline, "batch_indices", None))
+    inputs, targets = rt.dist.augment(augment_batch, xb, yb, params, data.scale, data.bias, rt.precision.input_dtype)
+    return inputs, targets, params.has_mix
 
 
 def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, torch.Tensor], rt: Runtime,
