@@ -53,22 +53,23 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     data = build_data(cfg, rt)
     model, forward = build_model(cfg, data, rt, out_dir)
     fit = build_optimisation(cfg, model, forward, data, rt)
-    x = build_extras(cfg, model, fit, data, rt, out_dir)
-    pos = x.state.restore() if resume else ckpt_io.Position()
+    extras = build_extras(cfg, model, fit, data, rt, out_dir)
+    pos = extras.state.restore() if resume else ckpt_io.Position()
     fit.updater.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
-    x.selection.best_state = pos.extra.get("best_state")
+    extras.selection.best_state = pos.extra.get("best_state")
     for row in history:
-        x.runlog.log(row)
+        extras.runlog.log(row)
     if resume and not quiet:
         print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
     compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch)
     progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
     progress.header(run_header(cfg, data, rt, model))
-    sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=x.state.path, steps_per_epoch=fit.steps_per_epoch)
+    sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
+                                   steps_per_epoch=fit.steps_per_epoch)  # stop signals, NaN guard
 
     def save(epoch: int, batch: int = 0, tally: EpochTally | None = None) -> None:  # atomic; collective under DDP
-        x.state.save(epoch=epoch, batch=batch, step=fit.updater.step, history=history, train_s=train_s,
-                     epoch_acc=tally.sums() if tally else None, extra={"best_state": x.selection.best_state})
+        extras.state.save(epoch=epoch, batch=batch, step=fit.updater.step, history=history, train_s=train_s,
+                     epoch_acc=tally.sums() if tally else None, extra={"best_state": extras.selection.best_state})
 
     stop_at: tuple[int, int, EpochTally | None] | None = None  # where a stop signal found the run
     for epoch in range(pos.epoch, fit.n_epochs):
@@ -83,10 +84,10 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                 break
             if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
                 continue
-            inputs, targets, mixed = augment(xb, yb, x.sampler, data, rt, mix=mix, epoch=epoch)
+            inputs, targets, mixed = augment(xb, yb, extras.sampler, data, rt, mix=mix, epoch=epoch)
             out = fit.updater(inputs, targets, end_of_epoch=batch_i + 1 == fit.steps_per_epoch,
                               mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
-            x.runlog.log_lr(fit.updater.step - 1, out.lr)
+            extras.runlog.log_lr(fit.updater.step - 1, out.lr)
             tally.add(out, len(inputs))
             if progress.should_log(batch_i):
                 progress.update(batch_i + 1, *tally.means(), tally.rate())
@@ -100,11 +101,11 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         epoch_s = tally.elapsed_s()
         train_s += epoch_s
         # ----------------------------------------------------------------- eval (not timed), log, checkpoint
-        row = epoch_row(cfg, epoch, tally, epoch_s, fit, x, data, rt, last=epoch == fit.n_epochs - 1)
+        row = epoch_row(cfg, epoch, tally, epoch_s, fit, extras, data, rt, last=epoch == fit.n_epochs - 1)
         history.append(row)
-        x.runlog.log(row)
+        extras.runlog.log(row)
         progress.end_epoch(row)
-        if x.selection.should_stop(epoch):  # early stopping on the val metric
+        if extras.selection.should_stop(epoch):  # early stopping on the val metric
             break
         if sentinel.requested_anywhere():
             stop_at = (epoch + 1, 0, None)
@@ -118,7 +119,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
 
     # --- final evaluation with TTA (not timed), checkpoint, summary, report, plots
     t_eval = time.perf_counter()
-    with x.selection.best_weights() as tested:  # with a val split: the model selected on val (best.pt)
+    with extras.selection.best_weights() as tested:  # with a val split: the model selected on val (best.pt)
         final = run_evaluate(tested, data, data.test, rt, tta=cfg.tta, confusion=True)
         plain = final if cfg.tta == "none" else run_evaluate(tested, data, data.test, rt)
     eval_s = time.perf_counter() - t_eval
@@ -126,7 +127,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     summary = build_summary(cfg, data, rt, model, final, plain, steps=fit.updater.step, history=history,
                             train_s=train_s, eval_s=eval_s, compile_s=compile_s, wall_s=time.perf_counter() - t_run)
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
-        write_outputs(summary, cfg, data, final, x, history, out_dir)
+        write_outputs(summary, cfg, data, final, extras, history, out_dir)
         progress.footer(summary)
     return summary
 
@@ -357,7 +358,7 @@ def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, tor
                     num_classes=data.num_classes, dist=rt.dist, **kw)
 
 
-def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit: Optimisation, x: Extras,
+def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit: Optimisation, extras: Extras,
               data: RunData, rt: Runtime, *, last: bool) -> dict:
     """The epoch's metrics.jsonl row: training sums over all ranks and, at eval epochs, val (or, without a
     val split, test) metrics; a new best on val is kept and written as best.pt."""
@@ -370,7 +371,7 @@ def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit
         # with a val split only val is evaluated per epoch; test waits for the final eval
         split, images = ("val", data.val) if data.val is not None else ("test", data.test)
         row.update(prefixed(split, run_evaluate(fit.eval_model, data, images, rt, tta="none")))
-        x.selection.observe(row)
+        extras.selection.observe(row)
     return row
 
 
@@ -391,12 +392,12 @@ def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, 
     }
 
 
-def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, x: Extras, history: list[dict],
+def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, extras: Extras, history: list[dict],
                   out_dir: Path) -> None:
     """Rank 0: metrics in the summary, confusion.{json,png}, lr.png, closed logs, summary.json, curves.png."""
     from .plots import plot_curves  # matplotlib: loaded only when a run finishes
 
-    finish_run(summary, out_dir, cfg, data.meta, final, x.monitor, x.runlog,
+    finish_run(summary, out_dir, cfg, data.meta, final, extras.monitor, extras.runlog,
                val_samples=len(data.val[1]) if data.val is not None else 0)
     write_json(out_dir / "summary.json", summary)
     plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {data.meta['name']}")
