@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .choices import amp_name
 from .ema import ModelEma
 from .optim import Lookahead, TrainStep, lr_multiplier, set_lr
 
@@ -46,8 +47,8 @@ class Precision:
 
     @property
     def name(self) -> str:
-        """As summary.json spells it: bfloat16, float16 or off."""
-        return str(self.dtype).replace("torch.", "") if self.dtype else "off"
+        """The one spelling of the precision in headers and summaries: bf16, fp16 or off."""
+        return amp_name(str(self.dtype) if self.dtype else None)
 
 
 @dataclass

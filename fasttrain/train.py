@@ -327,7 +327,7 @@ def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: 
 def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> str:
     h, w = data.hw
     return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {len(data.test[1])} test, {h}x{w}) | "
-            f"device {rt.device} | amp {rt.precision.dtype} | compile {cfg.compile} | "
+            f"device {rt.device} | amp {rt.precision.name} | compile {cfg.compile} | "
             f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
             f"recipe {cfg.recipe}")
 

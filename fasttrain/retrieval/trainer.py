@@ -260,7 +260,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
         model = model.to(memory_format=torch.channels_last)
     log(f"{cfg.model} retrieval on {meta['name']}: {len(train_classes)} train classes ({len(train_labels)} images) "
         f"/ {len(test_classes)} test classes ({len(test_labels)} images), {h}x{w} | device {device} | "
-        f"amp {precision.dtype}")
+        f"amp {precision.name}")
 
     rows: list[dict] = []
     recall: dict[str, dict[str, float]] = {}
