@@ -1,4 +1,5 @@
-"""PatchUp (Faramarzi et al., 2006.07794): mixing at the feature-map level, hard and soft (seed 002).
+"""PatchUp (Faramarzi et al., 2006.07794): mixing at the feature-map level, hard and soft (the CIFAR
+model-zoo recipes).
 
 For a batch (with probability `prob`) one hidden layer is drawn from the model's stage outputs; in its
 output feature map x (N, C, H, W) a block mask is drawn as in DropBlock, shared by the batch: seeds

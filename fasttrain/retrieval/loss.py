@@ -1,5 +1,5 @@
 """The batch-mined multi-similarity loss (Wang et al., "Multi-Similarity Loss with General Pair Weighting
-for Deep Metric Learning", CVPR 2019), the seed's "custom loss" (its formula image is missing).
+for Deep Metric Learning", CVPR 2019), the task's "custom loss" (its formula image is missing).
 
 Exact formula. Embeddings e_i are L2-normalised; S_ij = e_i . e_j (cosine similarity, in fp32). For an
 anchor i in a batch of B: P_i = {j != i : y_j = y_i}, N_i = {k : y_k != y_i}.

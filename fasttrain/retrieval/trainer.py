@@ -1,4 +1,4 @@
-"""train_retrieval(cfg): the seed's T4, `fasttrain run MODEL --task retrieval`. One flat loop, two phases.
+"""train_retrieval(cfg): the Cars196 retrieval task (T4), `fasttrain run MODEL --task retrieval`. Two phases.
 
   data     every image of the dataset (all splits pooled), divided by class: the dataset's recorded
            "retrieval_split" (Cars196: classes 1-98 train, 99-196 test) or, without one, the first
