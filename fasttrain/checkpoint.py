@@ -20,17 +20,17 @@ Keys of `checkpoint.pt` (FORMAT 1):
     extra                   loop variables (e.g. the best weights kept in memory for the final test)
     world_size              processes that wrote it (the tensor pipeline's data order does not depend on it)
 
-Reproducibility lives here too: `seed_everything`, `set_deterministic`, `capture_rng`/`restore_rng`
-(torch CPU, every CUDA device, numpy's global generator, Python's `random`).
+Every file fasttrain writes with weights in it (checkpoint.pt, best.pt, retrieval's backbone.pt) goes through
+`save`, and `weights_payload` lays out the keys its readers (eval, predict) need, once.
+
+Every process's random streams travel in the checkpoint (`fasttrain.reproducibility.capture_rng`).
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import pickle
-import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .reproducibility import capture_rng, restore_rng
+from .resilience import check_finite_params
 from .runio import atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,84 +49,6 @@ FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written, read or used; the message names the file and what to do."""
-
-
-# ============================================================================ reproducibility
-def seed_everything(seed: int) -> None:
-    """Seeds torch (CPU and every CUDA device), numpy's global generator and Python's `random`."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-_DETERMINISM_SET_BY_US = False
-
-
-def set_deterministic(enabled: bool, device: torch.device) -> None:
-    """`--deterministic`: deterministic kernels everywhere, cuDNN autotuning off.
-
-    On a CPU this makes runs bit-identical (same seed, same thread count; tested). On CUDA some backward
-    kernels (e.g. adaptive pooling, index_add) have no deterministic version: torch then warns instead of
-    failing (warn_only), so GPU runs are as reproducible as torch allows, not guaranteed bit-identical.
-    A later run in the same process without the flag turns off what an earlier one turned on."""
-    global _DETERMINISM_SET_BY_US
-    if not enabled:
-        if _DETERMINISM_SET_BY_US:
-            torch.use_deterministic_algorithms(False)
-            torch.backends.cudnn.deterministic = False
-            _DETERMINISM_SET_BY_US = False
-        return
-    if device.type == "cuda":
-        # cuBLAS needs a fixed workspace for deterministic GEMMs; must be set before its first use
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    _DETERMINISM_SET_BY_US = True
-
-
-def capture_rng() -> dict:
-    """Every global random stream of this process, as tensors and plain values (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-        "cuda": None,
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    random.setstate(_as_tuples(state["python"]))
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            warnings.warn(
-                f"checkpoint holds CUDA RNG states of {len(cuda)} devices, this process sees "
-                f"{torch.cuda.device_count()}: CUDA random streams are not restored",
-                stacklevel=2,
-            )
-
-
-def _as_tuples(x):
-    """random.setstate wants the nested tuples back (a round trip may turn them into lists)."""
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # ============================================================================ file level
@@ -146,6 +70,13 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, int) and type(obj) not in (int, bool):
         return int(obj)
     return obj
+
+
+def weights_payload(weights: dict, config: dict, meta: dict, **extra: Any) -> dict:
+    """The keys every weights file has for its readers: format, model (a state_dict), config, the dataset's
+    classes / mean / std; then `extra` (e.g. image_size, epoch, the full training state)."""
+    return {"format": FORMAT, "model": weights, "config": config, "classes": meta.get("classes"),
+            "mean": meta.get("mean"), "std": meta.get("std"), **extra}
 
 
 def save(path: str | Path, payload: dict) -> Path:
@@ -341,8 +272,6 @@ class TrainState:
     ) -> Path:
         """Collective under DDP (every rank must call it at the same point); only rank 0 writes.
         Refuses (NonFiniteLoss) to overwrite the last good checkpoint with non-finite weights."""
-        from .resilience import check_finite_params
-
         check_finite_params(self.modules["model"])
         mine = {"rng": capture_rng(), "sampler": self.sampler.state_dict()}
         if epoch_acc is not None:  # this rank's running sums of the interrupted epoch, as plain numbers
@@ -351,26 +280,21 @@ class TrainState:
         ranks = self.dist.gather_object(mine)
         if not self.dist.is_main:
             return self.path
-        payload = {
-            "format": FORMAT,
-            "config": self.config,
-            **{name: m.state_dict() for name, m in self.modules.items()},
-            "classes": self.meta.get("classes"),
-            "mean": self.meta.get("mean"),
-            "std": self.meta.get("std"),
-            **self.info,
-            "state": {k: state_of(v) for k, v in self.objects.items()},
-            "ranks": ranks,
-            "world_size": self.dist.world_size,
-            "position": {"epoch": epoch, "batch": batch, "step": step},
-            "epoch": epoch,
-            "step": step,
-            "epoch_acc": epoch_acc,
-            "history": history,
-            "train_s": train_s,
-            "extra": extra or {},
-            "torch": torch.__version__,
-        }
+        weights = {name: m.state_dict() for name, m in self.modules.items()}  # model, model_ema
+        payload = weights_payload(
+            weights.pop("model"), self.config, self.meta, **weights, **self.info,
+            state={k: state_of(v) for k, v in self.objects.items()},
+            ranks=ranks,
+            world_size=self.dist.world_size,
+            position={"epoch": epoch, "batch": batch, "step": step},
+            epoch=epoch,
+            step=step,
+            epoch_acc=epoch_acc,
+            history=history,
+            train_s=train_s,
+            extra=extra or {},
+            torch=torch.__version__,
+        )
         return save(self.path, payload)
 
     def restore(self) -> Position:

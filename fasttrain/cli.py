@@ -271,7 +271,7 @@ def _merge_retrieval_options(cfg, **given) -> None:
 
 
 def _train_retrieval(cfg) -> dict:
-    from .retrieval import train_retrieval
+    from .retrieval.trainer import train_retrieval
 
     if cfg.nproc > 1:
         _fail("--nproc: the retrieval task runs in one process")

@@ -105,7 +105,7 @@ class RunConfig:
 
     # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
     task: str = "classification"  # classification | retrieval (`fasttrain run MODEL --task retrieval`)
-    retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.trainer.RetrievalOptions
+    retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.options.RetrievalOptions
 
     def validate(self) -> RunConfig:
         def need(cond: bool, option: str, msg: str) -> None:
@@ -144,10 +144,7 @@ class RunConfig:
 
     def _validate_task(self, need) -> None:
         need(self.task in TASKS, "task", f"must be one of {TASKS}, got {self.task!r}")
-        if self.task == "retrieval":
-            from .retrieval.trainer import RetrievalOptions
-
-            RetrievalOptions.from_dict(self.retrieval)  # raises ConfigError naming the option
+        # cfg.retrieval is validated by the retrieval trainer (fasttrain.retrieval.options), before any work
 
     def _validate_resilience(self, need) -> None:
         import os

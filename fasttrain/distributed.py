@@ -30,6 +30,7 @@ Sharding, per pipeline:
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import ConfigError
 
@@ -141,14 +144,12 @@ class DistContext:
         sl = self.batch_slice(len(x))
         if sl == slice(0, len(x)):
             return augment_fn(x, y, params, *args, **kwargs)
-        from .augment import Targets
-
         own = torch.arange(sl.start, sl.stop, device=x.device)
         if params.has_mix:
             partners = params.mix_index[own]
             rows = torch.cat([own, partners])
             n_own = len(own)
-            local = _take_params(params, rows)
+            local = params.take(rows)
             local.mix_index = torch.cat(
                 [
                     torch.arange(n_own, 2 * n_own, device=x.device),
@@ -159,8 +160,8 @@ class DistContext:
             local.mix_lam[n_own:] = 1.0
             local.cutmix[n_own:] = 0
             out, t = augment_fn(x.index_select(0, rows), y.index_select(0, rows), local, *args, **kwargs)
-            return out[:n_own], Targets(t.y_a[:n_own], t.y_b[:n_own], t.lam[:n_own])
-        local = _take_params(params, own)
+            return out[:n_own], dataclasses.replace(t, y_a=t.y_a[:n_own], y_b=t.y_b[:n_own], lam=t.lam[:n_own])
+        local = params.take(own)
         local.mix_index = torch.arange(len(own), device=x.device)
         return augment_fn(x[sl], y[sl], local, *args, **kwargs)
 
@@ -199,64 +200,19 @@ class DistContext:
         """DDP around `model` (shares its parameters), with SyncBatchNorm layers when asked."""
         if not self.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         if sync_bn:
             nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps BN children in place, same parameters
         ids = [self.device.index] if self.device.type == "cuda" else None
         # buffers (BatchNorm statistics) follow rank 0 at every forward: DDP's default
-        return DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
+        return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
 
     @torch.no_grad()
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's BatchNorm statistics everywhere, so evaluation and the checkpoint agree across ranks."""
         if not self.enabled:
             return
-        import torch.distributed as dist
-
         for b in model.buffers():
-            dist.broadcast(b, src=0)
-
-    def wrap_evaluate(self, evaluate_fn):
-        """evaluate_fn(model, images, labels, ...) over this rank's slice of the set, reduced over ranks:
-        sums (loss, top5, confusion matrix) are all-reduced and the class metrics recomputed from the
-        summed confusion matrix, so every rank gets the metrics of the whole set."""
-        if not self.enabled:
-            return evaluate_fn
-
-        def run(model, images, labels, *args, confusion: bool = False, num_classes: int | None = None, **kw):
-            from .evaluate import metrics_from_confusion
-
-            if num_classes is None:
-                raise ValueError(
-                    "distributed evaluation needs num_classes (every rank's confusion matrix "
-                    "must have the same shape)"
-                )
-            self.sync_buffers(model)
-            sl = self.eval_slice(len(images))
-            res = evaluate_fn(
-                model, images[sl], labels[sl], *args, confusion=True, num_classes=num_classes, **kw
-            )
-            n = sl.stop - sl.start
-            means = [k for k, v in res.items() if isinstance(v, float)]
-            cm = torch.as_tensor(res["confusion"], dtype=torch.float64, device=self.device)
-            sums = torch.stack(
-                [torch.tensor(float(n), dtype=torch.float64, device=self.device)]
-                + [torch.tensor(res[k] * n, dtype=torch.float64, device=self.device) for k in means]
-            )
-            import torch.distributed as dist
-
-            dist.all_reduce(sums)
-            dist.all_reduce(cm)
-            total = max(float(sums[0]), 1.0)
-            out = {**res, **{k: float(s) / total for k, s in zip(means, sums[1:])}}
-            out.update(metrics_from_confusion(cm.round().long().cpu().numpy()))
-            if not confusion:
-                out.pop("per_class_acc", None)
-                out.pop("confusion", None)
-            return out
-
-        return run
+            torch_dist.broadcast(b, src=0)
 
     def main_only(self, fn, *args, **kwargs):
         """fn(...) on rank 0 only (e.g. checks of the run directory). If it raises, every rank raises, so
@@ -288,12 +244,10 @@ class DistContext:
         """Sums tensors (on the device) and numbers across ranks in one collective; returns the same types."""
         if not self.enabled:
             return values if len(values) > 1 else values[0]
-        import torch.distributed as dist
-
         flat = torch.stack(
             [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values]
         )
-        dist.all_reduce(flat)
+        torch_dist.all_reduce(flat)
         out = []
         for v, s in zip(values, flat):
             if torch.is_tensor(v):
@@ -302,53 +256,37 @@ class DistContext:
                 out.append(type(v)(s.item()))
         return tuple(out) if len(out) > 1 else out[0]
 
-    def reduce_means(self, result: dict, n_local: int) -> dict:
-        """A dict of per-sample means over this rank's n_local samples -> means over all ranks' samples.
-        Non-numeric entries are kept as computed on this rank."""
-        if not self.enabled:
-            return result
-        keys = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        sums = self.all_reduce_sum(float(n_local), *[float(result[k]) * n_local for k in keys])
-        total, rest = (sums[0], sums[1:]) if keys else (sums, ())
-        return {**result, **{k: s / max(total, 1.0) for k, s in zip(keys, rest)}}
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sums `tensor` in place across ranks (evaluation sums, confusion matrices); returns it."""
+        if self.enabled:
+            torch_dist.all_reduce(tensor)
+        return tensor
 
     def any(self, flag: bool) -> bool:
         """True on every rank if it is True on any rank (stop requests). A CPU tensor over gloo (the
         control group beside NCCL), so polling it never waits for the GPU's queued work."""
         if not self.enabled:
             return flag
-        import torch.distributed as dist
-
         t = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(t, group=self.control_group)
+        torch_dist.all_reduce(t, group=self.control_group)
         return bool(t.item() > 0)
 
     def min_nonneg(self, value: torch.Tensor) -> torch.Tensor:
         """The smallest non-negative value across ranks, -1 if none (first bad step)."""
         if not self.enabled:
             return value
-        import torch.distributed as dist
-
         big = torch.iinfo(torch.long).max
         v = torch.where(value < 0, torch.full_like(value, big), value).to(self.device)
-        dist.all_reduce(v, op=dist.ReduceOp.MIN)
+        torch_dist.all_reduce(v, op=torch_dist.ReduceOp.MIN)
         return torch.where(v == big, torch.full_like(v, -1), v)
 
     def gather_object(self, obj) -> list:
         """obj from every rank (rank order) on every rank; [obj] in a single process."""
         if not self.enabled:
             return [obj]
-        import torch.distributed as dist
-
         out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        torch_dist.all_gather_object(out, obj)
         return out
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 class Discard:
@@ -358,27 +296,12 @@ class Discard:
         return lambda *args, **kwargs: None
 
 
-def _take_params(params, rows: torch.Tensor):
-    """AugParams of the given rows (per-sample fields gathered; mix_index left for the caller to remap)."""
-    from .augment import AugParams
-
-    take = {
-        k: getattr(params, k).index_select(0, rows)
-        for k in ("offset", "flip", "cutout", "mix_index", "mix_lam", "cutmix")
-    }
-    return AugParams(
-        **take, pad=params.pad, pad_mode=params.pad_mode, has_cutout=params.has_cutout, has_mix=params.has_mix
-    )
-
-
 # ============================================================================ setup / teardown
 def setup(device: torch.device, *, timeout_s: float = 1800) -> DistContext:
     """Joins the process group when started by torchrun; otherwise returns a single-process context.
     On CUDA each process takes cuda:LOCAL_RANK (an explicit --device cuda:N contradicts that)."""
     if not in_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistContext(device=device)
-    import torch.distributed as dist
-
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
@@ -389,15 +312,13 @@ def setup(device: torch.device, *, timeout_s: float = 1800) -> DistContext:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
         atexit.register(shutdown)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    control = torch_dist.new_group(backend="gloo") if backend == "nccl" else None
     return DistContext(rank=rank, world_size=world, local_rank=local, device=device, control_group=control)
 
 
 def shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

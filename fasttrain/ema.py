@@ -46,10 +46,3 @@ class ModelEma:
         else:
             for e, m in zip(ema_float, new_float):
                 e.mul_(d).add_(m, alpha=1.0 - d)
-
-    def state_dict(self) -> dict:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict, updates: int = 0) -> None:
-        self.module.load_state_dict(state)
-        self.updates = updates

@@ -1,9 +1,9 @@
 """Evaluation on a uint8 split held on the device: loss, top-1/top-5, macro precision/recall/F1, per-class
-accuracy and the confusion matrix, with optional test-time augmentation; and the seeded, stratified
-validation split carved from train.
+accuracy and the confusion matrix, with optional test-time augmentation.
 
 Everything is accumulated on the device (a confusion matrix by bincount and two scalars) and read back
-once at the end. `metrics_from_confusion` derives the class metrics; `reference_metrics` recomputes
+once at the end. Under DDP (`dist=` a DistContext) each rank evaluates a slice of the set and the sums are
+all-reduced, so every rank gets the metrics of the whole set. `metrics_from_confusion` derives the class metrics; `reference_metrics` recomputes
 them with plain Python loops from (labels, predictions) for the tests.
 """
 
@@ -16,17 +16,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip_translate")
+from .augment import normalize
+from .choices import TTA_MODES
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale, bias, *, amp_dtype,
              batch_size: int = 1000, tta: str = "none", num_classes: int | None = None,
-             confusion: bool = False) -> dict:
+             confusion: bool = False, dist=None) -> dict:
     """Metrics on uint8 NHWC `images`: loss, acc (top-1), top5, precision, recall, f1 (macro), and with
     `confusion=True` also per_class_acc and confusion (rows = true class, columns = predicted)."""
-    from .augment import normalize
-
+    if dist is not None and dist.enabled:
+        return _evaluate_across_ranks(dist, model, images, labels, scale, bias, amp_dtype=amp_dtype,
+                                      batch_size=batch_size, tta=tta, num_classes=num_classes, confusion=confusion)
     if tta not in TTA_MODES:
         raise ValueError(f"--tta: must be one of {TTA_MODES}, got {tta!r}")
     was_training = model.training
@@ -52,6 +54,30 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale
     cm = torch.bincount(labels * c + pred, minlength=c * c).reshape(c, c)
     out = {"loss": total_loss.item() / max(n, 1), "top5": top5.item() / max(n, 1)}
     out.update(metrics_from_confusion(cm.cpu().numpy()))
+    if not confusion:
+        out.pop("per_class_acc")
+        out.pop("confusion")
+    return out
+
+
+def _evaluate_across_ranks(dist, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale, bias, *,
+                           num_classes: int | None, confusion: bool, **kw) -> dict:
+    """Each rank evaluates its slice; sums (samples, loss, top5, confusion matrix) are all-reduced and the
+    class metrics recomputed from the summed confusion matrix."""
+    if num_classes is None:
+        raise ValueError("distributed evaluation needs num_classes (every rank's confusion matrix must have "
+                         "the same shape)")
+    dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere
+    sl = dist.eval_slice(len(images))
+    res = evaluate(model, images[sl], labels[sl], scale, bias, confusion=True, num_classes=num_classes, **kw)
+    n = sl.stop - sl.start
+    means = [k for k, v in res.items() if isinstance(v, float)]
+    sums = dist.all_reduce_(torch.tensor([float(n)] + [res[k] * n for k in means], dtype=torch.float64,
+                                         device=dist.device))
+    cm = dist.all_reduce_(torch.as_tensor(res["confusion"], dtype=torch.float64, device=dist.device))
+    total = max(float(sums[0]), 1.0)
+    out = {**res, **{k: float(s) / total for k, s in zip(means, sums[1:])}}
+    out.update(metrics_from_confusion(cm.round().long().cpu().numpy()))
     if not confusion:
         out.pop("per_class_acc")
         out.pop("confusion")

@@ -1,16 +1,23 @@
 """Model selection and early stopping on one validation metric.
 
 `Monitor.update(row)` reads `row[metric]` after an evaluation; it reports whether this is the best value so
-far (then the loop saves best.pt) and, with patience > 0, whether `patience` evaluations in a row have
-failed to improve on the best by more than `min_delta` (then the loop stops). Loss-like metrics
-(names ending in 'loss') are minimised, the rest maximised.
+far and, with patience > 0, whether `patience` evaluations in a row have failed to improve on the best by
+more than `min_delta`. Loss-like metrics (names ending in 'loss') are minimised, the rest maximised.
+`ModelSelection` acts on those answers: it keeps the best weights (in memory for the final test, and as
+best.pt) and ends the run early.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-MONITOR_METRICS = ("val_loss", "val_acc", "val_top5", "val_f1", "val_precision", "val_recall")
+import torch.nn as nn
+
+from .choices import MONITOR_METRICS
+
+__all__ = ["MONITOR_METRICS", "ModelSelection", "Monitor"]
 
 
 class Monitor:
@@ -51,10 +58,43 @@ class Monitor:
                 "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
 
 
-def save_best(path, model, cfg, meta: dict, *, epoch: int, monitor: Monitor, image_size) -> None:
-    """best.pt: the evaluated weights (the EMA when on) with what `fasttrain eval/predict` need."""
-    from .runio import atomic_torch_save
+class ModelSelection:
+    """The weights the final test sees: with a val split, the best evaluated ones (the EMA when it is on).
 
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch,
-                       "monitor": monitor.state(), "classes": meta["classes"], "mean": meta["mean"],
-                       "std": meta["std"], "image_size": list(image_size)}, path)
+    `observe(row)` after each evaluation: a new best is copied (in memory) and handed to `save_best(epoch)`,
+    which writes best.pt (rank 0). `best_weights()` swaps the best copy into the model for the final test
+    and puts the last weights back after, so checkpoint.pt keeps the last weights."""
+
+    def __init__(self, monitor: Monitor, model: nn.Module, save_best: Callable[[int], None]):
+        self.monitor = monitor
+        self.model = model
+        self.save_best = save_best
+        self.best_state: dict | None = None  # checkpointed with the run, so a resume keeps it
+
+    def observe(self, row: dict) -> None:
+        if self.monitor.update(row):
+            self.best_state = _copy(self.model.state_dict())
+            self.save_best(row["epoch"])
+
+    def should_stop(self, epoch: int) -> bool:
+        """Early stopping after `epoch` (0-based); records the epoch in the monitor's state."""
+        if not self.monitor.should_stop:
+            return False
+        self.monitor.stopped_epoch = epoch + 1
+        return True
+
+    @contextmanager
+    def best_weights(self) -> Iterator[nn.Module]:
+        if self.best_state is None:
+            yield self.model
+            return
+        last = _copy(self.model.state_dict())
+        self.model.load_state_dict(self.best_state)
+        try:
+            yield self.model
+        finally:
+            self.model.load_state_dict(last)
+
+
+def _copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}

@@ -8,15 +8,19 @@ each batch, so one schedule drives all groups (Muon's weights and the rest alike
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .config import RunConfig
+from .choices import OPTIMIZERS, SCHEDULES
 from .runtime import resolve_amp
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
+if TYPE_CHECKING:  # annotations only: the config layer sits above the optimiser
+    from .config import RunConfig
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Lookahead", "MuonWithAux", "TrainStep", "build_optimizer", "lr_multiplier",
+           "param_groups", "set_lr"]
 
 
 # ============================================================================ parameter groups
@@ -59,7 +63,8 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """sgd: Nesterov/heavy-ball SGD, coupled L2 decay. adam: Adam, coupled L2 (torch's weight_decay, as in
-    seed 001). adamw: decoupled decay. muon: Muon on conv/hidden-linear weights, Nesterov SGD on the rest."""
+    the jovian-lineage ResNet9 recipe). adamw: decoupled decay. muon: Muon on conv/hidden-linear weights,
+    Nesterov SGD on the rest."""
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         nesterov = cfg.nesterov and cfg.momentum > 0  # torch refuses Nesterov without momentum
@@ -219,7 +224,7 @@ def lr_multiplier(step: int, total: int, cfg: RunConfig, steps_per_epoch: float 
     """The learning rate of batch `step` (0-based) of `total`, as a fraction of the peak.
 
     Every schedule starts with a linear warmup from start_lr_frac to 1 (none if it has 0 steps); then:
-      onecycle   cosine 1 -> end_lr_frac (with a cosine warmup, as torch's OneCycleLR; seed 001)
+      onecycle   cosine 1 -> end_lr_frac (with a cosine warmup, as torch's OneCycleLR)
       piecewise  linear 1 -> end_lr_frac (Myrtle / airbench)
       cosine     cosine 1 -> end_lr_frac             linear     linear 1 -> end_lr_frac
       step       gamma ** floor(epoch / step_epochs)  multistep  gamma ** (milestones passed, in epochs)

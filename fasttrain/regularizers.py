@@ -1,4 +1,5 @@
-"""PatchUp (Faramarzi et al., 2006.07794): mixing at the feature-map level, hard and soft (seed 002).
+"""PatchUp (Faramarzi et al., 2006.07794): mixing at the feature-map level, hard and soft (the CIFAR
+model-zoo recipes).
 
 For a batch (with probability `prob`) one hidden layer is drawn from the model's stage outputs; in its
 output feature map x (N, C, H, W) a block mask is drawn as in DropBlock, shared by the batch: seeds
@@ -24,8 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import Targets
+from .choices import PATCHUP_MODES
 
-PATCHUP_MODES = ("none", "hard", "soft")
+__all__ = ["PATCHUP_MODES", "PatchUp", "block_holes", "patchup_mix", "stage_outputs"]
 
 
 def stage_outputs(model: nn.Module, sample: torch.Tensor) -> list[str]:

@@ -90,25 +90,26 @@ class Sentinel:
     """What the training loop polls: stop signals and the loss guard, agreed across DDP ranks.
 
     Single process: a stop request is seen at the next optimiser-step boundary. Under DDP the ranks
-    compare flags every `every` steps (a tiny all-reduce), so all of them stop at the same step."""
+    compare flags every `every` steps (a tiny all-reduce), so all of them stop at the same step.
+    `checkpoint` and `steps_per_epoch` only make the NonFiniteLoss message precise."""
 
-    def __init__(self, dist, device: torch.device, *, every: int = 10, check_every: int = 200):
+    def __init__(self, dist, device: torch.device, *, checkpoint: str | Path | None = None,
+                 steps_per_epoch: int | None = None, every: int = 10, check_every: int = 200):
         self.dist = dist
         self.signals = StopSignals().__enter__()
         self.guard = LossGuard(device)
+        self.checkpoint = checkpoint
+        self.steps_per_epoch = steps_per_epoch
         self.every = every if dist.enabled else 1
         self.check_every = check_every
 
-    def observe(self, loss: torch.Tensor, step: int) -> None:
+    def should_stop(self, loss: torch.Tensor, step: int, *, at_boundary: bool = True) -> bool:
+        """Notes a non-finite `loss` (on the device); True when a stop signal asks the run to save and exit
+        now (same answer on every rank). Every `check_every` steps it also reads the loss guard back
+        (raising NonFiniteLoss)."""
         self.guard.observe(loss, step)
-
-    def should_stop(
-        self, step: int, *, at_boundary: bool = True, checkpoint=None, steps_per_epoch=None
-    ) -> bool:
-        """True when the run must save and exit now (same answer on every rank). Every `check_every` steps
-        it also reads the loss guard back (raising NonFiniteLoss)."""
         if step % self.check_every == 0:
-            self.check(checkpoint=checkpoint, steps_per_epoch=steps_per_epoch)
+            self.check()
         if not at_boundary or step % self.every:
             return False
         return self.requested_anywhere()
@@ -117,9 +118,10 @@ class Sentinel:
         """A stop signal reached this or any other rank (a collective under DDP)."""
         return self.dist.any(self.signals.requested is not None)
 
-    def check(self, *, checkpoint=None, steps_per_epoch=None) -> None:
+    def check(self) -> None:
+        """Raises NonFiniteLoss if any step so far had a non-finite loss (a host sync)."""
         try:
-            self.guard.check(self.dist, checkpoint=checkpoint, steps_per_epoch=steps_per_epoch)
+            self.guard.check(self.dist, checkpoint=self.checkpoint, steps_per_epoch=self.steps_per_epoch)
         except NonFiniteLoss:
             self.close()
             raise

@@ -13,15 +13,13 @@ from .runio import _atomic_write
 
 
 class RunLog:
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, append: bool = False):
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True):
+        """Starts an empty log; a resumed run logs its checkpointed history rows again."""
         self.dir = Path(out_dir)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
         self.rows: list[dict] = []
-        if append and self.jsonl.is_file():  # a resumed run continues its log
-            self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-        else:
-            self.jsonl.write_text("")
+        self.jsonl.write_text("")
         self.lrs: list[tuple[int, float]] = []
         self.tb = _tensorboard_writer(self.dir / "tb") if tensorboard else None
 

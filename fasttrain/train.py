@@ -1,292 +1,413 @@
-"""train(cfg) -> summary: one flat loop you can read top to bottom.
+"""train(cfg) -> summary: the classification training loop, readable top to bottom.
 
-Sections: setup (device, data, model, optimiser, schedule) -> epochs (augment on the device, AMP step,
-per-batch LR) -> eval outside the timed region -> run directory (config, metrics, checkpoint, plots).
+Setup is a handful of builders (runtime, run directory, data, model, optimisation, extras); then the epoch
+loop: augment on the device, one `Updater` call per batch (lr, AMP forward + loss, backward, EMA, lookahead),
+evaluation outside the timed region, a checkpoint per epoch. A stop signal takes the one stop path at the end:
+save where the run stands, raise RunInterrupted. Then the final evaluation (TTA) and the run directory's
+summary, report and plots. Nothing imports this module: the pieces it uses live below it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
+from . import checkpoint as ckpt_io, distributed, resilience
+from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants, normalize
 from .config import RunConfig
 from .data.formats import read_labels
 from .data.splits import carve_val, stratified_subset
 from .data.tensor_format import read_meta
-from .evaluate import evaluate, prefixed  # metrics, val split
+from .distributed import DistContext
+from .ema import ModelEma
+from .evaluate import evaluate, prefixed
 from .models import create_model
-from .optim import Lookahead, TrainStep, build_optimizer, lr_multiplier, set_lr
+from .monitor import ModelSelection, Monitor
+from .optim import Lookahead, build_optimizer
 from .pipelines import load_split_tensors, make_pipeline
 from .progress import EpochProgress
-from . import checkpoint as ckpt_io, distributed, resilience  # resume, DDP, failure handling
-from .losses import mixed_cross_entropy
+from .regularizers import PatchUp
+from .report import finish_run
 from .runio import write_json
+from .reproducibility import set_deterministic
+from .runlog import RunLog
 from .runtime import (compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp, resolve_compile,
                       resolve_device, sync)
+from .steps import EpochTally, Precision, Updater
+from .tasks import ClassificationTask
 
 
-# ============================================================================ small helpers
 # ============================================================================ the run
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
     cfg.validate()
     t_run = time.perf_counter()
-    device = resolve_device(cfg.device)
-    dist = distributed.setup(device)  # torchrun/DDP (cuda:LOCAL_RANK per process), else single
-    device, quiet = dist.device, quiet or not dist.is_main
+    rt = build_runtime(cfg)
+    quiet = quiet or not rt.dist.is_main
+    out_dir = prepare_run_dir(cfg, rt.dist, resume=resume)
+    data = build_data(cfg, rt)
+    model, forward = build_model(cfg, data, rt, out_dir)
+    fit = build_optimisation(cfg, model, forward, data, rt)
+    extras = build_extras(cfg, model, fit, data, rt, out_dir)
+    pos = extras.state.restore() if resume else ckpt_io.Position()
+    fit.updater.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
+    extras.selection.best_state = pos.extra.get("best_state")
+    for row in history:
+        extras.runlog.log(row)
+    if resume and not quiet:
+        print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
+    compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch)
+    progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
+    progress.header(run_header(cfg, data, rt, model))
+    sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
+                                   steps_per_epoch=fit.steps_per_epoch)  # stop signals, NaN guard
+
+    def save(epoch: int, batch: int = 0, tally: EpochTally | None = None) -> None:  # atomic; collective under DDP
+        extras.state.save(epoch=epoch, batch=batch, step=fit.updater.step, history=history, train_s=train_s,
+                     epoch_acc=tally.sums() if tally else None, extra={"best_state": extras.selection.best_state})
+
+    stop_at: tuple[int, int, EpochTally | None] | None = None  # where a stop signal found the run
+    graphs_before = compiled_graphs()
+    for epoch in range(pos.epoch, fit.n_epochs):
+        # ----------------------------------------------------------------- one epoch (timed)
+        set_epoch(model, data.pipeline, epoch)
+        mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
+        sync(rt.device)
+        tally = EpochTally.start(rt.device, pos, epoch)  # zeros, unless resuming inside this epoch
+        progress.start_epoch(epoch)
+        for batch_i, (xb, yb) in enumerate(data.pipeline):
+            if fit.updater.done:
+                break
+            if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
+                continue
+            inputs, targets, mixed = augment(xb, yb, extras.sampler, data, rt, mix=mix, epoch=epoch)
+            out = fit.updater(inputs, targets, end_of_epoch=batch_i + 1 == fit.steps_per_epoch,
+                              mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
+            extras.runlog.log_lr(fit.updater.step - 1, out.lr)
+            tally.add(out, len(inputs))
+            if progress.should_log(batch_i):
+                progress.update(batch_i + 1, *tally.means(), tally.rate())
+            if sentinel.should_stop(out.loss, fit.updater.step, at_boundary=out.stepped):
+                stop_at = (epoch, batch_i + 1, tally)
+                break
+        if stop_at is not None:
+            break
+        sync(rt.device)
+        sentinel.check()  # a non-finite loss stops the run before eval or saving
+        epoch_s = tally.elapsed_s()
+        train_s += epoch_s
+        # ----------------------------------------------------------------- eval (not timed), log, checkpoint
+        row = epoch_row(cfg, epoch, tally, epoch_s, fit, extras, data, rt, last=epoch == fit.n_epochs - 1)
+        history.append(row)
+        extras.runlog.log(row)
+        progress.end_epoch(row)
+        if extras.selection.should_stop(epoch):  # early stopping on the val metric
+            break
+        if sentinel.requested_anywhere():
+            stop_at = (epoch + 1, 0, None)
+            break
+        save(epoch + 1)
+    if stop_at is not None:  # the one stop path: save where the run stands, exit with a resume hint
+        sentinel.check()
+        save(*stop_at)
+        raise sentinel.interrupt(out_dir, epoch, fit.updater.step)
+    sentinel.close()
+    recompiles = compiled_graphs() - graphs_before  # graphs compiled inside the timed epochs (0 is right)
+
+    # --- final evaluation with TTA (not timed), checkpoint, summary, report, plots
+    t_eval = time.perf_counter()
+    with extras.selection.best_weights() as tested:  # with a val split: the model selected on val (best.pt)
+        final = run_evaluate(tested, data, data.test, rt, tta=cfg.tta, confusion=True)
+        plain = final if cfg.tta == "none" else run_evaluate(tested, data, data.test, rt)
+    eval_s = time.perf_counter() - t_eval
+    save(fit.n_epochs)  # checkpoint.pt keeps the last weights
+    summary = build_summary(cfg, data, rt, model, final, plain, steps=fit.updater.step, history=history,
+                            train_s=train_s, eval_s=eval_s, compile_s=compile_s, recompiles=recompiles,
+                            wall_s=time.perf_counter() - t_run)
+    if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
+        write_outputs(summary, cfg, data, final, extras, history, out_dir)
+        progress.footer(summary)
+    return summary
+
+
+# ============================================================================ setup
+@dataclass
+class Runtime:
+    """Where and how this process computes."""
+
+    device: torch.device
+    dist: DistContext
+    precision: Precision
+
+
+def build_runtime(cfg: RunConfig) -> Runtime:
+    """Device (cuda:LOCAL_RANK per process under torchrun), threads, seeds, autocast dtype, kernel flags."""
+    dist = distributed.setup(resolve_device(cfg.device))  # torchrun/DDP, else a single process
+    device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    amp_dtype = resolve_amp(cfg.amp, device)
+    precision = Precision(device, resolve_amp(cfg.amp, device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ckpt_io.set_deterministic(cfg.deterministic, device)
+    set_deterministic(cfg.deterministic, device)
+    cfg.compile = resolve_compile(cfg.compile, device)  # default: on for CUDA, off on a CPU
+    return Runtime(device, dist, precision)
 
+
+def prepare_run_dir(cfg: RunConfig, dist: DistContext, *, resume: bool) -> Path:
+    """The run directory, before any data is read: rank 0 names it, proves it writable (write + fsync
+    probe) and, when resuming, that it holds a checkpoint to resume; a new run's config.json is written."""
     out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
-    dist.main_only(resilience.check_run_dir, out_dir)  # writable (write+fsync probe) before any work
+    dist.main_only(resilience.check_run_dir, out_dir)
     if resume:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
     if dist.is_main and not resume:
         cfg.save(out_dir / "config.json")
+    return out_dir
 
-    # --- data: pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
-    # is decoded once by the same backend and kept on the device
+
+@dataclass
+class RunData:
+    """The batches to train on and the evaluation splits, held on the device as uint8 NHWC."""
+
+    meta: dict
+    pipeline: object  # yields uint8 NHWC (images, labels) batches on the device
+    n_train: int
+    test: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None  # carved from train; selection never sees test
+    train_idx: np.ndarray
+    scale: torch.Tensor  # normalisation: x * scale + bias
+    bias: torch.Tensor
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return tuple(self.meta["shape"][:2])
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+
+def build_data(cfg: RunConfig, rt: Runtime) -> RunData:
+    """Seeded stratified subsets, a val split carved from train, the `cfg.pipeline` backend's batches
+    (global batches or this rank's shard under DDP); test and val decoded once by the same backend."""
     meta = read_meta(cfg.data)
     all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
     train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
     test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)
     train_idx, val_idx = carve_val(all_train_labels, train_idx, cfg.val_split, cfg.seed)
-    shard = dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # global batches (tensor) or shards
-    train_idx = dist.trim(train_idx)
-    pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=device, seed=cfg.seed, indices=train_idx,
+    shard = rt.dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # global batches (tensor) or shards
+    train_idx = rt.dist.trim(train_idx)
+    pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=rt.device, seed=cfg.seed, indices=train_idx,
                              **shard)
-    test_images, test_labels = load_split_tensors(cfg.pipeline, cfg.data, "test", device=device, indices=test_idx)
-    val_images, val_labels = (load_split_tensors(cfg.pipeline, cfg.data, "train", device=device, indices=val_idx)
-                              if len(val_idx) else (None, None))  # selection never sees test
-    scale, bias = norm_constants(meta["mean"], meta["std"], device)
-    n_train, (h, w) = len(train_idx), meta["shape"][:2]
+    test = load_split_tensors(cfg.pipeline, cfg.data, "test", device=rt.device, indices=test_idx)
+    val = load_split_tensors(cfg.pipeline, cfg.data, "train", device=rt.device, indices=val_idx) if len(val_idx) \
+        else None
+    scale, bias = norm_constants(meta["mean"], meta["std"], rt.device)
+    return RunData(meta, pipeline, len(train_idx), test, val, train_idx, scale, bias)
 
-    # --- model
-    model = create_model(cfg.model, meta["num_classes"], **cfg.model_kwargs).to(device)
+
+def build_model(cfg: RunConfig, data: RunData, rt: Runtime, out_dir: Path) -> tuple[nn.Module, nn.Module]:
+    """(model, forward): the zoo model on the device, and what runs the batches: the same parameters
+    under DDP and/or torch.compile. Checks the disk has room for its checkpoints before any training."""
+    model = create_model(cfg.model, data.num_classes, **cfg.model_kwargs).to(rt.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if hasattr(model, "init_from_data"):
-        from .augment import normalize
-
-        sample, _ = load_split_tensors(cfg.pipeline, cfg.data, "train", device=device,
-                                       indices=train_idx[: min(5000, n_train)])  # any pipeline
-        model.init_from_data(normalize(sample, scale, bias, torch.float32))
-    n_params = sum(p.numel() for p in model.parameters())
-    # room for checkpoints (model + optimiser state + averages) before any training
+    if hasattr(model, "init_from_data"):  # e.g. airbench's patch-whitening layer, from training images
+        sample, _ = load_split_tensors(cfg.pipeline, cfg.data, "train", device=rt.device,
+                                       indices=data.train_idx[: min(5000, data.n_train)])  # any pipeline
+        model.init_from_data(normalize(sample, data.scale, data.bias, torch.float32))
+    # room for checkpoints (model + optimiser state + averages)
     need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
-    dist.main_only(resilience.check_free_space, out_dir, need)
-    step_model = dist.wrap(model, sync_bn=cfg.sync_bn)  # DDP around the same parameters
-    use_compile = resolve_compile(cfg.compile, device)  # default: on for CUDA, off on a CPU
-    step_model = compile_model(step_model) if use_compile else step_model
-    run_evaluate = dist.wrap_evaluate(evaluate)  # each rank evaluates a slice; sums all-reduced
+    rt.dist.main_only(resilience.check_free_space, out_dir, need)
+    forward = rt.dist.wrap(model, sync_bn=cfg.sync_bn)  # DDP around the same parameters
+    forward = compile_model(forward) if cfg.compile else forward  # static shapes: one graph per batch size
+    return model, forward
 
-    # --- optimiser and schedule
+
+@dataclass
+class Optimisation:
+    """How many steps, and the Updater that takes them (optimiser, schedule, AMP, EMA, lookahead)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+    updater: Updater
+    ema: ModelEma | None
+    lookahead: Lookahead | None
+    patchup: PatchUp | None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation and model selection see: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.updater.task.model
+
+
+def build_optimisation(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData,
+                       rt: Runtime) -> Optimisation:
+    """`cfg.epochs` (may be fractional) -> total steps; optimiser and per-batch schedule; lookahead, EMA and
+    PatchUp's feature-level mixing around the classification task."""
     optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = len(pipeline)
+    steps_per_epoch = len(data.pipeline)
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
     lookahead = Lookahead(model, total_steps) if cfg.lookahead else None
+    ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
+    h, w = data.hw
+    patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=rt.device).to(memory_format=torch.channels_last),
+                       mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha, block=cfg.patchup_block,
+                       gamma=cfg.patchup_gamma, seed=cfg.seed + 2) if cfg.patchup != "none" else None)
+    task = ClassificationTask(model, forward, label_smoothing=cfg.label_smoothing, patchup=patchup)
+    updater = Updater(task, optimizer, cfg, rt.precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                      ema=ema, lookahead=lookahead)
+    return Optimisation(steps_per_epoch, total_steps, n_epochs, updater, ema, lookahead, patchup)
+
+
+@dataclass
+class Extras:
+    """The augmentation sampler, model selection, the run log and the checkpointed state."""
+
+    sampler: AugmentSampler
+    monitor: Monitor
+    selection: ModelSelection
+    runlog: RunLog | distributed.Discard
+    state: ckpt_io.TrainState
+
+
+def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunData, rt: Runtime,
+                 out_dir: Path) -> Extras:
     aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip,
                             alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
                             cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
-    sampler = AugmentSampler(aug_cfg, seed=dist.sampler_seed(cfg.seed + 1), device=device)
-    in_dtype = amp_dtype or torch.float32
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    # --- accumulation + clipping (TrainStep), EMA, PatchUp, model selection, logs
-    from .ema import ModelEma
-    from .monitor import Monitor, save_best
-    from .regularizers import PatchUp
-    from .runlog import RunLog
-
-    stepper = TrainStep(optimizer, scaler, cfg)
-    ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
-    eval_model = ema.module if ema is not None else model  # evaluation uses the EMA when it is on
-    patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=device).to(memory_format=torch.channels_last),
-                       mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha, block=cfg.patchup_block,
-                       gamma=cfg.patchup_gamma, seed=cfg.seed + 2) if cfg.patchup != "none" else None)
+    sampler = AugmentSampler(aug_cfg, seed=rt.dist.sampler_seed(cfg.seed + 1), device=rt.device)
     monitor = Monitor(cfg.monitor, cfg.early_stop, cfg.min_delta)
-    best_state = None
-    runlog = RunLog(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else distributed.Discard()
-    save_best = dist.main_only_fn(save_best)  # only rank 0 writes
-    # --- everything a restart needs; stop signals and the NaN guard
+    eval_model = fit.eval_model
+
+    def save_best(epoch: int) -> None:  # best.pt: what `fasttrain eval/predict` need
+        ckpt_io.save(out_dir / "best.pt", ckpt_io.weights_payload(
+            eval_model.state_dict(), cfg.to_dict(), data.meta, epoch=epoch, monitor=monitor.state(),
+            image_size=list(data.hw)))
+
+    selection = ModelSelection(monitor, eval_model, rt.dist.main_only_fn(save_best))  # only rank 0 writes
+    runlog = RunLog(out_dir, tensorboard=cfg.tensorboard) if rt.dist.is_main else distributed.Discard()
+    ema = fit.ema
+    # everything a restart needs (these names are the checkpoint's keys)
     state = ckpt_io.TrainState(
         out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
-        objects={"optimizer": optimizer, "scaler": scaler, "lookahead": lookahead, "monitor": monitor,
-                 "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None, "patchup": patchup,
-                 "lr_log": ckpt_io.Attrs(runlog, "lrs") if dist.is_main else None},
-        sampler=sampler, dist=dist, config=cfg.to_dict(), meta=meta, info={"image_size": [h, w]})
-    dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
-    pos = state.restore() if resume else ckpt_io.Position()
-    if resume and not quiet:
-        print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
-    for row in pos.history:
-        runlog.log(row)
-    sentinel = resilience.Sentinel(dist, device)
+        objects={"optimizer": fit.updater.optimizer, "scaler": fit.updater.scaler, "lookahead": fit.lookahead,
+                 "monitor": monitor, "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None,
+                 "patchup": fit.patchup, "lr_log": ckpt_io.Attrs(runlog, "lrs") if rt.dist.is_main else None},
+        sampler=sampler, dist=rt.dist, config=cfg.to_dict(), meta=data.meta, info={"image_size": list(data.hw)})
+    rt.dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
+    return Extras(sampler, monitor, selection, runlog, state)
 
-    # compile before the clock starts: the first compiled step is reported as compile_s, not training
-    compile_s = 0.0
-    if use_compile:
-        # every batch size the loop will see (a short last batch recompiles) and, for models whose
-        # trainable set changes with the epoch (airbench freezes its whitening bias), the first and last
-        # epoch's variant: each would otherwise trigger a recompile inside a timed epoch
-        last = n_train % cfg.batch_size if not getattr(pipeline, "drop_last", False) else 0
-        sizes = sorted({len(range(b)[dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b}, reverse=True)
-        epochs = sorted({pos.epoch, n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
-        compile_s = compile_warmup(step_model, model, [(n, 3, h, w) for n in sizes], epochs, in_dtype, autocast,
-                                   meta["num_classes"], device)
-        if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
-            compile_s += optimizer.compile_newton_schulz()
-    progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
-    progress.header(
-        f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
-        f"amp {amp_dtype} | compile {use_compile} | augment {backend_for(device)} | {n_params:,} params | "
-        f"recipe {cfg.recipe}"
-    )
-    history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
-    step = pos.step
-    train_s = pos.train_s
-    best_state = pos.extra.get("best_state", best_state)
-    graphs_before = compiled_graphs()
-    for epoch in range(pos.epoch, n_epochs):
-        # ----------------------------------------------------------------- one epoch (timed)
-        model.train()
-        if hasattr(model, "set_epoch"):
-            model.set_epoch(epoch)
-        pipeline.set_epoch(epoch)
-        mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
-        # zeros, unless resuming in the middle of this epoch
-        loss_sum, correct, seen, skip, done_s = pos.epoch_start(epoch, device)
-        sync(device)
-        t0 = time.perf_counter()
-        progress.start_epoch(epoch)
-        for batch_i, (x, y) in enumerate(pipeline):
-            if step >= total_steps:
-                break
-            if batch_i < skip:  # batches done before a mid-epoch checkpoint
-                continue
-            # keys: the batch's dataset indices (tensor pipeline), for the alternating flip
-            params = sampler.sample(len(x), h, w, mix=mix, keys=getattr(pipeline, "batch_indices", None),
-                                    epoch=epoch)
-            # under DDP, this rank's slice of the global batch
-            inputs, targets = dist.augment(augment_batch, x, y, params, scale, bias, in_dtype)
-            runlog.log_lr(step, set_lr(optimizer, lr_multiplier(step, total_steps, cfg, steps_per_epoch)))
-            if patchup is not None and mix and not params.has_mix:
-                patchup.arm(len(inputs))  # feature-level mixing on batches not mixed at the input
-            with autocast():
-                logits = step_model(inputs)
-                if patchup is not None:
-                    targets = patchup.targets(targets)
-                loss = mixed_cross_entropy(logits, targets, cfg.label_smoothing)
-            # backward; every accum_steps batches: unscale, clip, step, zero grads
-            stepped = stepper.backward(loss, flush=batch_i + 1 == steps_per_epoch or step + 1 == total_steps)
-            step += 1
-            if stepped and ema is not None:
-                ema.update(model)
-            if lookahead is not None:
-                lookahead.step(model, step, final=(step == total_steps))
-            # accumulate on the device; the host reads them only at log points
-            loss_sum += loss.detach() * len(inputs)
-            correct += (logits.detach().argmax(1) == targets.y_a).sum()
-            seen += len(inputs)
-            if progress.should_log(batch_i):
-                progress.update(batch_i + 1, loss_sum.item() / seen, correct.item() / seen,
-                                seen / (time.perf_counter() - t0))
-            sentinel.observe(loss, step)  # NaN/inf noted on the device; stop signals polled
-            if sentinel.should_stop(step, at_boundary=stepped, checkpoint=state.path,
-                                    steps_per_epoch=steps_per_epoch):  # a signal: save mid-epoch, exit
-                sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)
-                acc = dict(loss_sum=loss_sum, correct=correct, seen=seen,
-                           elapsed_s=time.perf_counter() - t0 + done_s)
-                state.save(epoch=epoch, batch=batch_i + 1, step=step, history=history, train_s=train_s,
-                           epoch_acc=acc, extra={"best_state": best_state})
-                raise sentinel.interrupt(out_dir, epoch, step)
-        sync(device)
-        sentinel.check(checkpoint=state.path, steps_per_epoch=steps_per_epoch)  # before eval/saving
-        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # all ranks' sums
-        epoch_s = time.perf_counter() - t0 + done_s
-        train_s += epoch_s
-        imgs_per_s = seen / epoch_s
-        # ----------------------------------------------------------------- eval (not timed)
-        last = epoch == n_epochs - 1
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
-               "train_acc": correct.item() / max(seen, 1), "test_loss": None, "test_acc": None,
-               "lr": optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
-               "imgs_per_s": round(imgs_per_s, 1)}
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            # with a val split only val is evaluated per epoch; test waits for the final eval
-            split, ev_x, ev_y = ("val", val_images, val_labels) if val_images is not None else \
-                ("test", test_images, test_labels)
-            row.update(prefixed(split, run_evaluate(eval_model, ev_x, ev_y, scale, bias, amp_dtype=amp_dtype,
-                                                tta="none", num_classes=meta["num_classes"])))
-            if val_images is not None and monitor.update(row):
-                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
-                save_best(out_dir / "best.pt", eval_model, cfg, meta, epoch=epoch + 1, monitor=monitor,
-                          image_size=(h, w))
-        history.append(row)
-        runlog.log(row)
-        progress.end_epoch(row)
-        if monitor.should_stop:  # early stopping on the val metric
-            monitor.stopped_epoch = epoch + 1
-            break
-        # the epoch's checkpoint (atomic); then a pending stop signal ends the run
-        state.save(epoch=epoch + 1, batch=0, step=step, history=history, train_s=train_s,
-                   extra={"best_state": best_state})
-        if sentinel.requested_anywhere():
-            raise sentinel.interrupt(out_dir, epoch, step)
-    sentinel.close()
-    recompiles = compiled_graphs() - graphs_before  # graphs compiled inside the timed epochs (0 is right)
 
-    # --- final evaluation with TTA (not timed), checkpoint, summary, plots
-    t_eval = time.perf_counter()
-    last_state = None
-    if best_state is not None:  # the test set sees the model selected on val (best.pt)
-        last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
-        eval_model.load_state_dict(best_state)
-    final = run_evaluate(eval_model, test_images, test_labels, scale, bias, amp_dtype=amp_dtype, tta=cfg.tta,
-                     num_classes=meta["num_classes"], confusion=True)
-    plain = final if cfg.tta == "none" else run_evaluate(eval_model, test_images, test_labels, scale, bias,
-                                                     amp_dtype=amp_dtype, num_classes=meta["num_classes"])
-    if last_state is not None:
-        eval_model.load_state_dict(last_state)  # checkpoint.pt keeps the last weights
-    eval_s = time.perf_counter() - t_eval
-    # the full training state (model, model_ema, classes, mean, std, image_size for readers)
-    state.save(epoch=n_epochs, batch=0, step=step, history=history, train_s=train_s,
-               extra={"best_state": best_state})
-    summary = {
-        "model": cfg.model, "dataset": meta["name"], "recipe": cfg.recipe, "epochs": cfg.epochs, "steps": step,
-        "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
-        "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-        "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
-        "device": device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-        "compile": use_compile, "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
-        "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
+def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData, fit: Optimisation,
+                    rt: Runtime, *, first_epoch: int) -> float:
+    """Compiles before the clock starts (the seconds are reported as compile_s, not training): every batch
+    size the loop will see (a short last batch recompiles) and, for models whose trainable set changes with
+    the epoch (airbench freezes its whitening bias), the first and last epoch's variant."""
+    if not cfg.compile:
+        return 0.0
+    h, w = data.hw
+    last = data.n_train % cfg.batch_size if not getattr(data.pipeline, "drop_last", False) else 0
+    # the full batch first: compiled second, dynamo would mark the batch dimension dynamic
+    sizes = sorted({len(range(b)[rt.dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b}, reverse=True)
+    epochs = sorted({first_epoch, fit.n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
+    seconds = compile_warmup(forward, model, [(n, 3, h, w) for n in sizes], epochs, rt.precision.input_dtype,
+                             rt.precision.autocast, data.num_classes, rt.device)
+    optimizer = fit.updater.optimizer
+    if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
+        seconds += optimizer.compile_newton_schulz()
+    return seconds
+
+
+def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> str:
+    h, w = data.hw
+    return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {len(data.test[1])} test, {h}x{w}) | "
+            f"device {rt.device} | amp {rt.precision.name} | compile {cfg.compile} | "
+            f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
+            f"recipe {cfg.recipe}")
+
+
+# ============================================================================ per epoch
+def set_epoch(model: nn.Module, pipeline, epoch: int) -> None:
+    model.train()
+    if hasattr(model, "set_epoch"):  # e.g. airbench's whitening bias trains only in the first epochs
+        model.set_epoch(epoch)
+    pipeline.set_epoch(epoch)
+
+
+def augment(xb: torch.Tensor, yb: torch.Tensor, sampler: AugmentSampler, data: RunData, rt: Runtime, *,
+            mix: bool, epoch: int) -> tuple[torch.Tensor, object, bool]:
+    """(inputs, targets, whether mixup/cutmix mixed the batch): this rank's slice of the augmented global
+    batch. The pipeline's batch_indices (tensor pipeline) key the alternating flip."""
+    params = sampler.sample(len(xb), *data.hw, mix=mix, epoch=epoch,
+                            keys=getattr(data.pipeline, "batch_indices", None))
+    inputs, targets = rt.dist.augment(augment_batch, xb, yb, params, data.scale, data.bias, rt.precision.input_dtype)
+    return inputs, targets, params.has_mix
+
+
+def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, torch.Tensor], rt: Runtime,
+                 **kw) -> dict:
+    """`evaluate` on a split held on the device (under DDP each rank takes a slice; sums are all-reduced)."""
+    images, labels = split
+    return evaluate(model, images, labels, data.scale, data.bias, amp_dtype=rt.precision.dtype,
+                    num_classes=data.num_classes, dist=rt.dist, **kw)
+
+
+def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit: Optimisation, extras: Extras,
+              data: RunData, rt: Runtime, *, last: bool) -> dict:
+    """The epoch's metrics.jsonl row: training sums over all ranks and, at eval epochs, val (or, without a
+    val split, test) metrics; a new best on val is kept and written as best.pt."""
+    loss_sum, correct, seen = rt.dist.all_reduce_sum(tally.loss_sum, tally.correct, tally.seen)
+    row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
+           "train_acc": correct.item() / max(seen, 1), "test_loss": None, "test_acc": None,
+           "lr": fit.updater.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
+           "imgs_per_s": round(seen / epoch_s, 1)}
+    if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+        # with a val split only val is evaluated per epoch; test waits for the final eval
+        split, images = ("val", data.val) if data.val is not None else ("test", data.test)
+        row.update(prefixed(split, run_evaluate(fit.eval_model, data, images, rt, tta="none")))
+        extras.selection.observe(row)
+    return row
+
+
+# ============================================================================ the end of the run
+def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, final: dict, plain: dict, *,
+                  steps: int, history: list[dict], train_s: float, eval_s: float, compile_s: float,
+                  recompiles: int, wall_s: float) -> dict:
+    """summary.json's numbers (report.finish_run adds the final test metrics and the selection)."""
+    return {
+        "model": cfg.model, "dataset": data.meta["name"], "recipe": cfg.recipe, "epochs": cfg.epochs,
+        "steps": steps, "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
+        "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "wall_s": round(wall_s, 3),
+        "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
+        "device": device_name(rt.device), "amp": rt.precision.name, "compile": cfg.compile,
+        "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": sum(p.numel() for p in model.parameters()),
+        "train_samples": data.n_train, "test_samples": len(data.test[1]), "batch_size": cfg.batch_size,
+        "augment_backend": backend_for(rt.device), "torch": torch.__version__, "world_size": rt.dist.world_size,
     }
-    summary["world_size"] = dist.world_size
-    if not dist.is_main:  # only rank 0 writes the summary, report and plots
-        return summary
-    from .report import finish_run  # metrics in the summary, confusion.{json,png}, lr.png, logs
 
-    finish_run(summary, out_dir, cfg, meta, final, monitor, runlog, val_samples=len(val_idx))
+
+def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, extras: Extras, history: list[dict],
+                  out_dir: Path) -> None:
+    """Rank 0: metrics in the summary, confusion.{json,png}, lr.png, closed logs, summary.json, curves.png."""
+    from .plots import plot_curves  # matplotlib: loaded only when a run finishes
+
+    finish_run(summary, out_dir, cfg, data.meta, final, extras.monitor, extras.runlog,
+               val_samples=len(data.val[1]) if data.val is not None else 0)
     write_json(out_dir / "summary.json", summary)
-    from .plots import plot_curves
-
-    plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {meta['name']}")
-    progress.footer(summary)
-    return summary
+    plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {data.meta['name']}")

@@ -122,17 +122,17 @@ def test_loss_guard_names_the_first_bad_step():
 
 
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(cifar_tensor_slice, tmp_path, monkeypatch):
-    import fasttrain.train as train_mod
+    import fasttrain.tasks as tasks_mod
 
     calls = {"n": 0}
-    original = train_mod.mixed_cross_entropy
+    original = tasks_mod.mixed_cross_entropy
 
     def poisoned(logits, targets, smoothing):
         calls["n"] += 1
         loss = original(logits, targets, smoothing)
         return loss * float("nan") if calls["n"] == 6 else loss  # step 6: epoch 2, batch 2 of 4
 
-    monkeypatch.setattr(train_mod, "mixed_cross_entropy", poisoned)
+    monkeypatch.setattr(tasks_mod, "mixed_cross_entropy", poisoned)
     out = tmp_path / "run"
     with pytest.raises(
         NonFiniteLoss, match=r"NaN at step 6 \(epoch 2, batch 2\).*last good checkpoint"

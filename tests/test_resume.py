@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fasttrain import checkpoint as ckpt_io
+from fasttrain import checkpoint as ckpt_io, reproducibility
 from fasttrain.augment import AugmentConfig, AugmentSampler
 from fasttrain.config import RunConfig
 from fasttrain.resilience import RunInterrupted
@@ -91,10 +91,10 @@ def reference(cifar_tensor_slice, tmp_path_factory):
 # ============================================================================ checkpoint building blocks
 def test_rng_capture_restore_roundtrip():
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    state = ckpt_io.capture_rng()
+    state = reproducibility.capture_rng()
     first = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
-    ckpt_io.restore_rng(state)
+    reproducibility.restore_rng(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
@@ -108,7 +108,7 @@ def test_sampler_and_rng_survive_a_weights_only_file(tmp_path):
         {
             "model": {},
             "sampler": sampler.state_dict(),
-            "rng": ckpt_io.capture_rng(),
+            "rng": reproducibility.capture_rng(),
             "np": np.float32(1.5),
             "arr": np.arange(3),
             "p": tmp_path,
@@ -124,7 +124,7 @@ def test_sampler_and_rng_survive_a_weights_only_file(tmp_path):
     got = fresh.sample(8, 32, 32)
     for field in ("offset", "flip", "cutout", "mix_index", "mix_lam"):
         assert torch.equal(getattr(got, field), getattr(expected, field)), field
-    ckpt_io.restore_rng(loaded["rng"])
+    reproducibility.restore_rng(loaded["rng"])
 
 
 def test_attrs_and_plain_objects_roundtrip():
@@ -167,9 +167,9 @@ def test_same_seed_deterministic_runs_are_bit_identical(reference, cifar_tensor_
 
 def test_deterministic_flag_does_not_leak_into_later_runs():
     cpu = torch.device("cpu")
-    ckpt_io.set_deterministic(True, cpu)
+    reproducibility.set_deterministic(True, cpu)
     assert torch.are_deterministic_algorithms_enabled()
-    ckpt_io.set_deterministic(False, cpu)
+    reproducibility.set_deterministic(False, cpu)
     assert not torch.are_deterministic_algorithms_enabled()
 
 
@@ -288,11 +288,11 @@ def test_kill_9_mid_epoch_then_resume_loses_at_most_that_epoch(cifar_tensor_slic
 def test_cuda_rng_roundtrip():
     torch.zeros(1, device="cuda")  # initialise CUDA so its generators are captured
     torch.cuda.manual_seed_all(1)
-    state = ckpt_io.capture_rng()
+    state = reproducibility.capture_rng()
     assert state["cuda"] is not None
     first = torch.rand(4, device="cuda")
     torch.cuda.manual_seed_all(9)
-    ckpt_io.restore_rng(state)
+    reproducibility.restore_rng(state)
     assert torch.equal(first, torch.rand(4, device="cuda"))
 
 

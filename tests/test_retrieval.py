@@ -5,6 +5,7 @@ by class (train on 5 classes, retrieve among the other 5)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -193,6 +194,71 @@ def test_models_forward_backward(name, kw):
     assert out.shape == (2, 200)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# ============================================================================ the shared training step
+def _phase_setup(batch_size: int, **cfg_kw):
+    """Real uint8 images, a conv net without BatchNorm (so accumulated micro-batches equal one large batch)
+    and phase-1 batches with augmentation off (so the data order alone decides the batches)."""
+    from fasttrain.augment import AugmentConfig, AugmentSampler, norm_constants
+    from fasttrain.config import RunConfig
+    from fasttrain.retrieval.trainer import _Batches, _ShuffledIndices
+    from fasttrain.steps import Precision
+    from fasttrain.tasks import ClassificationTask
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 8, 8, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    cfg = RunConfig(batch_size=batch_size, lr=0.1, schedule="constant", warmup_frac=0.0, epochs=2, **cfg_kw)
+    scale, bias = norm_constants([0.5] * 3, [0.25] * 3, "cpu")
+    aug = AugmentSampler(AugmentConfig(crop_pad=0, flip=False), seed=1)
+    batches = _Batches(images, labels, _ShuffledIndices(40, batch_size, torch.device("cpu"), seed=0), aug, scale,
+                       bias, torch.float32)
+    return model, ClassificationTask(model, model), cfg, batches, Precision(torch.device("cpu"), None)
+
+
+def _train_phase(batch_size: int, **cfg_kw) -> dict:
+    from fasttrain.retrieval.trainer import run_phase
+
+    model, task, cfg, batches, precision = _phase_setup(batch_size, **cfg_kw)
+    rows: list[dict] = []
+    run_phase("classify", task, cfg, batches, epochs=2, precision=precision, log=lambda s: None, rows=rows)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in rows)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_retrieval_phase_accumulates_gradients_like_a_large_batch():
+    one_step = _train_phase(20)
+    accumulated = _train_phase(10, accum_steps=2)  # two micro-batches of 10 per optimiser step
+    for k in one_step:
+        torch.testing.assert_close(accumulated[k], one_step[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(_train_phase(10).values(), one_step.values()))
+
+
+def test_retrieval_phase_ends_on_the_ema_of_its_weights():
+    init = _phase_setup(20)[0].state_dict()
+    plain, averaged = _train_phase(20), _train_phase(20, ema=True, ema_decay=0.9, ema_warmup=False)
+    moved = lambda w: sum(float((w[k] - init[k]).norm()) for k in init)  # noqa: E731
+    assert 0 < moved(averaged) < 0.75 * moved(plain)  # the average lags the weights it averages
+
+
+def test_retrieval_refuses_what_it_cannot_honour(cifar_tensor_slice, tmp_path):
+    from fasttrain.config import ConfigError, RECIPES, RunConfig
+    from fasttrain.retrieval.trainer import train_retrieval
+
+    base = dict(RECIPES["retrieval"], model="customcnn", data=str(cifar_tensor_slice), device="cpu")
+    cases = [({}, True, "--resume: a retrieval run cannot be resumed"),
+             ({"val_split": 20}, False, "--val-split 20: retrieval selects no model"),
+             ({"tta": "flip"}, False, "--tta flip: Recall@K is measured without"),
+             ({"eval_every": 1}, False, "--eval-every 1: retrieval measures Recall@K")]
+    for i, (change, resume, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            train_retrieval(RunConfig(**{**base, **change, "out": str(out)}), quiet=True, resume=resume)
+        assert not out.exists()  # refused before any work
 
 
 # ============================================================================ end to end on real data

@@ -257,6 +257,27 @@ def test_gradient_accumulation_equals_the_large_batch():
     assert not torch.allclose(full.weight, one.weight, atol=1e-4)
 
 
+def test_updater_closes_accumulation_windows_at_epoch_end_and_at_the_last_step():
+    from fasttrain.augment import Targets
+    from fasttrain.config import RunConfig
+    from fasttrain.steps import Precision, Updater
+    from fasttrain.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    cfg = RunConfig(lr=0.1, schedule="constant", warmup_frac=0.0, accum_steps=3)
+    updater = Updater(ClassificationTask(model, model), build_optimizer(model, cfg), cfg,
+                      Precision(torch.device("cpu"), None), total_steps=6, steps_per_epoch=4)
+    stepped, lrs = [], []
+    for batch_i in [0, 1, 2, 3, 0, 1]:  # 4 batches in epoch 1, the run ends 2 batches into epoch 2
+        y = torch.randint(0, 3, (5,))
+        out = updater(torch.randn(5, 6), Targets(y, y, torch.ones(5)), end_of_epoch=batch_i == 3)
+        stepped.append(out.stepped)
+        lrs.append(out.lr)
+    assert stepped == [False, False, True, True, False, True] and updater.done
+    assert lrs == [0.1] * 6 and all(p.grad is None for p in model.parameters())  # nothing left behind
+
+
 def test_clipping_by_norm_and_by_value():
     model0, x, y = _linear_problem()
     loss = ((model0(x) - y) ** 2).mean()
@@ -293,7 +314,7 @@ def test_ema_matches_formula_and_reference_loop():
         slow.update(model)
         expected = 0.9 * expected + 0.1 * model[0].weight.detach()
     assert torch.allclose(fast.module[0].weight, expected, atol=1e-6)
-    for a, b in zip(fast.state_dict().values(), slow.state_dict().values()):
+    for a, b in zip(fast.module.state_dict().values(), slow.module.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     assert fast.module[1].num_batches_tracked.item() == 3  # integer buffers are copied
     assert not torch.allclose(fast.module[0].weight, model[0].weight)  # an average, not a copy

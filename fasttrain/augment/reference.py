@@ -93,6 +93,13 @@ class AugParams:
         kw = {k: getattr(self, k).to(device) for k in ("offset", "flip", "cutout", "mix_index", "mix_lam", "cutmix")}
         return AugParams(**kw, pad=self.pad, pad_mode=self.pad_mode, has_cutout=self.has_cutout, has_mix=self.has_mix)
 
+    def take(self, rows: torch.Tensor) -> AugParams:
+        """The parameters of the given rows of the batch (a DDP rank's slice). `mix_index` keeps pointing at
+        rows of the whole batch: the caller remaps it to the rows it took."""
+        kw = {k: getattr(self, k).index_select(0, rows)
+              for k in ("offset", "flip", "cutout", "mix_index", "mix_lam", "cutmix")}
+        return AugParams(**kw, pad=self.pad, pad_mode=self.pad_mode, has_cutout=self.has_cutout, has_mix=self.has_mix)
+
 
 @dataclass
 class Targets:

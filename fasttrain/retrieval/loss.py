@@ -1,5 +1,5 @@
 """The batch-mined multi-similarity loss (Wang et al., "Multi-Similarity Loss with General Pair Weighting
-for Deep Metric Learning", CVPR 2019), the seed's "custom loss" (its formula image is missing).
+for Deep Metric Learning", CVPR 2019), the task's "custom loss" (its formula image is missing).
 
 Exact formula. Embeddings e_i are L2-normalised; S_ij = e_i . e_j (cosine similarity, in fp32). For an
 anchor i in a batch of B: P_i = {j != i : y_j = y_i}, N_i = {k : y_k != y_i}.
@@ -102,3 +102,19 @@ def multi_similarity_loss_reference(
         if hard_neg:
             total = total + torch.log(1 + torch.exp(beta * (sim[i, hard_neg] - lam)).sum()) / beta
     return total / n
+
+
+class MetricLearningTask:
+    """Retrieval's phase 2 as a training task (see fasttrain.tasks): the embedding network and the
+    multi-similarity loss over its batch. No logits: the running accuracy is not tracked."""
+
+    def __init__(self, model: torch.nn.Module, forward, *, alpha: float, beta: float, lam: float, eps: float):
+        self.model = model
+        self.forward = forward  # the compiled network, or the model itself
+        self.alpha, self.beta, self.lam, self.eps = alpha, beta, lam, eps
+
+    def loss(self, inputs: torch.Tensor, targets, *, mix_features: bool = False):
+        """`mix_features` is ignored: a pair loss takes no mixed labels (phase 2 batches are never mixed)."""
+        loss = multi_similarity_loss(self.forward(inputs), targets.y_a, alpha=self.alpha, beta=self.beta,
+                                     lam=self.lam, eps=self.eps)
+        return loss, None, targets

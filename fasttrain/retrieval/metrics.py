@@ -3,7 +3,7 @@
 Definition (the standard one for Cars196 / CUB, Song et al. 2016): every image of the evaluation set is a
 query once; the gallery is every other image (the query itself is excluded). Recall@K is the fraction of
 queries with at least one image of their own class among their K most similar gallery images (cosine
-similarity of L2-normalised embeddings). The seed's "number of relevant items in top K / total number of
+similarity of L2-normalised embeddings). The task's "number of relevant items in top K / total number of
 items" reads the same way with an item counted as retrieved correctly when a relevant image is in its top K.
 Recall@1 is the leave-one-out 1-nearest-neighbour accuracy on the held-out classes.
 

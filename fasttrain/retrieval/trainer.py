@@ -1,4 +1,4 @@
-"""train_retrieval(cfg): the seed's T4, `fasttrain run MODEL --task retrieval`. One flat loop, two phases.
+"""train_retrieval(cfg): the Cars196 retrieval task (T4), `fasttrain run MODEL --task retrieval`. Two phases.
 
   data     every image of the dataset (all splits pooled), divided by class: the dataset's recorded
            "retrieval_split" (Cars196: classes 1-98 train, 99-196 test) or, without one, the first
@@ -14,6 +14,13 @@
 
 The run directory gets config.json, metrics.jsonl (one row per epoch and phase), recall.json, curves.png
 and summary.json, whose `test_acc` is the final Recall@1 (= leave-one-out 1-NN accuracy on unseen classes).
+
+Both phases train through the classification trainer's pieces: a task object (ClassificationTask, then
+MetricLearningTask) stepped by `fasttrain.steps.Updater` (per-batch schedule, AMP, gradient accumulation,
+clipping, EMA, lookahead), the loss guard, and `fasttrain.checkpoint`'s writer. With --ema each phase ends on
+its average: the backbone phase 2 starts from, and what Recall@K measures. Options that cannot apply are
+refused by `refuse_unsupported` with a ConfigError naming them (resume, several processes, a val split,
+test-time augmentation, per-epoch evaluation, a pipeline other than tensor).
 """
 
 from __future__ import annotations
@@ -23,69 +30,57 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import checkpoint as ckpt_io
 from ..augment import AugmentConfig, AugmentSampler, augment_batch, norm_constants, normalize
 from ..config import ConfigError, RunConfig
 from ..data.splits import epoch_permutation, stratified_subset
 from ..data.tensor_format import load_split, read_meta
+from ..distributed import in_torchrun
+from ..ema import ModelEma
 from ..models import create_model
-from ..optim import build_optimizer, lr_multiplier
-from ..runio import atomic_torch_save, write_json
+from ..optim import Lookahead, build_optimizer
+from ..regularizers import PatchUp
+from ..reproducibility import set_deterministic
+from ..resilience import LossGuard, check_run_dir
+from ..runio import write_json
 from ..runtime import device_name, resolve_amp, resolve_device, sync
-from .loss import multi_similarity_loss
-from .metrics import DEFAULT_KS, recall_at_k
+from ..steps import EpochTally, Precision, Updater
+from ..tasks import ClassificationTask
+from .loss import MetricLearningTask
+from .metrics import recall_at_k
 from .model import EmbeddingNet, backbone_features
+from .options import RetrievalOptions
 from .sampler import ClassBalancedSampler
 
+__all__ = ["RetrievalOptions", "class_split", "pooled_by_class", "refuse_unsupported", "train_retrieval"]
 
-@dataclass
-class RetrievalOptions:
-    """`RunConfig.retrieval` (a dict in recipes and config.json), validated here."""
 
-    embedding_dim: int = 512  # width of the embedding that replaces the classifier
-    m_per_class: int = 4  # images per class in a phase-2 batch (P = batch_size // m classes)
-    cls_epochs: float | None = None  # phase 1 epochs (None: cfg.epochs; 0 skips phase 1)
-    embed_epochs: float | None = None  # phase 2 epochs (None: cfg.epochs)
-    embed_lr: float | None = None  # phase 2 peak lr (None: cfg.lr / 10: the backbone is already trained)
-    embed_warmup_frac: float = 0.1  # phase 2 warmup share (the new head starts random)
-    alpha: float = 2.0  # multi-similarity positive scale
-    beta: float = 50.0  # multi-similarity negative scale
-    lam: float = 0.5  # multi-similarity similarity offset (lambda)
-    eps: float = 0.1  # mining margin
-    train_classes: int | None = None  # without a recorded retrieval split: first N classes train (None: half)
-    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
-    eval_batch_size: int = 500
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RetrievalOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"retrieval: unknown option(s) {unknown}; known: {sorted(known)}")
-        opts = cls(**d)
-        checks = [
-            (opts.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
-            (opts.m_per_class >= 2, "m_per_class", "must be >= 2 (an anchor needs a positive)"),
-            (opts.cls_epochs is None or opts.cls_epochs >= 0, "cls_epochs", "must be >= 0"),
-            (opts.embed_epochs is None or opts.embed_epochs > 0, "embed_epochs", "must be > 0"),
-            (opts.embed_lr is None or opts.embed_lr > 0, "embed_lr", "must be > 0"),
-            (0 <= opts.embed_warmup_frac <= 1, "embed_warmup_frac", "must lie in [0, 1]"),
-            (opts.alpha > 0 and opts.beta > 0, "alpha", "alpha and beta must be > 0"),
-            (opts.train_classes is None or opts.train_classes >= 2, "train_classes", "must be >= 2"),
-            (len(opts.ks) > 0 and min(opts.ks) >= 1, "ks", "must be positive integers"),
-        ]
-        for ok, name, msg in checks:
-            if not ok:
-                raise ConfigError(f"retrieval.{name}: {msg}, got {getattr(opts, name)}")
-        return opts
+# ============================================================================ what retrieval refuses
+def refuse_unsupported(cfg: RunConfig, *, resume: bool = False) -> None:
+    """Options the retrieval task cannot honour, each refused with a ConfigError naming it (never dropped
+    silently). Everything else (optimiser, schedule, AMP, compile, accumulation, clipping, EMA, lookahead,
+    augmentation incl. switch_prob and mix_off_epoch, PatchUp in phase 1) applies to both phases."""
+    if resume:
+        raise ConfigError("--resume: a retrieval run cannot be resumed yet (its checkpoints hold weights only); "
+                          "start it again without --resume")
+    if cfg.nproc > 1 or in_torchrun():
+        raise ConfigError("--nproc: the retrieval task runs in one process; drop --nproc (or torchrun)")
+    if cfg.pipeline != "tensor":
+        raise ConfigError(f"--pipeline {cfg.pipeline}: retrieval runs on the tensor format only")
+    if cfg.val_split:
+        raise ConfigError(f"--val-split {cfg.val_split}: retrieval selects no model on a val split (Recall@K is "
+                          f"measured on classes never trained on); drop --val-split and --early-stop")
+    if cfg.tta != "none":
+        raise ConfigError(f"--tta {cfg.tta}: Recall@K is measured without test-time augmentation; pass --tta none")
+    if cfg.eval_every:
+        raise ConfigError(f"--eval-every {cfg.eval_every}: retrieval measures Recall@K at the end of each phase "
+                          f"only; pass --eval-every 0")
 
 
 # ============================================================================ data
@@ -120,24 +115,29 @@ def pooled_by_class(data_dir: str, classes: list[int]) -> tuple[np.ndarray, np.n
 
 
 class _Batches:
-    """Augmented batches (inputs, targets) from uint8 images on the device, for either phase."""
+    """Augmented batches (inputs, targets, whether the batch was mixed) from uint8 images on the device,
+    for either phase. Mixing stops after `mix_off_epoch` epochs, as in classification."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, index_source, aug: AugmentSampler, scale, bias,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, mix_off_epoch: int | None = None):
         self.images, self.labels, self.index_source = images, labels, index_source
         self.aug, self.scale, self.bias, self.dtype = aug, scale, bias, dtype
+        self.mix_off_epoch = mix_off_epoch
+        self.mix = True
 
     def __len__(self) -> int:
         return len(self.index_source)
 
     def set_epoch(self, epoch: int) -> None:
         self.index_source.set_epoch(epoch)
+        self.mix = self.mix_off_epoch is None or epoch < self.mix_off_epoch
 
     def __iter__(self) -> Iterator:
         h, w = self.images.shape[1:3]
         for idx in self.index_source:
             x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
-            yield augment_batch(x, y, self.aug.sample(len(x), h, w), self.scale, self.bias, self.dtype)
+            params = self.aug.sample(len(x), h, w, mix=self.mix)
+            yield *augment_batch(x, y, params, self.scale, self.bias, self.dtype), params.has_mix
 
 
 class _ShuffledIndices:
@@ -157,82 +157,60 @@ class _ShuffledIndices:
 
 
 @torch.no_grad()
-def embed_all(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, images: torch.Tensor, scale, bias,
-              amp_dtype, batch_size: int) -> torch.Tensor:
+def embed_all(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], model: nn.Module, images: torch.Tensor,
+              scale, bias, precision: Precision, batch_size: int) -> torch.Tensor:
     """fn(model, x) for every image (eval mode, no augmentation), as fp32 rows on the device."""
     model.eval()
-    ctx = torch.autocast(images.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     out = []
-    with ctx:
+    with precision.autocast():
         for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size], scale, bias, amp_dtype or torch.float32)
+            x = normalize(images[start : start + batch_size], scale, bias, precision.input_dtype)
             out.append(fn(model, x).float())
     return torch.cat(out)
 
 
 # ============================================================================ one training phase
-def _train_phase(phase: str, model: nn.Module, cfg: RunConfig, batches: _Batches, loss_of, *, epochs: float,
-                 amp_dtype, device: torch.device, log: Callable[[str], None], rows: list[dict]) -> float:
-    """Train `model` for `epochs` over `batches` with cfg's optimiser and per-batch schedule; returns seconds."""
+def run_phase(phase: str, task, cfg: RunConfig, batches: _Batches, *, epochs: float, precision: Precision,
+              log: Callable[[str], None], rows: list[dict]) -> tuple[float, int]:
+    """Trains `task` for `epochs` over `batches` with cfg's optimiser, per-batch schedule and step options;
+    appends one metrics row per epoch; returns (training seconds, images seen). With EMA the phase ends
+    on the average (copied into the model)."""
+    model, device = task.model, precision.device
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = len(batches)
     total = max(1, math.ceil(epochs * steps_per_epoch))
     n_epochs = math.ceil(total / steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    step, spent = 0, 0.0
+    ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
+    lookahead = Lookahead(model, total) if cfg.lookahead else None
+    updater = Updater(task, optimizer, cfg, precision, total_steps=total, steps_per_epoch=steps_per_epoch, ema=ema,
+                      lookahead=lookahead)
+    guard = LossGuard(device)
+    spent, images = 0.0, 0
     for epoch in range(n_epochs):
         model.train()
         batches.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
         sync(device)
-        t0 = time.perf_counter()
-        for inputs, targets in batches:
-            if step >= total:
+        tally = EpochTally.start(device)
+        for batch_i, (inputs, targets, mixed) in enumerate(batches):
+            if updater.done:
                 break
-            mult = lr_multiplier(step, total, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * mult
-            with autocast():
-                loss = loss_of(model, inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach() * len(inputs)
-            seen += len(inputs)
+            out = updater(inputs, targets, end_of_epoch=batch_i + 1 == steps_per_epoch,
+                          mix_features=batches.mix and not mixed)
+            guard.observe(out.loss, updater.step)
+            tally.add(out, len(inputs))
         sync(device)
-        epoch_s = time.perf_counter() - t0
-        spent += epoch_s
-        row = {"phase": phase, "epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
+        guard.check(steps_per_epoch=steps_per_epoch)  # a diverged phase stops the run (NonFiniteLoss)
+        epoch_s = tally.elapsed_s()
+        spent, images = spent + epoch_s, images + tally.seen
+        row = {"phase": phase, "epoch": epoch + 1, "train_loss": tally.loss_sum.item() / max(tally.seen, 1),
                "lr": optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
-               "imgs_per_s": round(seen / max(epoch_s, 1e-9), 1)}
+               "imgs_per_s": round(tally.seen / max(epoch_s, 1e-9), 1)}
         rows.append(row)
         log(f"{phase} epoch {epoch + 1:>3}/{n_epochs} loss {row['train_loss']:.4f} {epoch_s:.1f}s "
             f"{row['imgs_per_s']:,.0f} img/s")
-    return spent
-
-
-def _cross_entropy(label_smoothing: float):
-    def loss_of(model: nn.Module, inputs: torch.Tensor, targets) -> torch.Tensor:
-        logits = model(inputs).float()
-        loss = F.cross_entropy(logits, targets.y_a, reduction="none", label_smoothing=label_smoothing)
-        if targets.y_b is not targets.y_a:
-            loss_b = F.cross_entropy(logits, targets.y_b, reduction="none", label_smoothing=label_smoothing)
-            loss = targets.lam * loss + (1 - targets.lam) * loss_b
-        return loss.mean()
-
-    return loss_of
-
-
-def _multi_similarity(opts: RetrievalOptions):
-    def loss_of(model: nn.Module, inputs: torch.Tensor, targets) -> torch.Tensor:
-        return multi_similarity_loss(model(inputs), targets.y_a, alpha=opts.alpha, beta=opts.beta, lam=opts.lam,
-                                     eps=opts.eps)
-
-    return loss_of
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
+    return spent, images
 
 
 def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -244,21 +222,20 @@ def _embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ the run
-def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
-
+def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
+    """Trains and measures retrieval per `cfg` (see the module docstring); returns the summary."""
     cfg.validate()
     opts = RetrievalOptions.from_dict(cfg.retrieval)
+    refuse_unsupported(cfg, resume=resume)
     log = (lambda s: None) if quiet else print
     t_run = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    if cfg.pipeline != "tensor":
-        raise ConfigError(f"--pipeline {cfg.pipeline}: retrieval runs on the tensor format only")
-    out_dir = Path(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = Precision(device, resolve_amp(cfg.amp, device))
+    set_deterministic(cfg.deterministic, device)
+    out_dir = check_run_dir(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.out = str(out_dir)
     cfg.save(out_dir / "config.json")
 
@@ -276,69 +253,77 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
     test_images = torch.from_numpy(te_x[te_idx]).to(device)
     test_labels = torch.from_numpy(te_y[te_idx]).to(device)
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
-    in_dtype = amp_dtype or torch.float32
     h, w = train_images.shape[1:3]
 
     model = create_model(cfg.model, len(train_classes), **cfg.model_kwargs).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
     log(f"{cfg.model} retrieval on {meta['name']}: {len(train_classes)} train classes ({len(train_labels)} images) "
-        f"/ {len(test_classes)} test classes ({len(test_labels)} images), {h}x{w} | device {device} | amp {amp_dtype}")
+        f"/ {len(test_classes)} test classes ({len(test_labels)} images), {h}x{w} | device {device} | "
+        f"amp {precision.name}")
 
     rows: list[dict] = []
     recall: dict[str, dict[str, float]] = {}
 
     def measure(name: str, fn, net: nn.Module) -> None:
-        emb = embed_all(fn, net, test_images, scale, bias, amp_dtype, opts.eval_batch_size)
+        emb = embed_all(fn, net, test_images, scale, bias, precision, opts.eval_batch_size)
         r = recall_at_k(emb, test_labels, opts.ks)
         recall[name] = {f"R@{k}": round(v, 6) for k, v in r.items()}
         log(f"{name}: " + "  ".join(f"R@{k} {v:.4f}" for k, v in r.items()))
+
+    def save(name: str, net: nn.Module, **extra) -> None:
+        ckpt_io.save(out_dir / name, ckpt_io.weights_payload(net.state_dict(), cfg.to_dict(), meta,
+                                                             train_classes=train_classes, **extra))
 
     measure("init", _features, model)
 
     # --- phase 1: classification over the train classes
     cls_epochs = cfg.epochs if opts.cls_epochs is None else opts.cls_epochs
     aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout,
-                            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob)
-    train_s = 0.0
-    seen_imgs = 0
+                            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob,
+                            switch_prob=cfg.switch_prob)
+    train_s, seen_imgs = 0.0, 0
     if cls_epochs > 0:
+        patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=device).to(memory_format=torch.channels_last),
+                           mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha,
+                           block=cfg.patchup_block, gamma=cfg.patchup_gamma, seed=cfg.seed + 2)
+                   if cfg.patchup != "none" else None)
+        task = ClassificationTask(model, torch.compile(model) if cfg.compile else model,
+                                  label_smoothing=cfg.label_smoothing, patchup=patchup)
         batches = _Batches(train_images, train_labels, _ShuffledIndices(len(train_labels), cfg.batch_size, device,
                                                                          cfg.seed),
-                           AugmentSampler(aug_cfg, seed=cfg.seed + 1, device=device), scale, bias, in_dtype)
-        phase_cfg = dataclasses.replace(cfg, epochs=cls_epochs)
-        train_s += _train_phase("classify", step_model, phase_cfg, batches, _cross_entropy(cfg.label_smoothing),
-                                epochs=cls_epochs, amp_dtype=amp_dtype, device=device, log=log, rows=rows)
-        seen_imgs += math.ceil(cls_epochs * len(batches)) * cfg.batch_size
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "train_classes": train_classes,
-                       "classes": meta["classes"]}, out_dir / "backbone.pt")
+                           AugmentSampler(aug_cfg, seed=cfg.seed + 1, device=device), scale, bias,
+                           precision.input_dtype, mix_off_epoch=cfg.mix_off_epoch)
+        spent, images = run_phase("classify", task, dataclasses.replace(cfg, epochs=cls_epochs), batches,
+                                  epochs=cls_epochs, precision=precision, log=log, rows=rows)
+        train_s, seen_imgs = train_s + spent, seen_imgs + images
+        if patchup is not None:
+            patchup.remove()
+    save("backbone.pt", model)
     measure("backbone", _features, model)
 
     # --- phase 2: crop the classifier, add the embedding, train with the multi-similarity loss
     net = EmbeddingNet(model, opts.embedding_dim).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    step_net = torch.compile(net) if cfg.compile else net
     embed_epochs = cfg.epochs if opts.embed_epochs is None else opts.embed_epochs
     embed_lr = opts.embed_lr if opts.embed_lr is not None else cfg.lr / 10
     sampler = ClassBalancedSampler(train_labels, cfg.batch_size, opts.m_per_class, seed=cfg.seed + 2)
-    no_mix = dataclasses.replace(aug_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+    no_mix = dataclasses.replace(aug_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)  # mixed labels mean nothing to pairs
     batches = _Batches(train_images, train_labels, sampler, AugmentSampler(no_mix, seed=cfg.seed + 3, device=device),
-                       scale, bias, in_dtype)
-    phase = dict(epochs=embed_epochs, lr=embed_lr, warmup_frac=opts.embed_warmup_frac)
-    if any(f.name == "warmup_epochs" for f in dataclasses.fields(cfg)):
-        phase["warmup_epochs"] = None  # phase 2 warms up by embed_warmup_frac
-    phase_cfg = dataclasses.replace(cfg, **phase)
-    train_s += _train_phase("embed", step_net, phase_cfg, batches, _multi_similarity(opts), epochs=embed_epochs,
-                            amp_dtype=amp_dtype, device=device, log=log, rows=rows)
-    seen_imgs += math.ceil(embed_epochs * len(batches)) * sampler.batch_size
+                       scale, bias, precision.input_dtype)
+    # phase 2 warms up by embed_warmup_frac (its head starts random)
+    phase_cfg = dataclasses.replace(cfg, epochs=embed_epochs, lr=embed_lr, warmup_frac=opts.embed_warmup_frac,
+                                    warmup_epochs=None)
+    task = MetricLearningTask(net, torch.compile(net) if cfg.compile else net, alpha=opts.alpha, beta=opts.beta,
+                              lam=opts.lam, eps=opts.eps)
+    spent, images = run_phase("embed", task, phase_cfg, batches, epochs=embed_epochs, precision=precision, log=log,
+                              rows=rows)
+    train_s, seen_imgs = train_s + spent, seen_imgs + images
     measure("embedding", _embeddings, net)
 
     # --- run directory
-    atomic_torch_save({"model": net.state_dict(), "config": cfg.to_dict(), "train_classes": train_classes,
-                       "test_classes": test_classes, "classes": meta["classes"], "mean": meta["mean"],
-                       "std": meta["std"], "recall": recall}, out_dir / "checkpoint.pt")
+    save("checkpoint.pt", net, test_classes=test_classes, recall=recall)
     with open(out_dir / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     write_json(out_dir / "recall.json", recall)
@@ -352,7 +337,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
         "train_samples": len(train_labels), "test_samples": len(test_labels), "embedding_dim": opts.embedding_dim,
         "train_s": round(train_s, 3), "wall_s": round(time.perf_counter() - t_run, 3),
         "train_imgs_per_s": round(seen_imgs / max(train_s, 1e-9), 1), "device": device_name(device),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "compile": cfg.compile,
+        "amp": precision.name, "compile": cfg.compile,
         "params": sum(p.numel() for p in net.parameters()), "batch_size": cfg.batch_size,
         "torch": torch.__version__,
     }
@@ -362,7 +347,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
 
 
 def _plot(rows: list[dict], recall: dict, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only when a run finishes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
