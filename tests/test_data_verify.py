@@ -180,3 +180,18 @@ def test_cli_run_on_labels_out_of_range_is_a_message(dataset, tmp_path):
                 "--out", tmp_path / "run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train_labels.npy" in proc.stderr and "outside [0, 3)" in proc.stderr and "--force" in proc.stderr
+
+
+def test_full_check_of_a_dali_dataset_finds_a_missing_jpeg(tmp_path):
+    from fasttrain.data.formats import write_dali_dataset
+
+    rng = np.random.default_rng(0)
+    splits = {s: Split(rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), np.arange(6) % 2)
+              for s in ("train", "test")}
+    out = write_dali_dataset(tmp_path / "dali", splits, ["a", "b"], name="t", source="test", num_workers=1)
+    check_dataset(out, full=True)
+    victim = sorted((out / "test").rglob("*.jpg"))[0]
+    victim.unlink()
+    check_dataset(out)  # the list and labels are intact: the cheap check does not stat every JPEG
+    with pytest.raises(DatasetError, match=rf"{victim.name} is missing"):
+        check_dataset(out, full=True)

@@ -135,6 +135,12 @@ class _Checker:
                                 f"{rec['bytes']} (truncated or replaced)")
         if full:
             self.checksums(split, info)
+            if fmt == "dali":  # the list's checksum covers the names; each JPEG must still be there
+                with open(self.dir / (info.get("list") or f"{split}_list.txt")) as f:
+                    missing = [rel for rel, _, _ in (line.rpartition(" ") for line in f)
+                               if not (self.dir / rel).is_file()]
+                if missing:
+                    raise self.fail(f"{self.dir / missing[0]} is missing ({len(missing)} listed JPEGs are)")
 
     def checksums(self, split: str, info: dict) -> None:
         records = info.get("files")
