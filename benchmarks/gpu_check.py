@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 JPEG_COPY = ROOT / ".data" / "cifar10-jpeg"  # git-ignored; docs/gpu.md says how to carry it along
 ZOO_MODELS = "resnet9,resnet18,wrn16_8,mobilenetv2,densenet100_k12"
-BUDGET_S = {"gpu": 480.0, "dry": 900.0}  # the whole check
+# the whole check. The dry run's limits are loose: on a shared 2-core CI machine a fresh checkout spends
+# minutes in numba's first compile and in four systems' CPU training; on a GPU the limits are what fits.
+BUDGET_S = {"gpu": 480.0, "dry": 2400.0}
 MIN_STEP_S = 20.0  # a step with less time left than this is skipped, not started
 
 
@@ -60,11 +62,11 @@ class Step:
 
 STEPS = [
     Step("versions", "versions + CUDA extension build", 300, 120),
-    Step("gpu_tests", "pytest -m gpu", 150, 240),
-    Step("resnet9", "convert CIFAR-10 + fasttrain run resnet9 --epochs 24", 240, 240),
-    Step("tta", "time to accuracy: speed94 vs airbench94 / airbench94_muon", 200, 300),
-    Step("augment", "fused augmentation vs unfused vs copy (GB/s)", 90, 120),
-    Step("zoo", "fasttrain zoo --measure (compiled bf16 vs eager fp32)", 150, 120),
+    Step("gpu_tests", "pytest -m gpu", 150, 300),
+    Step("resnet9", "convert CIFAR-10 + fasttrain run resnet9 --epochs 24", 240, 400),
+    Step("tta", "time to accuracy: speed94 vs airbench94 / airbench94_muon", 200, 700),
+    Step("augment", "fused augmentation vs unfused vs copy (GB/s)", 90, 300),
+    Step("zoo", "fasttrain zoo --measure (compiled bf16 vs eager fp32)", 150, 300),
 ]
 
 
@@ -90,20 +92,16 @@ def env(dry: bool) -> dict[str, str]:
     return e
 
 
-def sh(cmd: list[str], dry: bool, **kw) -> subprocess.CompletedProcess:
-    """Run a command of a step, echoing it and its output (the parent keeps the tail)."""
+def sh(cmd: list[str], dry: bool) -> subprocess.CompletedProcess:
+    """Run a command of a step; its output streams into the step's log as it comes (a step killed at its
+    limit still shows how far it got)."""
     print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(dry), text=True, capture_output=True, **kw)
-    sys.stdout.write(proc.stdout[-20000:])
-    sys.stdout.write(proc.stderr[-20000:])
-    sys.stdout.flush()
-    return proc
+    return subprocess.run(cmd, cwd=ROOT, env=env(dry), stderr=subprocess.STDOUT, check=False)
 
 
 def must(proc: subprocess.CompletedProcess, what: str) -> None:
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{what} exited with {proc.returncode}: " + " | ".join(tail))
+        raise RuntimeError(f"{what} exited with {proc.returncode} (its output is in the step's log)")
 
 
 def data_dirs(dry: bool) -> tuple[Path, Path]:
@@ -214,7 +212,7 @@ def step_tta(dry: bool) -> dict:
            "--tag", "gpu_check"]
     if dry:
         cmd += ["--recipe", "speed94-cpu", "--seeds", "1", "--epochs", "1", "--ref-epochs", "1",
-                "--ref-batch-size", "128", "--train-subset", "256", "--test-subset", "100", "--device", "cpu"]
+                "--ref-batch-size", "64", "--train-subset", "128", "--test-subset", "50", "--device", "cpu"]
     else:  # the references compile in torch's default mode, as ours does (max-autotune alone takes minutes)
         cmd += ["--recipe", "speed94", "--seeds", "3", "--ref-compile-mode", "default"]
     proc = sh(cmd, dry)
@@ -313,7 +311,7 @@ def summary_line(r: StepResult) -> str:
         return f"{d['passed']} passed, {d['skipped']} skipped, {d['failures']} failed, {d['errors']} errors"
     if r.name == "resnet9":
         return (f"{100 * d['test_acc']:.2f}% test acc (TTA), {d['train_imgs_per_s']:,.0f} img/s, epoch "
-                f"{d['epoch_s_median']} s, augment {d['augment_backend']}, compile {d['compile']}, "
+                f"{d['epoch_s_median']:.2f} s, augment {d['augment_backend']}, compile {d['compile']}, "
                 f"recompiles {d['recompiles']}")
     if r.name == "tta":
         parts = [f"speed94 {100 * d['ours']['acc_tta']['mean']:.2f}% in {d['ours']['total_s']['mean']:.2f} s"]
@@ -329,7 +327,8 @@ def summary_line(r: StepResult) -> str:
                                                          if "fused_vs_copy" in best else ""))
     if r.name == "zoo":
         rows = d.get("rows", [])
-        speed = [f"{row['name']} {row.get('speedup_vs_fp32')}x" for row in rows]
+        speed = [f"{row['name']} " + (f"{row['speedup_vs_fp32']:.2f}x" if row.get("speedup_vs_fp32") else "-")
+                 for row in rows]
         return "fast / eager fp32: " + ", ".join(speed)
     return ""
 

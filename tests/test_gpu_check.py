@@ -47,7 +47,7 @@ def test_dry_run_runs_every_step_from_a_fresh_copy_without_optional_backends(cif
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPU_CHECK_DRY_RUN")}
     env.update(PYTHONPATH=f"{BLOCKER}{os.pathsep}.", GPU_CHECK_DRY_RUN="1")  # as `make gpu-check` sets it
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(out)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1500)
+                          capture_output=True, text=True, timeout=2700)
     reports = list(out.glob("*-cpu-dry-run.json"))
     assert len(reports) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(reports[0].read_text())
