@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip_translate")
+from .choices import TTA_MODES  # the list lives once, in choices
 
 
 @torch.no_grad()

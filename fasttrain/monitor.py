@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-MONITOR_METRICS = ("val_loss", "val_acc", "val_top5", "val_f1", "val_precision", "val_recall")
-
 
 class Monitor:
     def __init__(self, metric: str = "val_acc", patience: int = 0, min_delta: float = 0.0):

@@ -14,8 +14,7 @@ import torch.nn as nn
 
 from .config import RunConfig
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
+from .choices import OPTIMIZERS, SCHEDULES  # the lists live once, in choices
 
 
 # ============================================================================ parameter groups

@@ -61,10 +61,34 @@ def _size_from_data(data: str | None) -> list[int] | None:
         return None
 
 
-def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "test", tta: str = "none",
-                        device: str = "auto", batch_size: int = 500, use_ema: bool = True,
+def checkpoint_path(target: str | Path, which: str | None = None) -> Path:
+    """The checkpoint file `fasttrain eval TARGET [--checkpoint best|last]` means: TARGET itself when it is a
+    file; in a run directory best.pt (which: best) or checkpoint.pt (last), and by default best.pt where the
+    run made one (its reported test accuracy is best.pt's), else checkpoint.pt."""
+    target = Path(target)
+    if not target.is_dir():
+        if which is not None:
+            raise FileNotFoundError(f"--checkpoint {which}: applies to a run directory; {target} is a file "
+                                    f"(or missing): pass its run directory instead")
+        return target
+    best, last = target / "best.pt", target / "checkpoint.pt"
+    if which == "best" and not best.is_file():
+        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a val split "
+                                f"(--val-split N); evaluate its last weights with --checkpoint last")
+    if which == "best" or (which is None and best.is_file()):
+        return best
+    if not last.is_file():
+        raise FileNotFoundError(f"{target}: no checkpoint.pt; pass the directory of a run started by `fasttrain "
+                                f"run` (one that trained at least an epoch)")
+    return last
+
+
+def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, split: str = "test",
+                        tta: str | None = None, device: str = "auto", batch_size: int = 500, use_ema: bool = True,
                         amp: str = "off") -> dict:
-    """Every metric of `fasttrain.evaluate.evaluate` (with the confusion matrix) on `split` of `data`."""
+    """Every metric of `fasttrain.evaluate.evaluate` (with the confusion matrix) on `split` of `data`
+    (default: the dataset the checkpoint was trained on), with the run's test-time augmentation unless
+    `tta` is given."""
     from .augment import norm_constants
     from .data.formats import read_labels
     from .data.tensor_format import read_meta
@@ -72,13 +96,25 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "tes
     from .pipelines import load_split_tensors
     from .runtime import resolve_amp, resolve_device
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     loaded = load_checkpoint(path, dev, use_ema=use_ema)
+    if data is None:
+        data = loaded.config.get("data")
+        if not data or not Path(data).is_dir():
+            raise FileNotFoundError(f"{path}: the dataset it was trained on ({data}) is not there from this "
+                                    f"directory; pass --data DIR (a converted dataset with the same classes)")
+    tta = tta if tta is not None else loaded.config.get("tta", "none")
     meta = read_meta(data)
     if list(meta["classes"]) != loaded.classes:
         raise ValueError(f"--data {data}: its classes differ from the checkpoint's "
                          f"({len(meta['classes'])} vs {len(loaded.classes)} classes); evaluate on the "
                          f"dataset the model was trained for")
+    if split not in meta.get("splits", {split: None}):
+        carved = " (a run's val split is carved from train at run time and is not stored)" if split == "val" else ""
+        raise ValueError(f"--split {split}: {data} has no such split{carved}; it has "
+                         f"{', '.join(sorted(meta['splits']))}")
     labels = read_labels(data, split)
     # decode with the backend that reads this dataset's format (tensor, ffcv or dali)
     images, labels_t = load_split_tensors(meta.get("format", "tensor"), data, split, device=dev,
@@ -107,8 +143,10 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     batch = []
     for img in images:
         p = Path(img)
+        if p.is_dir():
+            raise FileNotFoundError(f"{p}: is a directory; pass image files, e.g. {p}/*.jpg")
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: image not found")
+            raise FileNotFoundError(f"{p}: no such image file")
         arr = decode_image(p.read_bytes(), str(p), size=h)  # short side to h, centre crop (as convert)
         batch.append(arr)
     x = torch.from_numpy(np.stack(batch)).to(dev)

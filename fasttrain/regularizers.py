@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .augment import Targets
 
-PATCHUP_MODES = ("none", "hard", "soft")
+from .choices import PATCHUP_MODES  # the list lives once, in choices
 
 
 def stage_outputs(model: nn.Module, sample: torch.Tensor) -> list[str]:
