@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -30,7 +29,26 @@ from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE
                      parse_value, recipe_name, resolve)
 from .models.options import MODEL_OPTIONS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command's user-caused failure becomes one `error:` line and exit code 2, in one place."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MemoryError:
+            typer.echo("error: out of memory; lower the sizes involved (--size, --batch-size, --train-subset) or "
+                       "use a machine with more memory", err=True)
+            raise typer.Exit(2) from None
+        except Exception as e:
+            if isinstance(e, _user_errors()):
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
+            raise
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="rich", help="Train image classifiers as fast as the hardware allows.")
 
 # Earlier option spellings, still accepted: the one rename table.
@@ -54,16 +72,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _json_stdout() -> TextIO:
-    """For --json: the returned stream is the real stdout, kept for the one JSON document; file descriptor 1
-    (print, rich consoles, child processes) now writes to stderr."""
-    sys.stdout.flush()
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
+    """For --json: returns the real stdout, kept for the one JSON document; until `_emit_json`, everything
+    else printed (echo, rich consoles, the trainer's progress) goes to stderr."""
+    out = sys.stdout
+    sys.stdout = sys.stderr
     return out
 
 
 def _emit_json(stream: TextIO | None, payload: Any) -> None:
     if stream is not None:
+        sys.stdout = stream
         stream.write(json.dumps(payload) + "\n")
         stream.flush()
 
@@ -732,14 +750,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except MemoryError:
-        typer.echo("error: out of memory; lower the sizes involved (--size, --batch-size, --train-subset) or "
-                   "use a machine with more memory", err=True)
-        sys.exit(2)
-    except Exception as e:
-        if isinstance(e, _user_errors()):
-            typer.echo(f"error: {e}", err=True)
-            sys.exit(2)
+    except Exception as e:  # user errors were answered by _Commands: this is a bug
         traceback.print_exc()
         typer.echo(f"error: fasttrain {__version__} failed unexpectedly ({type(e).__name__}); this is a bug: "
                    f"please report it with the command line and the traceback above", err=True)

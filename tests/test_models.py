@@ -1,5 +1,5 @@
 """The model zoo (issue 6): every registered model trains a step on CPU, the seed's parameter counts and
-FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the seed-002 recipes."""
+FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the CIFAR-10 ResNet table recipes."""
 
 from __future__ import annotations
 
@@ -214,18 +214,45 @@ def test_image_size_upscales_inside_the_model():
 
 
 def test_merge_model_options_checks_the_model():
-    from fasttrain.config import ConfigError, RunConfig
+    from fasttrain.config import RunConfig
+    from fasttrain.models import ModelError
     from fasttrain.models.options import merge_model_options
 
     cfg = RunConfig(model="resnet50b")
     merge_model_options(cfg, width=None, activation="mish", drop_path=0.2, image_size=None)
     assert cfg.model_kwargs == {"activation": "mish", "drop_path": 0.2}
-    with pytest.raises(ConfigError, match="--drop-path"):
+    with pytest.raises(ModelError, match="--drop-path"):
         merge_model_options(RunConfig(model="densenet100_k12"), drop_path=0.1)
-    with pytest.raises(ConfigError, match="--activation"):
+    with pytest.raises(ModelError, match="--activation"):
         merge_model_options(RunConfig(model="resnet50b"), activation="tanh")
-    with pytest.raises(ConfigError, match="model_kwargs"):
+    with pytest.raises(ModelError, match="--attention"):
+        merge_model_options(RunConfig(model="resnet18_attn"), attention="every")
+    with pytest.raises(ModelError, match="model_kwargs"):
         merge_model_options(RunConfig(model="inception_v3", model_kwargs={"drop_path": 0.1}))
+
+
+def test_models_import_only_torch_and_each_other():
+    """Models are a leaf: their errors are their own (ModelError, a ValueError), the registry imports no
+    family, and the package imports every family (as timm does)."""
+    import ast
+    from pathlib import Path
+
+    import fasttrain.models as models
+
+    for path in Path(models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                assert node.level == 1 or mod.split(".")[0] in ("torch", "__future__", "collections", "typing",
+                                                                "dataclasses", "inspect", "math", "functools",
+                                                                "difflib"), (path.name, mod)
+                assert node.level <= 1, f"{path.name} imports from outside models: {'.' * node.level}{mod}"
+                if path.name == "registry.py":
+                    assert node.level == 0, f"the registry imports {mod}"
+    with pytest.raises(models.ModelError, match="did you mean resnet9"):
+        models.get_entry("resnet_9")
+    with pytest.raises(KeyError):  # still a KeyError for dict-style callers
+        models.get_entry("resnet_9")
 
 
 # ---------------------------------------------------------------------------------------- compile
@@ -324,22 +351,22 @@ def test_run_cli_rejects_an_option_the_model_lacks():
 
 
 # ------------------------------------------------------------------------------------------ recipes
-def test_seed002_recipes_are_valid_and_join_once_their_schedule_exists():
-    from fasttrain.config import RECIPES, SCHEDULES, SEED002_RECIPES, RunConfig
+def test_resnet_table_recipes_are_valid():
+    from fasttrain.config import RECIPE_ALIASES, RECIPES, RESNET_TABLE_RECIPES, RunConfig
     from fasttrain.models.options import merge_model_options
 
-    assert {"seed-sd-htd-cutmix", "seed-96px-htd-cutmix", "seed-htd-cutmix"} <= set(SEED002_RECIPES)
-    for name, recipe in SEED002_RECIPES.items():
+    assert {"cifar10-sd-htd-cutmix", "cifar10-96px-htd-cutmix", "cifar10-htd-cutmix"} <= set(RESNET_TABLE_RECIPES)
+    for name, recipe in RESNET_TABLE_RECIPES.items():
         assert recipe["schedule"] in ("htd", "cosine", "multistep"), name
-        values = {**recipe, "schedule": recipe["schedule"] if recipe["schedule"] in SCHEDULES else SCHEDULES[0]}
-        cfg = RunConfig.from_dict(values).validate()
+        cfg = RunConfig.from_dict(recipe).validate()
         merge_model_options(cfg)  # the recipe's model takes its model_kwargs
         _meta(cfg.model, **cfg.model_kwargs)
-        assert (name in RECIPES) == (recipe["schedule"] in SCHEDULES)
-    headline = SEED002_RECIPES["seed-sd-htd-cutmix"]
+        assert name in RECIPES
+    headline = RESNET_TABLE_RECIPES["cifar10-sd-htd-cutmix"]
     assert headline["model"] == "resnet50b" and headline["schedule"] == "htd"
     assert headline["model_kwargs"]["drop_path"] > 0 and headline["cutmix"] > 0
-    assert SEED002_RECIPES["seed-96px-htd-cutmix"]["model_kwargs"] == {"image_size": 96}
+    assert RESNET_TABLE_RECIPES["cifar10-96px-htd-cutmix"]["model_kwargs"] == {"image_size": 96}
+    assert RECIPE_ALIASES["seed-sd-htd-cutmix"] == "cifar10-sd-htd-cutmix"  # the earlier name still works
 
 
 def test_every_factory_documents_itself():

@@ -24,7 +24,9 @@ MODEL_OPTIONS: dict[str, tuple[type, str]] = {
 
 
 def _flag(key: str) -> str:
-    return f"--{key.replace('_', '-')}" if key in MODEL_OPTIONS else f"model_kwargs[{key!r}]"
+    """How the user set it: an option (--drop-path) or any model_kwargs key (a recipe, --set, a file)."""
+    where = f"model_kwargs.{key}"
+    return f"--{key.replace('_', '-')} ({where})" if key in MODEL_OPTIONS else where
 
 
 def check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
