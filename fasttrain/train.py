@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import amp_name
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants
 from .config import RunConfig
 from .data.formats import read_labels
@@ -152,7 +153,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
-        f"amp {amp_dtype} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
+        f"amp {amp_name(amp_dtype)} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
         f"recipe {cfg.recipe}"
     )
     history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
@@ -268,7 +269,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
         "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
-        "device": device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "device": device_name(device), "amp": amp_name(amp_dtype),
         "compile": cfg.compile, "compile_s": round(compile_s, 3), "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
