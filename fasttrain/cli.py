@@ -633,7 +633,7 @@ def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, help=escape(
         "With a RUN_DIR: best (best.pt, selected on the val split) | last (checkpoint.pt) [default: best "
         "where the run made one, as its test accuracy was, else last].")),
-    split: str = typer.Option("test", help="Split to evaluate: test | train."),
+    split: str = typer.Option("test", help="Split to evaluate: test | train (| val where the dataset has one)."),
     tta: Optional[str] = typer.Option(None, help=escape("none | flip | flip_translate [default: the run's "
                                                         "own, as in its reported test accuracy].")),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -650,7 +650,7 @@ def eval_cmd(
     if batch_size < 1:
         _fail(f"--batch-size: must be >= 1, got {batch_size}")
     if split not in EVAL_SPLITS:
-        _fail(f"--split: must be one of test | train, got {split!r}{did_you_mean(split, EVAL_SPLITS)}")
+        _fail(f"--split: must be one of {' | '.join(EVAL_SPLITS)}, got {split!r}{did_you_mean(split, EVAL_SPLITS)}")
     if tta is not None and tta not in TTA_MODES:
         _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
     if checkpoint is not None and checkpoint not in CHECKPOINTS:

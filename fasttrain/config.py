@@ -340,8 +340,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file; write one with `fasttrain run MODEL --print-config > run.yaml`")
     suffix = path.suffix.lower()
-    text = path.read_text()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"--config {path}: expected a .yaml, .yml, .toml or .json file")
     try:
+        text = path.read_text()
         if suffix in (".yaml", ".yml"):
             try:
                 import yaml  # optional: TOML and JSON files need nothing beyond the standard library
@@ -353,13 +355,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import tomllib  # Python >= 3.11 (imported here so 3.10 still runs everything else)
 
             values = tomllib.loads(text)
-        elif suffix == ".json":
-            values = json.loads(text)
         else:
-            raise ConfigError(f"--config {path}: expected a .yaml, .yml, .toml or .json file")
+            values = json.loads(text)
     except ConfigError:
         raise
-    except Exception as e:  # the parsers' own error types (yaml.YAMLError, TOMLDecodeError, JSONDecodeError)
+    except Exception as e:  # unreadable bytes, or the parsers' own errors (YAMLError, TOMLDecodeError, JSONDecodeError)
         raise ConfigError(f"--config {path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
     if values is None:
         return {}
