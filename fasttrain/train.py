@@ -154,7 +154,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
         f"amp {amp_name(amp_dtype)} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
-        f"recipe {cfg.recipe}"
+        f"recipe {cfg.recipe or 'none (RunConfig defaults)'}"
     )
     history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
     step = pos.step

@@ -14,6 +14,7 @@ TF32 for convolutions). Warm-up steps (and compilation) are excluded.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -323,6 +324,8 @@ def select(spec: str | None) -> list[str]:
         matches = [item] if item in names else [n for n in names if get_entry(n).family == item]
         if not matches:
             families = sorted({get_entry(n).family for n in names})
-            raise KeyError(f"--models: {item!r} is neither a model nor a family; families: {', '.join(families)}")
+            close = difflib.get_close_matches(item, [*names, *families], n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise KeyError(f"--models: {item!r} is neither a model nor a family; {hint}families: {', '.join(families)}")
         chosen += [m for m in matches if m not in chosen]
     return table_order(chosen)

@@ -68,6 +68,7 @@ CASES = [
     (["report", "{root}"], ["none of the 1 folder", "summary.json"]),
     (["report", "{run}", "--plot", "{root}/out.txt"], ["--plot", ".png"]),
     (["recipes", "myrtle"], ["--recipe", "did you mean myrtle24"]),
+    (["zoo", "--models", "resnet50bb"], ["--models", "did you mean resnet50b"]),
     (["predict", "{root}/nothing.pt", "{root}/x.npy"], ["nothing.pt", "checkpoint not found"]),
 ]
 
