@@ -213,6 +213,11 @@ class RunConfig:
         need(self.early_stop == 0 or self.eval_every >= 1, "early_stop", "needs --eval-every >= 1")
         need(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
 
+    def resolved(self, *, device: str, amp: str, threads: int) -> RunConfig:
+        """A copy with the automatic choices (device auto, amp auto, threads none) replaced by what the run
+        chose, for config.json: it records what ran, and a resume or --config replays exactly that."""
+        return dataclasses.replace(self, device=device, amp=amp, threads=threads)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

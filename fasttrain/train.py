@@ -58,7 +58,9 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
     if dist.is_main and not resume:
-        cfg.save(out_dir / "config.json")
+        # what ran, not "auto": under DDP each process picks cuda:LOCAL_RANK, so the device is recorded as its type
+        cfg.resolved(device=device.type if dist.world_size > 1 else str(device), amp=amp_name(amp_dtype),
+                     threads=torch.get_num_threads()).save(out_dir / "config.json")
 
     # --- data: pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
     # is decoded once by the same backend and kept on the device

@@ -21,7 +21,7 @@ def json_run(cifar_tensor_slice, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "fasttrain", "run", "airbench", "--recipe", "cpu-quick", "--data", str(cifar_tensor_slice),
          "--epochs", "1", "--batch-size", "50", "--train-subset", "100", "--test-subset", "50", "--width", "0.25",
-         "--device", "cpu", "--amp", "bf16", "--threads", "1", "--no-tensorboard", "--out", str(run_dir), "--json"],
+         "--amp", "bf16", "--threads", "1", "--no-tensorboard", "--out", str(run_dir), "--json"],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return run_dir, proc
@@ -45,6 +45,9 @@ def test_json_stdout_is_one_document_and_logs_are_unwrapped(json_run):
     assert "train_acc" in epoch_line and "%" in epoch_line
     assert 0 <= summary["test_acc"] <= 1
     assert all(0 <= json.loads(r)["train_acc"] <= 1 for r in (run_dir / "metrics.jsonl").read_text().splitlines())
+    # config.json records what ran: --device auto and threads resolved
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["device"] in ("cpu", "cuda:0") and config["threads"] == 1 and config["amp"] == "bf16"
 
 
 def test_eval_takes_a_run_directory(json_run):
