@@ -1,4 +1,4 @@
-"""The model zoo (issue 6): every registered model trains a step on CPU, the seed's parameter counts and
+"""The model zoo: every registered model trains a step on CPU, the seed's parameter counts and
 FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the CIFAR-10 ResNet table recipes."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ RESIDUAL = [n for n in ALL if "drop_path" in (model_options(n) or [])]
 # marked slow, which CI still runs.
 FAST = {"resnet9", "airbench", "resnet18", "preact_resnet18", "resnet18v2", "resnet34v2", "resnet35b", "resnet50b",
         "resnext50_32", "senet50", "densenet100_k12", "mobilenetv2", "wrn16_8"}
-# Families this issue wrote (plus the core's); the strict activation test applies to these.
+# The zoo's own families (plus the core's); the strict activation test applies to these.
 ZOO_MODULES = {f"fasttrain.models.{m}" for m in (
     "resnet9 airbench resnet resnetv2 resnext senet densenet mobilenetv2 wrn pyramidnet resnest efficientnet "
     "inception xception ibn tresnet").split()}
@@ -45,7 +45,7 @@ def test_registry_rejects_duplicates_and_drops_unset_kwargs():
         create_model("densenet100_k12", 10, drop_path=0.1)
 
 
-def test_zoo_has_every_model_the_issue_names():
+def test_zoo_has_every_model_the_seeds_name():
     required = """resnet9 resnet9_c100 airbench resnet18 preact_resnet18 resnet18v2 resnet34v2 resnet35b resnet50b
         resnet101b resnet152b resnet170b wide_resnet18 resnext50_32 resnext101_32 resnext152_32 senet50 senet101
         senet152 densenet100_k12 densenet100_k16 densenet160_k12 densenet250_k12 densenet250_k24 densenet190_k40
@@ -71,7 +71,7 @@ def test_forward_backward_cpu_channels_last(name):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-# One model per family (the cheapest); families registered by other issues contribute their first model.
+# One model per family (the cheapest); families registered elsewhere contribute their first model.
 REPRESENTATIVE = {"resnet9": "resnet9", "airbench": "airbench", "resnet": "resnet18", "resnetv2": "resnet18v2",
                   "resnext": "resnext50_32", "senet": "senet50", "densenet": "densenet100_k12",
                   "mobilenetv2": "mobilenetv2", "wrn": "wrn16_8", "pyramidnet": "pyramidnet110_a48",
@@ -103,7 +103,7 @@ def test_forward_imagenet_size(name, kw):
 
 
 # --------------------------------------------------------------------------- seed parameters, FLOPs
-# Keras "total params" (BatchNorm running mean/var counted), from seed 002's table.
+# Keras "total params" (BatchNorm running mean/var counted), from the reference ResNet table.
 SEED_TOTAL = {"resnet34v2": 1_327_226, "resnet35b": 873_722, "resnet101b": 2_530_426, "resnet152b": 3_528_314}
 # Published trainable counts of the standard CIFAR nets (10 classes).
 PUBLISHED = {"resnet50b": 1_309_210,  # the seed's ResNet50b row lists the trainable count
@@ -125,7 +125,7 @@ def test_bn_stats_are_counted_twice_per_channel():
     assert count_params(m) == (3 * 4 * 9 + 8, 3 * 4 * 9 + 16)
 
 
-# Seed 002's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
+# The reference table's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
 # fixed blur filters' own 0.13M (the seed did not count them).
 SEED_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, "resnet101b": 149.87e6,
              "resnet152b": 225.63e6, "resnet170b": 252.37e6}
