@@ -27,6 +27,7 @@ from .choices import CHECKPOINTS, EVAL_SPLITS, PLOT_FORMATS, TTA_MODES
 from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError,
                      RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
                      parse_value, recipe_name, resolve)
+from .models import MODELS
 from .models.options import MODEL_OPTIONS
 
 
@@ -260,7 +261,9 @@ class RunCommand(typer.core.TyperCommand):
                 origin = name if param.name in values else ""
                 text = HELP[param.name][0]
             param.help = _option_help(text, default, origin, FIELD_CHOICES.get(param.name, ()))
-        if model and name:
+        if model and model not in MODELS:
+            note = f"unknown model {model!r}{did_you_mean(model, MODELS)} (`fasttrain zoo` lists them)"
+        elif model and name:
             note = f"{model} gets recipe {name} (`fasttrain recipes {name}`); the defaults below are its values."
         elif model:
             d = {k: FIELDS[k].default for k in ("optimizer", "lr", "batch_size", "schedule", "epochs")}
@@ -379,7 +382,9 @@ def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], setti
         return
     cfg = _build_config(model, config, settings, options)
     if print_config:
-        typer.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        if stdout is None:
+            typer.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        _emit_json(stdout, cfg.to_dict())
         return
     if cfg.recipe is None:
         typer.echo(f"{cfg.model} has no recipe: RunConfig defaults plus your options ({cfg.optimizer} lr {cfg.lr:g}, "

@@ -93,6 +93,9 @@ def test_run_help_shows_defaults_per_model_and_recipe():
     assert "[default: 0.5 from cpu-quick]" in quick  # --width, from the recipe's model_kwargs
     bare = invoke("run", "resnet18", "--help").stdout
     assert "resnet18 has no recipe of its own" in " ".join(bare.split()) and "recipe None" not in bare
+    assert "did you mean resnet9" in invoke("run", "resnet_9", "--help").stdout
+    both = invoke("run", "resnet9", "--print-config", "--json")  # still one JSON document on stdout
+    assert both.exit_code == 0 and json.loads(both.stdout)["recipe"] == "myrtle24"
 
 
 def test_recipes_command_and_version():
