@@ -11,6 +11,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .models import create_model, get_entry
+from .models.options import check_model_kwargs
+
 
 @dataclass
 class Loaded:
@@ -27,7 +30,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
     (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
-    from .models import create_model
 
     path = Path(path)
     if not path.is_file():
@@ -37,11 +39,40 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     missing = [k for k in ("model", "config", "classes", "mean", "std") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a fasttrain checkpoint (missing {missing})")
-    cfg = ckpt["config"]
-    model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
+    cfg, classes = ckpt["config"], ckpt["classes"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) or \
+            not isinstance(cfg.get("model_kwargs", {}), dict):
+        raise ValueError(f"{path}: its 'config' is not a run's settings (a mapping with 'model' and "
+                         f"'model_kwargs'); the file is damaged or was edited")
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2:
+        raise ValueError(f"{path}: its 'classes' must list at least 2 class names, got {classes!r:.80}")
+    for key in ("mean", "std"):
+        values = ckpt[key]
+        if not (isinstance(values, (list, tuple)) and len(values) == 3 and
+                all(isinstance(v, (int, float)) for v in values)) or (key == "std" and min(values) <= 0):
+            raise ValueError(f"{path}: its '{key}' must be 3 per-channel numbers{' > 0' if key == 'std' else ''}, "
+                             f"got {values!r:.80}")
     state, weights = ckpt["model"], "model"
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
+    name, kwargs = cfg["model"], cfg.get("model_kwargs", {})
+    try:
+        get_entry(name)
+        check_model_kwargs(name, kwargs)
+        with torch.device("meta"):  # shapes first: a bad size in the config allocates nothing
+            expected = {k: tuple(v.shape) for k, v in create_model(name, len(classes), **kwargs).state_dict().items()}
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot rebuild its model: {e}") from None
+    got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and \
+        all(isinstance(v, torch.Tensor) for v in state.values()) else None
+    if got is None:
+        raise ValueError(f"{path}: its '{weights}' entry is not a state dict of tensors; the file is damaged or "
+                         f"was edited")
+    if got != expected:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise ValueError(f"{path}: its weights do not fit {name} with {len(classes)} classes and {kwargs} "
+                         f"(first difference: {diff[0]}); the file is damaged or was edited")
+    model = create_model(name, len(classes), **kwargs)
     model.load_state_dict(state)
     model = model.to(device).eval()
     if cfg.get("channels_last", True):

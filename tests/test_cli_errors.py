@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fasttrain.cli import app
+from fasttrain.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     run.mkdir()
     (run / "config.json").write_text("{not json")
     np.save(root / "x.npy", np.zeros(2))
+    # checkpoints: a good one, then one damaged field each (plain data, loadable with weights_only=True)
+    model = create_model("resnet9", 2, width=0.125)
+    good = {"model": model.state_dict(), "config": {"model": "resnet9", "model_kwargs": {"width": 0.125}},
+            "classes": ["a", "b"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    bad = {"unknown_model": {"config": {"model": "resnet_9"}}, "config_not_dict": {"config": "resnet9"},
+           "null_mean": {"mean": None}, "huge_width": {"config": {"model": "resnet9", "model_kwargs": {"width": 200}}},
+           "three_classes": {"classes": ["a", "b", "c"]}, "not_weights": {"model": {"w": [1, 2]}},
+           "bad_kwarg": {"config": {"model": "resnet9", "model_kwargs": {"activation": "tanh"}}}}
+    for name, change in bad.items():
+        torch.save({**good, **change}, root / f"{name}.pt")
     return {"root": root, "data": data, "images": images, "run": run}
 
 
@@ -70,6 +82,13 @@ CASES = [
     (["recipes", "myrtle"], ["--recipe", "did you mean myrtle24"]),
     (["zoo", "--models", "resnet50bb"], ["--models", "did you mean resnet50b"]),
     (["predict", "{root}/nothing.pt", "{root}/x.npy"], ["nothing.pt", "checkpoint not found"]),
+    (["eval", "{root}/unknown_model.pt"], ["unknown_model.pt", "unknown model 'resnet_9'", "did you mean resnet9"]),
+    (["eval", "{root}/config_not_dict.pt"], ["config_not_dict.pt", "not a run's settings"]),
+    (["eval", "{root}/null_mean.pt"], ["null_mean.pt", "'mean' must be 3 per-channel numbers"]),
+    (["eval", "{root}/huge_width.pt"], ["huge_width.pt", "weights do not fit resnet9"]),  # nothing allocated
+    (["eval", "{root}/three_classes.pt"], ["three_classes.pt", "weights do not fit resnet9 with 3 classes"]),
+    (["eval", "{root}/not_weights.pt"], ["not_weights.pt", "not a state dict of tensors"]),
+    (["predict", "{root}/bad_kwarg.pt", "{root}/x.npy"], ["bad_kwarg.pt", "--activation", "relu"]),
 ]
 
 
