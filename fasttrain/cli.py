@@ -386,12 +386,27 @@ def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], setti
             typer.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         _emit_json(stdout, cfg.to_dict())
         return
+    _check_data_exists(cfg.data)
     if cfg.recipe is None:
         typer.echo(f"{cfg.model} has no recipe: RunConfig defaults plus your options ({cfg.optimizer} lr {cfg.lr:g}, "
                    f"batch {cfg.batch_size}, {cfg.schedule}, {cfg.epochs:g} epochs); `fasttrain recipes` lists "
                    f"recipes", err=True)
     summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)
     _emit_json(stdout, summary)
+
+
+def _check_data_exists(data: str) -> None:
+    """A --data directory that does not exist: a suggestion among its siblings, and the command that makes one
+    (what is inside an existing directory is the data reader's to judge)."""
+    path = Path(data)
+    if path.exists():
+        return
+    parent = path.parent if path.parent.is_dir() else None
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
+    close = did_you_mean(path.name, siblings)
+    hint = close.replace("; did you mean ", "; did you mean " + (f"{parent}/" if str(parent) != "." else ""))
+    raise ConfigError(f"--data {data}: no such directory{hint or '.'} Or convert a dataset there: `fasttrain convert "
+                      f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
 
 
 def _make_run_command():

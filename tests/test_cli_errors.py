@@ -68,6 +68,8 @@ CASES = [
     (["run", "resnet18_attn", "--attention", "all"], ["--attention", "both | channel | spatial"]),
     (["run", "resnet9", "--embed-lr", "0.1"], ["--embed-lr", "only with --task retrieval"]),
     (["run"], ["MODEL: missing"]),
+    (["run", "resnet9", "--data", "{root}/tinny"], ["--data", "no such directory", "did you mean", "tiny",
+                                                   "fasttrain convert"]),
     (["run", "--resume", "{run}"], ["--resume", "config.json", "not valid JSON"]),
     (["run", "--resume", "{run}", "--lr", "1"], ["--resume", "drop --lr"]),
     (["convert", "cifar1O"], ["DATASET", "did you mean cifar10"]),
