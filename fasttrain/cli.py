@@ -405,7 +405,7 @@ def _check_data_exists(data: str) -> None:
     siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
     close = did_you_mean(path.name, siblings)
     hint = close.replace("; did you mean ", "; did you mean " + (f"{parent}/" if str(parent) != "." else ""))
-    raise ConfigError(f"--data {data}: no such directory{hint or '.'} Or convert a dataset there: `fasttrain convert "
+    raise ConfigError(f"--data {data}: no such directory{hint + ' Or c' if hint else '; c'}onvert a dataset there: `fasttrain convert "
                       f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
 
 
