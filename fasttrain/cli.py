@@ -254,8 +254,11 @@ class RunCommand(typer.core.TyperCommand):
                 continue
             if param.name in MODEL_OPTIONS:
                 kwargs = values.get("model_kwargs", {})
-                default, origin = kwargs.get(param.name), (name if param.name in kwargs else "")
-                text = MODEL_OPTIONS[param.name][1]
+                if param.name not in kwargs:
+                    continue  # the model's own default, as the static help says
+                default, origin, text = kwargs[param.name], name, MODEL_OPTIONS[param.name][1]
+            elif param.name == "recipe":
+                default, origin, text = name, "", HELP["recipe"][0]
             else:
                 default = values.get(param.name, FIELDS[param.name].default)
                 origin = name if param.name in values else ""
@@ -440,7 +443,8 @@ def _make_run_command():
                                                     "its saved config (give no other settings).")),
     ]
     fields = [_field_option(f.name) for f in dataclasses.fields(RunConfig) if f.name not in NOT_OPTIONS]
-    extras = [_extra_option(k, tp, text, MODEL_PANEL) for k, (tp, text) in MODEL_OPTIONS.items()]
+    extras = [_extra_option(k, tp, f"{text} [default: the model's own]", MODEL_PANEL)
+              for k, (tp, text) in MODEL_OPTIONS.items()]
     extras += [_extra_option(k, tp, text, RETRIEVAL_PANEL) for k, (tp, text) in RETRIEVAL_OPTIONS.items()]
     params = fixed + fields + extras
     names = [p.name for p in params]

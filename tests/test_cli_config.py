@@ -89,6 +89,7 @@ def test_run_help_shows_defaults_per_model_and_recipe():
     assert "defaults < the recipe" in " ".join(plain.split()) or "RunConfig defaults <" in plain
     airbench = invoke("run", "airbench", "--help").stdout
     assert "airbench gets recipe airbench94" in airbench and "[default: 1.5 from airbench94]" in airbench
+    assert "[default: airbench94]" in airbench and "[default: the model's own]" in airbench  # --recipe, --width
     quick = invoke("run", "airbench", "--recipe", "cpu-quick", "--help").stdout
     assert "[default: 0.5 from cpu-quick]" in quick  # --width, from the recipe's model_kwargs
     bare = invoke("run", "resnet18", "--help").stdout
