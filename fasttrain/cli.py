@@ -1,30 +1,90 @@
-"""The `fasttrain` command line: thin wrappers that parse options, build a config and call the library."""
+"""The `fasttrain` command line: thin wrappers that parse options, build a config and call the library.
+
+`fasttrain run` has one option per RunConfig field, generated from the dataclass (the field's comment is
+the help, the option name is the field name), so the CLI is not a second schema. Commands import their
+heavy modules (torch, the trainer) when they run, so `--help` and option errors answer at once.
+
+Errors: a user-caused failure (bad option, file, checkpoint, dataset) ends with one `error: ...` line on
+stderr and exit code 2; anything else is a bug and prints its traceback with a request to report it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 import typer
+import typer.core
+from rich.markup import escape
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train image classifiers as fast as the hardware allows.")
+from . import __version__
+from .choices import CHECKPOINTS, EVAL_SPLITS, PLOT_FORMATS, TTA_MODES
+from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError,
+                     RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
+                     parse_value, recipe_name, resolve)
+from .models import MODELS
+from .models.options import MODEL_OPTIONS
 
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data.sources import SourceError
-    from .data.tensor_format import DatasetError
+class _Commands(typer.core.TyperGroup):
+    """Every command's user-caused failure becomes one `error:` line and exit code 2, in one place."""
 
-    return (ConfigError, SourceError, DatasetError)
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MemoryError:
+            typer.echo("error: out of memory; lower the sizes involved (--size, --batch-size, --train-subset) or "
+                       "use a machine with more memory", err=True)
+            raise typer.Exit(2) from None
+        except Exception as e:
+            if isinstance(e, _user_errors()):
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
+            raise
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich", help="Train image classifiers as fast as the hardware allows.")
+
+# Earlier option spellings, still accepted: the one rename table.
+OPTION_ALIASES = {"--min-lr-frac": "--end-lr-frac", "--attention-placement": "--placement"}
 
 
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the user's input is wrong": shown as one line, exit code 2."""
+    from .checkpoint import CheckpointError
+    from .data.sources import SourceError
+    from .data.tensor_format import DatasetError
+    from .models import ModelError
+    from .resilience import RunDirError
+
+    return (ConfigError, ModelError, SourceError, DatasetError, CheckpointError, RunDirError)
+
+
+def _json_stdout() -> TextIO:
+    """For --json: returns the real stdout, kept for the one JSON document; until `_emit_json`, everything
+    else printed (echo, rich consoles, the trainer's progress) goes to stderr."""
+    out = sys.stdout
+    sys.stdout = sys.stderr
+    return out
+
+
+def _emit_json(stream: TextIO | None, payload: Any) -> None:
+    if stream is not None:
+        sys.stdout = stream
+        stream.write(json.dumps(payload) + "\n")
+        stream.flush()
 
 
 def _progress_factory():
@@ -48,48 +108,660 @@ def _progress_factory():
     return factory
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fasttrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
+    """Train image classifiers as fast as the hardware allows."""
+
+
+# ============================================================================ convert
+MAX_CONVERT_SIZE = 1024  # pixels; a tensor dataset of larger images belongs in --format ffcv/dali
+
+
 @app.command()
 def convert(
     dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
-    out: Optional[Path] = typer.Option(None, help="Output directory [default: ./data/<dataset>]"),
+    out: Optional[Path] = typer.Option(None, help=escape("Output directory [default: ./data/<dataset>]")),
     format: str = typer.Option("tensor", "--format", help="Output format: tensor (default; uint8 arrays) | "
                                "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
     # --- ffcv/dali formats
-    jpeg_quality: Optional[int] = typer.Option(None, help="ffcv: store JPEG at this quality instead of raw "
-                                               "pixels; dali: JPEG quality [default: 95]."),
+    jpeg_quality: Optional[int] = typer.Option(None, help=escape("ffcv: store JPEG at this quality instead of raw "
+                                               "pixels; dali: JPEG quality [default: 95].")),
     max_resolution: Optional[int] = typer.Option(None, help="ffcv/dali: shrink images whose longer side "
                                                  "exceeds this (larger images, e.g. ImageNet-like folders)."),
-    timeout: Optional[float] = typer.Option(None, help="ffcv/dali: kill the writer after this many seconds "
-                                            "[default: 3600]; nothing partial is left behind."),
+    timeout: Optional[float] = typer.Option(None, help=escape("ffcv/dali: kill the writer after this many seconds "
+                                            "[default: 3600]; nothing partial is left behind.")),
     # --- tinyimagenet, cars196, imagefolder: reader options, passed on only when given
     name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
                                        "./data/<name>)."),
-    size: Optional[int] = typer.Option(None, help="Resize the short side to SIZE and centre-crop SIZE x SIZE "
-                                       "(imagefolder, tinyimagenet; cars196 default 224)."),
-    val_fraction: Optional[float] = typer.Option(None, help="imagefolder without val/test folders: hold out "
-                                                 "this share of each class as 'test' [default: 0.1]."),
+    size: Optional[int] = typer.Option(None, help=f"Resize the short side to SIZE and centre-crop SIZE x SIZE "
+                                       f"(imagefolder, tinyimagenet; cars196 default 224; at most {MAX_CONVERT_SIZE})."),
+    val_fraction: Optional[float] = typer.Option(None, help=escape("imagefolder without val/test folders: hold out "
+                                                 "this share of each class as 'test' [default: 0.1].")),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that do not decode and record them "
                                   "(count and list) in meta.json, instead of stopping with an error."),
 ) -> None:
     """Convert a dataset once into a training-ready format (default ./data/<dataset>, or
     ./data/<dataset>-<format> for ffcv/dali)."""
-    from .data.convert import convert as convert_dataset
+    from .data.convert import READERS, convert as convert_dataset
 
-    reader_options = _reader_options(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad)
+    if dataset not in READERS:
+        _fail(f"DATASET: unknown dataset {dataset!r}{did_you_mean(dataset, READERS)}; known: "
+              f"{', '.join(sorted(READERS))}")
+    if size is not None and not 8 <= size <= MAX_CONVERT_SIZE:
+        _fail(f"--size: must lie in [8, {MAX_CONVERT_SIZE}] pixels, got {size}; for larger images use "
+              f"--format ffcv or dali with --max-resolution")
+    reader_options = {k: v for k, v in dict(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad).items()
+                      if v is not None and v is not False}
+    convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,
+                    max_resolution=max_resolution, timeout_s=timeout, progress_factory=_progress_factory(),
+                    log=typer.echo, **reader_options)
+
+
+# ============================================================================ run: options from RunConfig
+NOT_OPTIONS = ("model", "model_kwargs", "retrieval")  # the MODEL argument; dicts filled by the options below
+LIST_FIELDS = ("betas", "milestones")  # given as comma-separated numbers, parsed by the field's type
+# options of the retrieval task, stored in RunConfig.retrieval: name -> (type, help)
+RETRIEVAL_OPTIONS: dict[str, tuple[type, str]] = {
+    "cls_epochs": (float, "retrieval: classification epochs before the embedding head [default: epochs]."),
+    "embed_epochs": (float, "retrieval: epochs of the 512-d embedding with the multi-similarity loss "
+                            "[default: epochs]."),
+    "embed_lr": (float, "retrieval: peak lr of the embedding phase."),
+    "m_per_class": (int, "retrieval: images per class in a batch."),
+}
+CONFIG_PANEL, MODEL_PANEL, RETRIEVAL_PANEL = "config files and output", "model options", "retrieval task"
+HELP = field_help()
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value) or "none"
+    return str(value)
+
+
+def _option_help(text: str, default: Any = None, origin: str = "", choices: tuple[str, ...] = ()) -> str:
+    """Help text with its choices and default, escaped so rich shows the brackets instead of eating them."""
+    if choices and not all(c in text for c in choices):
+        text = f"{text}: {' | '.join(choices)}" if text else " | ".join(choices)
+    if default is None and "default" in text:
+        return escape(text)  # the text says what happens when it is not set
+    shown = f" [default: {_show(default)}{f' from {origin}' if origin else ''}]"
+    return escape(text + shown if text else shown.strip())
+
+
+def _field_option(name: str) -> inspect.Parameter:
+    tp = FIELD_TYPES[name]
+    if name in LIST_FIELDS:
+        base = str  # parsed by the field's type
+    else:
+        base = tp if tp in (bool, int, float, str) else next(a for a in tp.__args__ if a is not type(None))
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{name.replace('_', '-')}"] if base is bool else [flag]  # bool and bool | None
+    text, section = HELP.get(name, ("", "settings"))
+    metavar = "N,N" if name in LIST_FIELDS else None
+    option = typer.Option(None, *decls, help=_option_help(text, FIELDS[name].default, "",
+                                                          FIELD_CHOICES.get(name, ())),
+                          rich_help_panel=section, show_default=False, metavar=metavar)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])
+
+
+def _extra_option(name: str, tp: type, text: str, panel: str) -> inspect.Parameter:
+    option = typer.Option(None, "--" + name.replace("_", "-"), help=escape(text), rich_help_panel=panel,
+                          show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[tp])
+
+
+RUN_HELP = (
+    "Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory.\n\n"
+    "Settings resolve in this order, later winning: RunConfig defaults < the recipe (--recipe, else the model's "
+    "own) < --config FILE < --set FIELD=VALUE and the options below. `fasttrain run MODEL --help` shows the "
+    "defaults MODEL gets; --print-config prints the resolved settings (loadable with --config) and exits."
+)
+
+
+class RunCommand(typer.core.TyperCommand):
+    """`run MODEL --help` shows the defaults MODEL (or --recipe) actually gets."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if "--help" in args:
+            self._show_defaults_for(*_peek_model_and_recipe(self, args))
+        return super().parse_args(ctx, args)
+
+    def _show_defaults_for(self, model: str | None, recipe: str | None) -> None:
+        try:
+            name = recipe_name(recipe) if recipe else (default_recipe(model) if model else None)
+        except ConfigError:
+            name = None
+        values = RECIPES.get(name, {}) if name else {}
+        for param in self.params:
+            if not isinstance(param, typer.core.TyperOption) or param.name not in FIELDS and param.name not in MODEL_OPTIONS:
+                continue
+            if param.name in MODEL_OPTIONS:
+                kwargs = values.get("model_kwargs", {})
+                if param.name not in kwargs:
+                    continue  # the model's own default, as the static help says
+                default, origin, text = kwargs[param.name], name, MODEL_OPTIONS[param.name][1]
+            elif param.name == "recipe":
+                default, origin, text = name, "", HELP["recipe"][0]
+            else:
+                default = values.get(param.name, FIELDS[param.name].default)
+                origin = name if param.name in values else ""
+                text = HELP[param.name][0]
+            param.help = _option_help(text, default, origin, FIELD_CHOICES.get(param.name, ()))
+        if model and model not in MODELS:
+            note = f"unknown model {model!r}{did_you_mean(model, MODELS)} (`fasttrain zoo` lists them)"
+        elif model and name:
+            note = f"{model} gets recipe {name} (`fasttrain recipes {name}`); the defaults below are its values."
+        elif model:
+            d = {k: FIELDS[k].default for k in ("optimizer", "lr", "batch_size", "schedule", "epochs")}
+            note = (f"{model} has no recipe of its own: it gets the RunConfig defaults shown below "
+                    f"({d['optimizer']} lr {d['lr']}, batch {d['batch_size']}, {d['schedule']}, {d['epochs']} "
+                    f"epochs) unless you pass --recipe or options.")
+        else:
+            note = ""
+        self.help = RUN_HELP + (f"\n\n{escape(note)}" if note else "")
+
+
+def _peek_model_and_recipe(cmd: typer.core.TyperCommand, args: list[str]) -> tuple[str | None, str | None]:
+    """MODEL and --recipe from raw arguments (before click parses them, for --help)."""
+    takes_value = {o for p in cmd.params if isinstance(p, typer.core.TyperOption) and not p.is_flag for o in p.opts}
+    model = recipe = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            opt, eq, value = arg.partition("=")
+            if opt in takes_value and not eq:
+                value = args[i + 1] if i + 1 < len(args) else ""
+                i += 1
+            if opt == "--recipe":
+                recipe = value
+        elif model is None:
+            model = arg
+        i += 1
+    return model, recipe
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    """`--set field=value` (typed by the field) or `--set model_kwargs.key=value` / `retrieval.key=value`
+    (a JSON value, or else a string)."""
+    key, eq, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not eq or not key:
+        raise ConfigError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set lookahead=true")
+    field, dot, sub = key.partition(".")
+    if dot:
+        if field not in ("model_kwargs", "retrieval"):
+            raise ConfigError(f"--set {text!r}: only model_kwargs.KEY and retrieval.KEY take a dotted name")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        return field, {sub: parsed}
+    if field not in FIELDS:
+        raise ConfigError(f"--set {text!r}: unknown setting {field!r}{did_you_mean(field, FIELDS)}")
+    return field, parse_value(field, value, source=f"--set {field}")
+
+
+def _overrides(settings: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig overrides from --set and the options given (None = not given); options win over --set."""
+    overrides: dict[str, Any] = {}
+    for text in settings or []:
+        key, value = _parse_set(text)
+        overrides[key] = {**overrides.get(key, {}), **value} if key in ("model_kwargs", "retrieval") else value
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in FIELDS:
+            overrides[name] = parse_value(name, value) if name in LIST_FIELDS else value
+        else:
+            group = "model_kwargs" if name in MODEL_OPTIONS else "retrieval"
+            overrides[group] = {**overrides.get(group, {}), name: value}
+    return overrides
+
+
+def _build_config(model: str | None, config: Path | None, settings: list[str] | None,
+                  options: dict[str, Any]) -> RunConfig:
+    """The resolved, validated RunConfig, with every check that needs the model registry or the dataset."""
+    from .models import get_entry
+    from .models.options import check_model_kwargs
+
+    overrides = _overrides(settings, options)
+    file_values = load_config_file(config) if config is not None else {}
+    model = model or overrides.get("model") or file_values.get("model")
+    if not model:
+        raise ConfigError("MODEL: missing; name a model (`fasttrain zoo` lists them), give `model:` in --config, "
+                          "or pass --resume RUN_DIR")
+    get_entry(model)  # unknown model: a suggestion before anything else
+    cfg = resolve(model, None, overrides, file_values=file_values)
+    check_model_kwargs(cfg.model, cfg.model_kwargs)
+    if cfg.task == "retrieval":
+        from .retrieval.trainer import RetrievalOptions
+
+        RetrievalOptions.from_dict(cfg.retrieval)
+        if cfg.nproc > 1:
+            raise ConfigError("--nproc: the retrieval task runs in one process")
+    elif cfg.retrieval:
+        given = [k for k in RETRIEVAL_OPTIONS if options.get(k) is not None] or ["retrieval"]
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only with --task retrieval")
+    meta_path = Path(cfg.data) / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            meta = {}  # a broken meta.json is reported by the data reader, with what to do
+        if isinstance(meta, dict) and len(meta.get("shape") or []) >= 2:
+            check_against_data(cfg, meta)
+    if cfg.amp == "fp16" and cfg.device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--amp fp16: no CUDA device here, so --device auto trains on the CPU, where fp16 "
+                              "autocast is ~1000x slower; use --amp bf16 or off")
+    return cfg
+
+
+def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], settings: Optional[list[str]],
+         print_config: bool, json_out: bool, resume: Optional[Path], **options: Any) -> None:
+    stdout = _json_stdout() if json_out else None
+    if resume is not None:
+        _emit_json(stdout, _resume_run(ctx, model, resume, options.get("nproc")))
+        return
+    cfg = _build_config(model, config, settings, options)
+    if print_config:
+        if stdout is None:
+            typer.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        _emit_json(stdout, cfg.to_dict())
+        return
+    _check_data_exists(cfg.data)
+    if cfg.recipe is None:
+        typer.echo(f"{cfg.model} has no recipe: RunConfig defaults plus your options ({cfg.optimizer} lr {cfg.lr:g}, "
+                   f"batch {cfg.batch_size}, {cfg.schedule}, {cfg.epochs:g} epochs); `fasttrain recipes` lists "
+                   f"recipes", err=True)
+    summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)
+    _emit_json(stdout, summary)
+
+
+def _check_data_exists(data: str) -> None:
+    """A --data directory that does not exist: a suggestion among its siblings, and the command that makes one
+    (what is inside an existing directory is the data reader's to judge)."""
+    path = Path(data)
+    if path.exists():
+        return
+    parent = path.parent if path.parent.is_dir() else None
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
+    close = did_you_mean(path.name, siblings)
+    hint = close.replace("; did you mean ", "; did you mean " + (f"{parent}/" if str(parent) != "." else ""))
+    raise ConfigError(f"--data {data}: no such directory{hint + ' Or c' if hint else '; c'}onvert a dataset there: `fasttrain convert "
+                      f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
+
+
+def _make_run_command():
+    """`_run` with one keyword option per RunConfig field (and per model / retrieval option) in its signature,
+    which is what typer reads to build the command."""
+    fixed = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                          default=typer.Argument(None, metavar="MODEL", help="Model name (`fasttrain zoo` lists them); omit with "
+                                                            "--resume or when --config names one.", show_default=False)),
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                          default=typer.Option(None, "--config", metavar="FILE", rich_help_panel=CONFIG_PANEL,
+                                               help="Settings from a YAML, TOML or JSON file (e.g. from "
+                                                    "--print-config or a run's config.json).")),
+        inspect.Parameter("settings", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[list[str]],
+                          default=typer.Option(None, "--set", metavar="FIELD=VALUE", rich_help_panel=CONFIG_PANEL,
+                                               help="Set any setting by its field name, typed by the field "
+                                                    "(repeatable), e.g. --set lookahead=true --set betas=0.9,0.99 "
+                                                    "--set model_kwargs.width=0.5.")),
+        inspect.Parameter("print_config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
+                          default=typer.Option(False, "--print-config", rich_help_panel=CONFIG_PANEL,
+                                               help="Print the resolved settings as JSON (loadable with --config) "
+                                                    "and exit without training.")),
+        inspect.Parameter("json_out", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
+                          default=typer.Option(False, "--json", rich_help_panel=CONFIG_PANEL,
+                                               help="Print the summary as one JSON document on stdout; logs go "
+                                                    "to stderr.")),
+        inspect.Parameter("resume", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                          default=typer.Option(None, metavar="RUN_DIR", rich_help_panel=CONFIG_PANEL,
+                                               help="Continue the run in RUN_DIR from its last checkpoint, with "
+                                                    "its saved config (give no other settings).")),
+    ]
+    fields = [_field_option(f.name) for f in dataclasses.fields(RunConfig) if f.name not in NOT_OPTIONS]
+    extras = [_extra_option(k, tp, f"{text} [default: the model's own]", MODEL_PANEL)
+              for k, (tp, text) in MODEL_OPTIONS.items()]
+    extras += [_extra_option(k, tp, text, RETRIEVAL_PANEL) for k, (tp, text) in RETRIEVAL_OPTIONS.items()]
+    params = fixed + fields + extras
+    names = [p.name for p in params]
+    assert len(names) == len(set(names)), "a model or retrieval option shadows a RunConfig field"
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        bound = dict(zip(names, args), **kwargs)
+        _run(**bound)
+
+    run.__signature__ = inspect.Signature(params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__doc__ = RUN_HELP
+    return run
+
+
+app.command("run", cls=RunCommand, help=RUN_HELP)(_make_run_command())
+
+
+# ---------------------------------------------------------------------------- retrieval, resume, failures
+def _train_retrieval(cfg: RunConfig) -> dict:
+    from .retrieval import train_retrieval
+
+    return train_retrieval(cfg)
+
+
+def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
+    """train(cfg), or with cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop
+    signal exits 130/143 with a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
+    from . import distributed
+    from .resilience import NonFiniteLoss, RunInterrupted
+    from .train import train
+
+    if cfg.nproc > 1 and not distributed.in_torchrun():
+        distributed.check_launch(cfg.nproc, cfg.device)
+        distributed.launch(cfg.nproc, sys.argv[1:])  # replaces this process
     try:
-        convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,
-                        max_resolution=max_resolution, timeout_s=timeout, progress_factory=_progress_factory(),
-                        log=typer.echo, **reader_options)
-    except _user_errors() as e:
+        summary = train(cfg, resume=resume)
+        if not distributed.is_main_process():
+            raise typer.Exit(0)  # rank 0 alone reports
+        return summary
+    except RunInterrupted as e:
+        if not distributed.is_main_process():
+            raise typer.Exit(e.exit_code) from None
+        typer.echo(f"interrupted by {e.signame} at step {e.step} (epoch {e.epoch + 1}); checkpoint saved in "
+                   f"{e.run_dir}\nresume with: fasttrain run --resume {e.run_dir}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except NonFiniteLoss as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
+
+
+def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
+    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc and --json excepted)."""
+    allowed = {"resume", "nproc", "json_out", "model"}
+    given = [p for p in ctx.params if p not in allowed and ctx.params[p] not in (None, False, [], ())
+             and ctx.get_parameter_source(p).name != "DEFAULT"]
+    if given:
+        names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
+        _fail(f"--resume restores every setting from {run_dir / 'config.json'}; drop {names} "
+              f"(or start a new run with --out)")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        _fail(f"--resume {run_dir}: no config.json there; pass the directory of a run started by `fasttrain run`")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"--resume {run_dir}: {path} is not valid JSON ({e}); it was damaged or edited") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--resume {run_dir}: {path} holds no settings mapping")
+    cfg = RunConfig.from_dict(values, source=str(path))
+    if model is not None and model != cfg.model:
+        raise ConfigError(f"MODEL: {model!r} contradicts the resumed run's model {cfg.model!r}; omit MODEL")
+    cfg.out = str(run_dir)
+    if nproc is not None:
+        cfg.nproc = nproc
+    cfg.validate()
+    return _train(cfg, resume=True)
+
+
+@app.command()
+def quickstart(
+    source: Optional[Path] = typer.Option(None, help="CIFAR-10 source for the conversion (default: the "
+                                          "offline copy at ../shared/data/cifar10-jpeg if present, else download)."),
+    data: Path = typer.Option(Path("data/cifar10"), help="Where the converted dataset lives."),
+    out: Optional[str] = typer.Option(None, help="Run directory."),
+) -> None:
+    """The main job: convert CIFAR-10, then train ResNet9 for 24 epochs on the GPU, or, without a GPU,
+    the CPU quick recipe (about 10 minutes on 2 cores)."""
+    import torch
+
+    from .data.convert import convert as do_convert
+
+    if source is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+        source = shared if shared.is_dir() else None
+    do_convert("cifar10", source=source, out=data, progress_factory=_progress_factory(), log=typer.echo)
+    if torch.cuda.is_available():
+        typer.echo(f"GPU found ({torch.cuda.get_device_name()}): training resnet9 for 24 epochs (recipe myrtle24)")
+        cfg = resolve("resnet9", None, dict(data=str(data), epochs=24, out=out, compile=True))
+    else:
+        typer.echo("No CUDA GPU found: running the CPU quick recipe instead (airbench-style net, recipe "
+                   "cpu-quick, about 10 minutes on 2 cores). On a GPU this command trains resnet9 for 24 epochs.")
+        cfg = resolve("airbench", "cpu-quick", dict(data=str(data), out=out))
+    _train(cfg)
+
+
+# ============================================================================ recipes
+RECIPE_COLUMNS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "schedule", "tta")
+
+
+@app.command()
+def recipes(
+    name: Optional[str] = typer.Argument(None, help="A recipe: show every setting it makes."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List the named recipes (`fasttrain run MODEL --recipe NAME`), or one recipe's settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    users = {r: sorted(m for m, d in DEFAULT_RECIPES.items() if d == r) for r in RECIPES}
+    aliases = {r: sorted(a for a, c in RECIPE_ALIASES.items() if c == r) for r in RECIPES}
+    if name is None:
+        rows = [{"recipe": r, **{k: RECIPES[r].get(k, FIELDS[k].default) for k in RECIPE_COLUMNS},
+                 "default_for": users[r]} for r in RECIPES]
+        if json_out:
+            typer.echo(json.dumps(rows))
+            return
+        table = Table(title=f"{len(rows)} recipes (`fasttrain recipes NAME` shows one; unset fields take the "
+                            f"RunConfig defaults)")
+        for col in ("recipe", *RECIPE_COLUMNS, "default for"):
+            table.add_column(col, justify="right" if col in ("epochs", "batch_size", "lr") else "left")
+        for row in rows:
+            table.add_row(*[_show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]))
+        console.print(table)
+        return
+    canonical = recipe_name(name)
+    recipe = RECIPES[canonical]
+    if json_out:
+        typer.echo(json.dumps({"recipe": canonical, "aliases": aliases[canonical], "default_for": users[canonical],
+                               "settings": recipe}))
+        return
+    table = Table(title=f"recipe {canonical}" + (f" (also: {', '.join(aliases[canonical])})" if aliases[canonical]
+                                                  else ""))
+    for col in ("setting", "value", "RunConfig default"):
+        table.add_column(col)
+    for key, value in recipe.items():
+        table.add_row(key, _show(value) if not isinstance(value, dict) else json.dumps(value),
+                      _show(FIELDS[key].default) if not isinstance(value, dict) else "{}")
+    console.print(table)
+    if users[canonical]:
+        typer.echo(f"default recipe of: {', '.join(users[canonical])}")
+
+
+# ============================================================================ zoo
+@app.command()
+def zoo(
+    measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
+    device: str = typer.Option("auto", help="Device for --measure: auto | cpu | cuda | cuda:N"),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+    models: Optional[str] = typer.Option(None, help=escape("Comma-separated model and/or family names "
+                                                           "[default: all].")),
+    batch_size: int = typer.Option(256, min=1, help="Batch size for --measure."),
+    steps: int = typer.Option(20, min=1, help="Timed steps per configuration for --measure."),
+    warmup: int = typer.Option(5, min=0, help="Untimed warm-up steps (compilation happens here)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help=escape("Also try torch.compile [default: on CUDA only].")),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
+    markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, comparison with the "
+                                            "published numbers, notes) to this file, e.g. docs/zoo.md."),
+) -> None:
+    """List the model zoo: params, params counting BN statistics, FLOPs at 32x32, and with --measure
+    training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
+    from . import zoo_cmd
+
+    stdout = _json_stdout() if json_out else None
+    log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
+    try:
+        names = zoo_cmd.select(models)
+        rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
+    except (KeyError, ValueError, RuntimeError) as e:  # unknown model/family, unusable --device
+        _fail(str(e.args[0]))
+    note = ""
+    if measure:
+        note = (f"Measured on {zoo_cmd.device_description(device)}, batch {batch_size}, 32x32 random inputs, "
+                f"{steps} timed steps after {warmup} warm-up steps, torch {__import__('torch').__version__}.")
+    payload = {"note": note, "rows": [zoo_cmd.row_dict(r) for r in rows]}
+    if out is not None:
+        from .runio import write_json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, payload)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(zoo_cmd.zoo_doc(rows, note))
+    if stdout is not None:
+        _emit_json(stdout, payload)
+    else:
+        typer.echo(zoo_cmd.to_markdown(rows, note))
+
+
+# ============================================================================ eval, predict, report
+@app.command("eval")
+def eval_cmd(
+    target: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT",
+                                  help="A run directory, or a checkpoint file (RUN_DIR/checkpoint.pt or best.pt)."),
+    data: Optional[Path] = typer.Option(None, help=escape("Converted dataset with the checkpoint's classes "
+                                                          "[default: the run's own, from its config].")),
+    checkpoint: Optional[str] = typer.Option(None, help=escape(
+        "With a RUN_DIR: best (best.pt, selected on the val split) | last (checkpoint.pt) [default: best "
+        "where the run made one, as its test accuracy was, else last].")),
+    split: str = typer.Option("test", help="Split to evaluate: test | train (| val where the dataset has one)."),
+    tta: Optional[str] = typer.Option(None, help=escape("none | flip | flip_translate [default: the run's "
+                                                        "own, as in its reported test accuracy].")),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    batch_size: int = typer.Option(500, help="Evaluation batch size (>= 1)."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png here."),
+    json_out: bool = typer.Option(False, "--json", help="Print all metrics as one JSON document on stdout."),
+) -> None:
+    """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
+    checkpoint on a split."""
+    from .predict import checkpoint_path, evaluate_checkpoint
+
+    stdout = _json_stdout() if json_out else None
+    if batch_size < 1:
+        _fail(f"--batch-size: must be >= 1, got {batch_size}")
+    if split not in EVAL_SPLITS:
+        _fail(f"--split: must be one of {' | '.join(EVAL_SPLITS)}, got {split!r}{did_you_mean(split, EVAL_SPLITS)}")
+    if tta is not None and tta not in TTA_MODES:
+        _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
+        _fail(f"--checkpoint: must be best or last, got {checkpoint!r}")
+    try:
+        path = checkpoint_path(target, checkpoint)
+        m = evaluate_checkpoint(path, data, split=split, tta=tta, device=device, batch_size=batch_size, use_ema=ema)
+    except (FileNotFoundError, ValueError) as e:  # what predict.py raises about the user's files and options
         _fail(str(e))
+    if out is not None:
+        from .plots import plot_confusion
+        from .runio import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion"})
+        write_json(out / "confusion.json", {"classes": m["classes"], "matrix": m["confusion"]})
+        plot_confusion(m["confusion"], m["classes"], out / "confusion.png",
+                       title=f"{path}: {split} (acc {100 * m['acc']:.2f}%)")
+    if stdout is not None:
+        _emit_json(stdout, m)
+        return
+    typer.echo(f"{path} on {m['data']} [{split}, {m['samples']} images, tta {m['tta']}, {m['weights']} weights]")
+    for key in ("loss", "acc", "top5", "precision", "recall", "f1"):
+        value = m[key]
+        typer.echo(f"  {key:<10} {value:.4f}" if key == "loss" else f"  {key:<10} {100 * value:.2f}%")
+    worst = sorted(zip(m["per_class_acc"], m["classes"]))[:5]
+    typer.echo("  weakest classes: " + ", ".join(f"{c} {100 * a:.1f}%" for a, c in worst))
 
 
-def _reader_options(**given) -> dict:
-    """the dataset-reader options the user actually gave (None/False dropped)."""
-    return {k: v for k, v in given.items() if v is not None and v is not False}
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
+    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`)."),
+    top_k: int = typer.Option(5, help="Classes to show per image."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    tta: str = typer.Option("none", help="none | flip | flip_translate"),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    json_out: bool = typer.Option(False, "--json", help="Print the predictions as one JSON document on stdout."),
+) -> None:
+    """Top-k classes with probabilities for each image."""
+    from .predict import predict_images
+
+    stdout = _json_stdout() if json_out else None
+    if top_k < 1:
+        _fail(f"--top-k: must be >= 1, got {top_k}")
+    if tta not in TTA_MODES:
+        _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
+    try:
+        results = predict_images(checkpoint, images, top_k=top_k, device=device, tta=tta, use_ema=ema)
+    except (FileNotFoundError, ValueError) as e:  # what predict.py raises about the user's files and options
+        _fail(str(e))
+    if stdout is not None:
+        _emit_json(stdout, results)
+        return
+    for r in results:
+        typer.echo(r["image"])
+        for cls, p in r["top"]:
+            typer.echo(f"  {100 * p:6.2f}%  {cls}")
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare (others are skipped with a warning)."),
+    plot: Optional[Path] = typer.Option(None, help=f"Write an overlay plot of the runs' accuracy against epochs and "
+                                        f"wall-clock time here ({', '.join('.' + f for f in PLOT_FORMATS)})."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
+) -> None:
+    """Comparison table of runs (best test accuracy first) and, with --plot, their accuracy curves."""
+    from .report import ReportError, report as do_report
+
+    if plot is not None and plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        _fail(f"--plot {plot}: the file name must end in {', '.join('.' + f for f in PLOT_FORMATS)} (the picture's "
+              f"format), e.g. --plot report.png")
+    try:
+        do_report(run_dirs, plot, json_path=json_path, warn=lambda s: typer.echo(f"warning: {s}", err=True))
+    except ReportError as e:
+        _fail(str(e))
+    if plot is not None:
+        typer.echo(f"wrote {plot}", err=True)
+
+
+# ============================================================================ entry point
+def _unalias(args: list[str]) -> list[str]:
+    out = []
+    for arg in args:
+        opt, eq, value = arg.partition("=")
+        out.append(OPTION_ALIASES.get(opt, opt) + eq + value if opt in OPTION_ALIASES else arg)
+    return out
 
 
 @app.command()
@@ -112,404 +784,20 @@ def verify(
                f"classes; {'structure' if quick else 'structure and sha256 of every file'} checked)")
 
 
-
-@app.command()
-def run(
-    ctx: typer.Context,
-    model: Optional[str] = typer.Argument(None, help="Model name (see `fasttrain zoo`); omit with --resume."),
-    data: Optional[str] = typer.Option(None, help="Converted dataset directory [default: data/cifar10]"),
-    epochs: Optional[float] = typer.Option(None, help="Epochs (may be fractional)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (batch-mean loss)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    amp: Optional[str] = typer.Option(None, help="auto | bf16 | fp16 | off"),
-    train_subset: Optional[int] = typer.Option(None, help="Train on N samples (stratified, seeded)."),
-    test_subset: Optional[int] = typer.Option(None, help="Evaluate on N test samples."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
-    out: Optional[str] = typer.Option(None, help="Run directory [default: runs/<model>-<time>]"),
-    recipe: Optional[str] = typer.Option(None, help="Named recipe (default: the model's own)."),
-    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
-    cutout: Optional[int] = typer.Option(None, help="Cutout square side (0 = off)."),
-    mixup: Optional[float] = typer.Option(None, help="Mixup Beta alpha (0 = off)."),
-    cutmix: Optional[float] = typer.Option(None, help="CutMix Beta alpha (0 = off)."),
-    tta: Optional[str] = typer.Option(None, help="none | flip | flip_translate"),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs (0 = only at the end)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
-    width: Optional[float] = typer.Option(None, help="Model width multiplier (models that take one)."),
-    # --- model options: merged into cfg.model_kwargs, checked against the model's signature
-    activation: Optional[str] = typer.Option(None, help="relu | mish | swish | gelu (every zoo model)."),
-    drop_path: Optional[float] = typer.Option(None, help="Stochastic depth rate of the last residual block "
-                                              "(linear in depth; residual families)."),
-    image_size: Optional[int] = typer.Option(None, help="Upscale inputs to this size inside the model "
-                                             "(mobilenetv2, efficientnet_b0; e.g. 96)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
-    # --- pipelines
-    pipeline: Optional[str] = typer.Option(None, help="tensor (default, whole dataset on the device) | ffcv | "
-                                           "dali | torchvision; --data must be in the matching format."),
-    # --- training features: each maps to the RunConfig field of the same name
-    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) | adam | adamw | muon (conv/linear weights)."),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum (also Muon's aux optimiser)."),
-    muon_lr: Optional[float] = typer.Option(None, help="Muon: peak lr of conv/hidden-linear weights."),
-    muon_ns_steps: Optional[int] = typer.Option(None, help="Muon: Newton-Schulz iterations (default 5)."),
-    muon_weight_norm: Optional[bool] = typer.Option(None, "--muon-weight-norm/--no-muon-weight-norm",
-                                                    help="Muon: renormalise each weight before its step."),
-    alternating_flip: Optional[bool] = typer.Option(None, "--alternating-flip/--no-alternating-flip",
-                                                    help="Flip each image every other epoch (tensor pipeline)."),
-    schedule: Optional[str] = typer.Option(None, help="onecycle | cosine | step | multistep | htd | linear | "
-                                           "constant | piecewise (per batch, after linear warmup)."),
-    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warmup length in epochs."),
-    min_lr_frac: Optional[float] = typer.Option(None, help="Final lr as a fraction of the peak (cosine, linear, "
-                                                "onecycle, piecewise)."),
-    step_epochs: Optional[float] = typer.Option(None, help="step schedule: decay every N epochs."),
-    milestones: Optional[str] = typer.Option(None, help="multistep schedule: comma-separated epochs, e.g. 100,150."),
-    gamma: Optional[float] = typer.Option(None, help="step / multistep decay factor."),
-    htd_lower: Optional[float] = typer.Option(None, help="HTD schedule lower bound L (default -6)."),
-    htd_upper: Optional[float] = typer.Option(None, help="HTD schedule upper bound U (default 3)."),
-    clip_grad: Optional[float] = typer.Option(None, help="Clip gradients at this norm / value (see --clip-mode)."),
-    clip_mode: Optional[str] = typer.Option(None, help="norm | value"),
-    accum_steps: Optional[int] = typer.Option(None, help="Accumulate gradients over N batches per step."),
-    mix_prob: Optional[float] = typer.Option(None, help="Probability a batch is mixed (mixup / cutmix)."),
-    switch_prob: Optional[float] = typer.Option(None, help="With mixup and cutmix: probability of cutmix."),
-    mix_off_epoch: Optional[int] = typer.Option(None, help="Stop mixup / cutmix / PatchUp after N epochs."),
-    patchup: Optional[str] = typer.Option(None, help="none | hard | soft: PatchUp on hidden feature maps."),
-    patchup_prob: Optional[float] = typer.Option(None, help="Probability a batch is PatchUp-mixed."),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA of weights; evaluation uses it."),
-    ema_decay: Optional[float] = typer.Option(None, help="EMA decay per optimiser step (default 0.999)."),
-    val_split: Optional[int] = typer.Option(None, help="Carve N train images into a stratified val split."),
-    monitor: Optional[str] = typer.Option(None, help="Metric for best.pt / early stopping: val_acc | val_loss | "
-                                          "val_f1 | val_top5 | val_precision | val_recall."),
-    early_stop: Optional[int] = typer.Option(None, help="Stop after N evals without improvement (needs --val-split)."),
-    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
-                                               help="TensorBoard event files (when tensorboard is installed)."),
-    # --- resume, determinism, DDP
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in RUN_DIR from its last checkpoint, "
-                                          "with its saved config (give no other options).", metavar="RUN_DIR"),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
-                                                 help="Deterministic kernels: with --seed, bit-identical CPU runs."),
-    nproc: Optional[int] = typer.Option(None, help="Train with N processes on this machine (DDP via torchrun; "
-                                        "--batch-size stays the global batch). Several machines: README."),
-    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn",
-                                           help="SyncBatchNorm across processes (CUDA only)."),
-    # --- seed 003: retrieval task, attention blocks
-    task: Optional[str] = typer.Option(None, help="classification (default) | retrieval: train on the first "
-                                       "classes, report Recall@1/2/4/8 on the held-out ones (recipe t4-cars196)."),
-    cls_epochs: Optional[float] = typer.Option(None, help="retrieval: classification epochs before the "
-                                               "embedding head [default: --epochs]."),
-    embed_epochs: Optional[float] = typer.Option(None, help="retrieval: epochs of the 512-d embedding with "
-                                                 "the multi-similarity loss [default: --epochs]."),
-    embed_lr: Optional[float] = typer.Option(None, help="retrieval: peak lr of the embedding phase."),
-    m_per_class: Optional[int] = typer.Option(None, help="retrieval: images per class in a batch."),
-    attention: Optional[str] = typer.Option(None, help="resnet18_attn: both | channel | spatial (CBAM blocks)."),
-    attention_placement: Optional[str] = typer.Option(None, help="resnet18_attn: sequential | parallel."),
-) -> None:
-    """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
-    from .config import resolve
-
-    if resume is not None:
-        summary = _resume_run(ctx, model, resume, nproc)
-        if json_out:
-            typer.echo(json.dumps(summary))
-        return
-    if model is None:
-        _fail("MODEL: missing; name a model (`fasttrain zoo` lists them) or pass --resume RUN_DIR")
-
-    overrides = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, device=device, compile=compile,
-                     amp=amp, train_subset=train_subset, test_subset=test_subset, seed=seed, out=out,
-                     label_smoothing=label_smoothing, weight_decay=weight_decay, cutout=cutout, mixup=mixup,
-                     cutmix=cutmix, tta=tta, eval_every=eval_every, threads=threads)
-    overrides["pipeline"] = pipeline
-    overrides.update(deterministic=deterministic, nproc=nproc, sync_bn=sync_bn)
-    try:
-        overrides.update(
-            optimizer=optimizer, momentum=momentum, muon_lr=muon_lr, muon_ns_steps=muon_ns_steps,
-            muon_weight_norm=muon_weight_norm, alternating_flip=alternating_flip, schedule=schedule,
-            warmup_epochs=warmup_epochs,
-            end_lr_frac=min_lr_frac, step_epochs=step_epochs, gamma=gamma, htd_lower=htd_lower, htd_upper=htd_upper,
-            milestones=[float(m) for m in milestones.split(",") if m.strip()] if milestones is not None else None,
-            clip_grad=clip_grad, clip_mode=clip_mode, accum_steps=accum_steps, mix_prob=mix_prob,
-            switch_prob=switch_prob, mix_off_epoch=mix_off_epoch, patchup=patchup, patchup_prob=patchup_prob,
-            ema=ema, ema_decay=ema_decay, val_split=val_split, monitor=monitor, early_stop=early_stop,
-            tensorboard=tensorboard)
-    except ValueError:
-        _fail(f"--milestones: expected comma-separated epochs such as 100,150, got {milestones!r}")
-    overrides["task"] = task
-    from .models.attention import ATTENTION_BLOCKS, PLACEMENTS
-
-    if attention is not None and attention not in ATTENTION_BLOCKS:
-        _fail(f"--attention: must be one of {', '.join(ATTENTION_BLOCKS)}, got {attention!r}")
-    if attention_placement is not None and attention_placement not in PLACEMENTS:
-        _fail(f"--attention-placement: must be one of {', '.join(PLACEMENTS)}, got {attention_placement!r}")
-    if task == "retrieval" and recipe is None:
-        from .config import default_retrieval_recipe
-
-        recipe = default_retrieval_recipe(model)
-    try:
-        cfg = resolve(model, recipe, overrides)
-        from .models.options import merge_model_options  # model options
-
-        merge_model_options(cfg, width=width, activation=activation, drop_path=drop_path, image_size=image_size,
-                            attention=attention, placement=attention_placement)  # attention
-        _merge_retrieval_options(cfg, cls_epochs=cls_epochs, embed_epochs=embed_epochs, embed_lr=embed_lr,
-                                 m_per_class=m_per_class)
-        summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)  # --task
-    except _user_errors() as e:
-        _fail(str(e))
-    if json_out:
-        typer.echo(json.dumps(summary))
-
-
-# ---------------------------------------------------------------------------- retrieval
-def _merge_retrieval_options(cfg, **given) -> None:
-    """Put the retrieval options that were given into cfg.retrieval and re-validate."""
-    given = {k: v for k, v in given.items() if v is not None}
-    if given and cfg.task != "retrieval":
-        _fail(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only with --task retrieval")
-    cfg.retrieval = {**cfg.retrieval, **given}
-    cfg.validate()
-
-
-def _train_retrieval(cfg) -> dict:
-    from .retrieval.trainer import train_retrieval
-
-    if cfg.nproc > 1:
-        _fail("--nproc: the retrieval task runs in one process")
-    return train_retrieval(cfg)
-
-
-# ---------------------------------------------------------------------------- resume / DDP / failures
-def _train(cfg, *, resume: bool = False) -> dict:
-    """train(cfg), or with cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop
-    signal exits 130/143 with a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
-    from . import distributed
-    from .checkpoint import CheckpointError
-    from .resilience import NonFiniteLoss, RunDirError, RunInterrupted
-    from .train import train
-
-    if cfg.nproc > 1 and not distributed.in_torchrun():
-        distributed.check_launch(cfg.nproc, cfg.device)
-        distributed.launch(cfg.nproc, sys.argv[1:])  # replaces this process
-    try:
-        summary = train(cfg, resume=resume)
-        if not distributed.is_main_process():
-            raise typer.Exit(0)  # rank 0 alone reports
-        return summary
-    except RunInterrupted as e:
-        if not distributed.is_main_process():
-            raise typer.Exit(e.exit_code) from None
-        typer.echo(f"interrupted by {e.signame} at step {e.step} (epoch {e.epoch + 1}); checkpoint saved in "
-                   f"{e.run_dir}\nresume with: fasttrain run --resume {e.run_dir}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except NonFiniteLoss as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3) from None
-    except (CheckpointError, RunDirError) as e:
-        _fail(str(e))
-
-
-def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
-    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc and --json excepted)."""
-    from .config import ConfigError, RunConfig
-
-    allowed = {"resume", "nproc", "json_out", "model"}
-    given = [p for p in ctx.params if p not in allowed and ctx.params[p] is not None
-             and ctx.get_parameter_source(p).name != "DEFAULT"]
-    if given:
-        names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
-        _fail(f"--resume restores every option from {run_dir / 'config.json'}; drop {names} "
-              f"(or start a new run with --out)")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        _fail(f"--resume {run_dir}: no config.json there; pass the directory of a run started by `fasttrain run`")
-    try:
-        cfg = RunConfig.from_dict(json.loads(path.read_text()))
-        if model is not None and model != cfg.model:
-            raise ConfigError(f"MODEL: {model!r} contradicts the resumed run's model {cfg.model!r}; omit MODEL")
-        cfg.out = str(run_dir)
-        if nproc is not None:
-            cfg.nproc = nproc
-        cfg.validate()
-        return _train(cfg, resume=True)
-    except _user_errors() as e:
-        _fail(str(e))
-
-
-@app.command()
-def quickstart(
-    source: Optional[Path] = typer.Option(None, help="CIFAR-10 source for the conversion (default: the "
-                                          "offline copy at ../shared/data/cifar10-jpeg if present, else download)."),
-    data: Path = typer.Option(Path("data/cifar10"), help="Where the converted dataset lives."),
-    out: Optional[str] = typer.Option(None, help="Run directory."),
-) -> None:
-    """The main job: convert CIFAR-10, then train ResNet9 for 24 epochs on the GPU, or, without a GPU,
-    the CPU quick recipe (about 10 minutes on 2 cores)."""
-    import torch
-
-    from .config import resolve
-    from .data.convert import convert as do_convert
-
-    if source is None:
-        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-        source = shared if shared.is_dir() else None
-    try:
-        do_convert("cifar10", source=source, out=data, progress_factory=_progress_factory(), log=typer.echo)
-        if torch.cuda.is_available():
-            typer.echo(f"GPU found ({torch.cuda.get_device_name()}): training resnet9 for 24 epochs (recipe myrtle24)")
-            cfg = resolve("resnet9", None, dict(data=str(data), epochs=24, out=out, compile=True))
-        else:
-            typer.echo("No CUDA GPU found: running the CPU quick recipe instead (airbench-style net, recipe "
-                       "cpu-quick, about 10 minutes on 2 cores). On a GPU this command trains resnet9 for 24 epochs.")
-            cfg = resolve("airbench", "cpu-quick", dict(data=str(data), out=out))
-        _train(cfg)
-    except _user_errors() as e:
-        _fail(str(e))
-
-
-# ---------------------------------------------------------------------------- zoo
-@app.command()
-def zoo(
-    measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
-    device: str = typer.Option("auto", help="Device for --measure: auto | cpu | cuda | cuda:N"),
-    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
-    models: Optional[str] = typer.Option(None, help="Comma-separated model and/or family names [default: all]."),
-    batch_size: int = typer.Option(256, help="Batch size for --measure."),
-    steps: int = typer.Option(20, help="Timed steps per configuration for --measure."),
-    warmup: int = typer.Option(5, help="Untimed warm-up steps (compilation happens here)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                           help="Also try torch.compile [default: on CUDA only]."),
-    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
-    out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
-    markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, seed comparison, "
-                                            "notes) to this file, e.g. docs/zoo.md."),
-) -> None:
-    """List the model zoo: params, params counting BN statistics, FLOPs at 32x32, and with --measure
-    training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
-    from . import zoo_cmd
-
-    log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
-    try:
-        names = zoo_cmd.select(models)
-        rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
-    except (KeyError, ValueError, RuntimeError) as e:  # unknown model/family, unusable --device
-        _fail(e.args[0])
-    note = ""
-    if measure:
-        note = (f"Measured on {zoo_cmd.device_description(device)}, batch {batch_size}, 32x32 random inputs, "
-                f"{steps} timed steps after {warmup} warm-up steps, torch {__import__('torch').__version__}.")
-    table = zoo_cmd.to_markdown(rows, note)
-    payload = {"note": note, "rows": [zoo_cmd.row_dict(r) for r in rows]}
-    if out is not None:
-        from .runio import write_json
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, payload)
-    if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(zoo_cmd.zoo_doc(rows, note))
-    typer.echo(json.dumps(payload, indent=2) if json_out else table)
-
-
-# ---------------------------------------------------------------------------- eval, predict, report
-def _checkpoint_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-
-    return (CheckpointError, FileNotFoundError, ValueError)
-
-
-@app.command("eval")
-def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
-    data: Path = typer.Option(..., help="Converted dataset directory (same classes as the checkpoint)."),
-    split: str = typer.Option("test", help="Split to evaluate: test | train (| val where converted)."),
-    tta: str = typer.Option("none", help="none | flip | flip_translate"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    batch_size: int = typer.Option(500, help="Evaluation batch size."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png here."),
-    json_out: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
-) -> None:
-    """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
-    checkpoint on a split."""
-    from .predict import evaluate_checkpoint
-
-    try:
-        m = evaluate_checkpoint(checkpoint, data, split=split, tta=tta, device=device, batch_size=batch_size,
-                                use_ema=ema)
-    except (*_user_errors(), *_checkpoint_errors()) as e:
-        _fail(str(e))
-    if out is not None:
-        from .plots import plot_confusion
-        from .runio import write_json
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion"})
-        write_json(out / "confusion.json", {"classes": m["classes"], "matrix": m["confusion"]})
-        plot_confusion(m["confusion"], m["classes"], out / "confusion.png",
-                       title=f"{checkpoint}: {split} (acc {100 * m['acc']:.2f}%)")
-    if json_out:
-        typer.echo(json.dumps(m))
-        return
-    typer.echo(f"{checkpoint} on {data} [{split}, {m['samples']} images, tta {tta}, {m['weights']} weights]")
-    for key in ("loss", "acc", "top5", "precision", "recall", "f1"):
-        value = m[key]
-        typer.echo(f"  {key:<10} {value:.4f}" if key == "loss" else f"  {key:<10} {100 * value:.2f}%")
-    worst = sorted(zip(m["per_class_acc"], m["classes"]))[:5]
-    typer.echo("  weakest classes: " + ", ".join(f"{c} {100 * a:.1f}%" for a, c in worst))
-
-
-@app.command()
-def predict(
-    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
-    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`)."),
-    top_k: int = typer.Option(5, help="Classes to show per image."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    tta: str = typer.Option("none", help="none | flip | flip_translate"),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
-) -> None:
-    """Top-k classes with probabilities for each image."""
-    from .predict import predict_images
-
-    if top_k < 1:
-        _fail(f"--top-k: must be >= 1, got {top_k}")
-    try:
-        results = predict_images(checkpoint, images, top_k=top_k, device=device, tta=tta, use_ema=ema)
-    except (*_user_errors(), *_checkpoint_errors()) as e:
-        _fail(str(e))
-    if json_out:
-        typer.echo(json.dumps(results))
-        return
-    for r in results:
-        typer.echo(r["image"])
-        for cls, p in r["top"]:
-            typer.echo(f"  {100 * p:6.2f}%  {cls}")
-
-
-@app.command()
-def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
-    plot: Path = typer.Option(Path("report.png"), help="Overlay plot of the runs' accuracy curves."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
-) -> None:
-    """Comparison table of runs (best test accuracy first) and an overlay plot of their accuracy curves."""
-    from .report import report as do_report
-
-    try:
-        do_report(run_dirs, plot, json_path=json_path)
-    except FileNotFoundError as e:
-        _fail(str(e))
-    typer.echo(f"wrote {plot}")
-
-
 def main() -> None:
-    if sys.argv[1:2] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
-        del sys.argv[1]
+    args = sys.argv[1:]
+    if args[:1] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
+        args = args[1:]
     try:
-        app()
+        app(args=_unalias(args), prog_name="fasttrain")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # user errors were answered by _Commands: this is a bug
+        traceback.print_exc()
+        typer.echo(f"error: fasttrain {__version__} failed unexpectedly ({type(e).__name__}); this is a bug: "
+                   f"please report it with the command line and the traceback above", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,117 +1,144 @@
-"""RunConfig: every knob of a training run, validated, plus named recipes (plain override dicts).
+"""RunConfig: every knob of a training run, validated once, plus named recipes (plain override dicts).
 
-Resolution order: dataclass defaults < the recipe (named, or the model's default) < explicit CLI options.
-CLI options default to None and only override when given.
+Resolution order: dataclass defaults < recipe (named, or the model's default) < config file < explicit
+options. Options default to None and override only when given. Each field's trailing comment is its help
+text in `fasttrain run --help`; a `# --- ` line above a group of fields names that group's help panel.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .choices import (AMP_MODES, CLIP_MODES, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES, PIPELINES,
+                      SCHEDULES, TASKS, TTA_MODES, is_device)
+
+__all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPES", "resolve", "parse_value",
+           "coerce", "field_help", "did_you_mean", "recipe_name", "load_config_file", "check_against_data",
+           "SCHEDULES", "AMP_MODES", "TTA_MODES", "PIPELINES", "TASKS"]
 
 
 class ConfigError(ValueError):
     """An option is out of range or contradicts another; the message names the option."""
 
 
+def did_you_mean(word: str, known: typing.Iterable[str]) -> str:
+    """' (did you mean x?)' for the closest known names, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 @dataclass
 class RunConfig:
     # --- what to train, on what
     model: str = "resnet9"  # zoo name (`fasttrain zoo` lists them)
-    data: str = "data/cifar10"  # converted dataset directory
+    data: str = "data/cifar10"  # converted dataset directory (`fasttrain convert` writes one)
     out: str | None = None  # run directory (default runs/<model>-<time>)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    pipeline: str = "tensor"  # data pipeline backend
-    train_subset: int | None = None  # train on this many samples (stratified, seeded); None = all
-    test_subset: int | None = None  # evaluate on this many test samples; None = all
-    model_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for create_model
+    pipeline: str = "tensor"  # data pipeline: tensor (whole dataset on the device) | ffcv | dali | torchvision; --data must be in its format
+    train_subset: int | None = None  # train on this many samples (stratified, seeded); none = all
+    test_subset: int | None = None  # evaluate on this many test samples; none = all
+    model_kwargs: dict = field(default_factory=dict)  # extra keyword arguments of the model (--width, --activation, ...)
     # --- schedule of the run
     epochs: float = 24  # may be fractional: total steps = ceil(epochs * batches per epoch)
-    batch_size: int = 512
-    eval_every: int = 1  # evaluate on the test split every N epochs (0: only at the end)
-    # --- optimiser (SGD with Nesterov momentum)
+    batch_size: int = 512  # images per optimiser step (the global batch with --nproc)
+    eval_every: int = 1  # evaluate every N epochs (0: only at the end)
+    # --- optimiser
     lr: float = 0.4  # peak learning rate for the mean loss of a batch
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9  # SGD momentum (also Muon's auxiliary optimiser)
+    nesterov: bool = True  # Nesterov momentum for SGD
     weight_decay: float = 5e-4  # coupled (SGD-style) L2 on weights
     norm_bias_decay: bool = False  # also decay BatchNorm parameters and biases
     bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters and biases (their decay is divided by it)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy, in [0, 1)
     # --- learning-rate schedule, stepped per batch
-    schedule: str = "onecycle"  # see fasttrain.optim.lr_multiplier: onecycle | piecewise | cosine | step | ...
+    schedule: str = "onecycle"  # lr schedule (after linear warmup)
     warmup_frac: float = 0.2  # fraction of steps spent rising to the peak
     start_lr_frac: float = 0.0  # lr at step 0, as a fraction of the peak
     end_lr_frac: float = 0.0  # lr at the last step, as a fraction of the peak
     # --- weight averaging
     lookahead: bool = False  # airbench's lookahead: every 5 steps pull weights towards a slow average
     # --- augmentation (see fasttrain.augment.reference for exact semantics)
-    crop_pad: int = 4
-    pad_mode: str = "reflect"
-    flip: bool = True
-    alternating_flip: bool = False  # each image flipped every other epoch (a fixed random phase per image)
-    cutout: int = 0
-    mixup: float = 0.0  # Beta alpha; 0 = off
-    cutmix: float = 0.0  # Beta alpha; 0 = off
-    mix_prob: float = 1.0
+    crop_pad: int = 4  # random crop after padding each side by this many pixels (0 = off)
+    pad_mode: str = "reflect"  # padding of the random crop
+    flip: bool = True  # random horizontal flip
+    alternating_flip: bool = False  # each image flipped every other epoch (a fixed random phase per image; tensor pipeline)
+    cutout: int = 0  # cutout square side in pixels (0 = off)
+    mixup: float = 0.0  # mixup Beta alpha (0 = off)
+    cutmix: float = 0.0  # CutMix Beta alpha (0 = off)
+    mix_prob: float = 1.0  # probability a batch is mixed (mixup / cutmix)
     # --- numerics and speed
-    amp: str = "auto"  # auto (bf16 where supported) | bf16 | fp16 | off
-    compile: bool | None = None  # torch.compile the model; None: on for CUDA, off on a CPU
-    channels_last: bool = True
-    tta: str = "flip"  # test-time augmentation at the final eval: none | flip | flip_translate
+    amp: str = "auto"  # autocast precision: auto (bf16 where supported) | bf16 | fp16 (CUDA only) | off
+    compile: bool | None = None  # torch.compile the model (static shapes); none: on for CUDA, off on a CPU
+    channels_last: bool = True  # channels_last memory format
+    tta: str = "flip"  # test-time augmentation at the final eval
     # --- reproducibility
-    seed: int = 0
-    recipe: str | None = None  # name of the recipe this config came from (informational)
-    threads: int | None = None  # CPU threads for torch (None: torch's default)
+    seed: int = 0  # random seed of every draw (subsets, order, augmentation, init)
+    recipe: str | None = None  # named recipe (default: the model's own; `fasttrain recipes` lists them)
+    threads: int | None = None  # CPU threads for torch (none: torch's default)
     # --- training features: optimiser, schedule, regularizers, selection, logging
-    optimizer: str = "sgd"  # sgd (Nesterov) | adam (coupled L2, seed 001) | adamw | muon (conv/linear weights)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decays
+    optimizer: str = "sgd"  # sgd (Nesterov) | adam (coupled L2) | adamw | muon (conv/linear weights)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decays, e.g. 0.9,0.999
     muon_lr: float = 0.02  # Muon's peak lr for conv and hidden linear weights (the rest use lr)
-    muon_momentum: float = 0.95
+    muon_momentum: float = 0.95  # Muon's momentum
     muon_ns_steps: int = 5  # Newton-Schulz iterations of Muon's orthogonalisation (airbench94_muon: 3)
     muon_weight_norm: bool = False  # rescale each Muon weight to norm sqrt(out) before its step (no decay)
-    clip_grad: float | None = None  # gradient clipping threshold; None = off
-    clip_mode: str = "norm"  # norm (global L2 norm) | value (elementwise, seed 001)
+    clip_grad: float | None = None  # gradient clipping threshold (see clip_mode); none = off
+    clip_mode: str = "norm"  # norm (global L2 norm) | value (elementwise)
     accum_steps: int = 1  # accumulate gradients over this many batches per optimiser step
     warmup_epochs: float | None = None  # linear warmup length in epochs (wins over warmup_frac)
     step_epochs: float = 30.0  # 'step' schedule: multiply the lr by gamma every step_epochs epochs
-    milestones: list[float] = field(default_factory=list)  # 'multistep' schedule: epochs where lr *= gamma
+    milestones: list[float] = field(default_factory=list)  # 'multistep' schedule: epochs where lr *= gamma, e.g. 100,150
     gamma: float = 0.1  # decay factor of step / multistep
-    htd_lower: float = -6.0  # HTD schedule: lr = (1 - tanh(L + (U - L) t)) / 2 ... L (1806.01593)
-    htd_upper: float = 3.0  # ... and U
+    htd_lower: float = -6.0  # HTD schedule lr = (1 - tanh(L + (U - L) t)) / 2: L (1806.01593)
+    htd_upper: float = 3.0  # HTD schedule: U
     switch_prob: float = 0.5  # with mixup and cutmix both on: probability a mixed batch uses cutmix
-    mix_off_epoch: int | None = None  # mixup / cutmix / PatchUp stop after this many epochs; None = never
-    patchup: str = "none"  # none | hard | soft: PatchUp at a hidden feature map (2006.07794, seed 002)
+    mix_off_epoch: int | None = None  # mixup / cutmix / PatchUp stop after this many epochs; none = never
+    patchup: str = "none"  # PatchUp at a hidden feature map (2006.07794): none | hard | soft
     patchup_prob: float = 0.7  # probability a batch is PatchUp-mixed
     patchup_alpha: float = 2.0  # Beta(alpha, alpha) of soft PatchUp's blend weight
     patchup_block: int = 7  # side of the swapped feature-map patches
     patchup_gamma: float = 0.75  # expected share of the feature map covered by patches
     ema: bool = False  # keep an exponential moving average of the weights; eval and checkpoints use it
-    ema_decay: float = 0.999  # per optimiser step
-    ema_warmup: bool = True  # decay ramps as min(decay, (1+n)/(10+n))
+    ema_decay: float = 0.999  # EMA decay per optimiser step
+    ema_warmup: bool = True  # EMA decay ramps as min(decay, (1+n)/(10+n))
     val_split: int = 0  # carve N train samples (stratified, seeded) into a validation split; 0 = none
-    monitor: str = "val_acc"  # metric for best.pt and early stopping (needs --val-split)
-    early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
-    min_delta: float = 0.0  # an improvement must exceed this
+    monitor: str = "val_acc"  # metric for best.pt and early stopping (needs val_split)
+    early_stop: int = 0  # stop after this many evaluations without improvement of monitor; 0 = off
+    min_delta: float = 0.0  # an improvement of monitor must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
 
     # --- runs that survive: determinism, multi-process
-    deterministic: bool = False  # deterministic kernels; with --seed, CPU runs are bit-identical
-    nproc: int = 1  # processes on this machine (DDP via torchrun); --batch-size stays the global batch
+    deterministic: bool = False  # deterministic kernels; with a fixed seed, CPU runs are bit-identical
+    nproc: int = 1  # processes on this machine (DDP via torchrun); batch_size stays the global batch
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
 
     # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
-    task: str = "classification"  # classification | retrieval (`fasttrain run MODEL --task retrieval`)
-    retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.options.RetrievalOptions
+    task: str = "classification"  # classification | retrieval (Recall@K on held-out classes)
+    retrieval: dict = field(default_factory=dict)  # options of the retrieval task (--cls-epochs, --embed-lr, ...)
 
     def validate(self) -> RunConfig:
+        """Checks every field's range, choice and consistency; raises ConfigError naming the option."""
+
         def need(cond: bool, option: str, msg: str) -> None:
             if not cond:
                 raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
 
+        for name, choices in FIELD_CHOICES.items():
+            value = getattr(self, name)
+            need(value in choices, name, f"must be one of {' | '.join(choices)}, got {value!r}"
+                 f"{did_you_mean(str(value), choices)}")
+        need(is_device(self.device), "device", f"must be auto, cpu, cuda or cuda:N (N a GPU index), got {self.device!r}")
+        need(not (self.amp == "fp16" and self.device == "cpu"), "amp",
+             "fp16 autocast runs on CUDA only (on a CPU it is ~1000x slower); use --amp bf16 or off")
         need(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be > 0, got {self.lr}")
@@ -119,11 +146,9 @@ class RunConfig:
         need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         need(self.bias_lr_scale > 0, "bias_lr_scale", f"must be > 0, got {self.bias_lr_scale}")
         need(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
-        need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         need(0 <= self.warmup_frac <= 1, "warmup_frac", f"must lie in [0, 1], got {self.warmup_frac}")
-        need(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
-        need(self.tta in TTA_MODES, "tta", f"must be one of {TTA_MODES}, got {self.tta!r}")
-        need(self.pad_mode in ("reflect", "zero"), "pad_mode", f"must be reflect or zero, got {self.pad_mode!r}")
+        need(0 <= self.start_lr_frac <= 1, "start_lr_frac", f"must lie in [0, 1], got {self.start_lr_frac}")
+        need(0 <= self.end_lr_frac <= 1, "end_lr_frac", f"must lie in [0, 1], got {self.end_lr_frac}")
         need(self.crop_pad >= 0, "crop_pad", f"must be >= 0, got {self.crop_pad}")
         need(self.cutout >= 0, "cutout", f"must be >= 0, got {self.cutout}")
         need(self.mixup >= 0, "mixup", f"must be >= 0, got {self.mixup}")
@@ -133,21 +158,13 @@ class RunConfig:
         need(self.train_subset is None or self.train_subset >= 1, "train_subset",
              f"must be >= 1, got {self.train_subset}")
         need(self.test_subset is None or self.test_subset >= 1, "test_subset", f"must be >= 1, got {self.test_subset}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
-             f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        need(self.pipeline in PIPELINES, "pipeline", f"must be one of {PIPELINES}, got {self.pipeline!r}")
         need(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         self._validate_training_features(need)
         self._validate_resilience(need)
-        self._validate_task(need)
         return self
 
-    def _validate_task(self, need) -> None:
-        need(self.task in TASKS, "task", f"must be one of {TASKS}, got {self.task!r}")
-        # cfg.retrieval is validated by the retrieval trainer (fasttrain.retrieval.options), before any work
-
     def _validate_resilience(self, need) -> None:
-        import os
+        import os  # only for WORLD_SIZE, read at validation time (torchrun sets it in each process)
 
         need(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
         need(self.batch_size % self.nproc == 0, "batch_size",
@@ -160,22 +177,17 @@ class RunConfig:
         need(not self.sync_bn or multi, "sync_bn", "needs several processes (--nproc N or torchrun)")
 
     def _validate_training_features(self, need) -> None:
-        from .monitor import MONITOR_METRICS
-        from .optim import OPTIMIZERS
-        from .regularizers import PATCHUP_MODES
-
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
              f"must be two numbers in [0, 1), got {self.betas}")
         need(self.muon_lr > 0, "muon_lr", f"must be > 0, got {self.muon_lr}")
         need(0 <= self.muon_momentum < 1, "muon_momentum", f"must lie in [0, 1), got {self.muon_momentum}")
         need(self.muon_ns_steps >= 1, "muon_ns_steps", f"must be >= 1, got {self.muon_ns_steps}")
         need(not (self.alternating_flip and self.task != "classification"), "alternating_flip",
-             "applies to the classification trainer only")
+             "applies to the classification trainer only; pass --no-alternating-flip")
         need(not self.alternating_flip or self.pipeline == "tensor", "alternating_flip",
-             f"needs per-sample dataset indices, which only --pipeline tensor provides (got {self.pipeline!r})")
+             f"needs per-sample dataset indices, which only --pipeline tensor provides (got {self.pipeline!r}); "
+             f"pass --no-alternating-flip to use --pipeline {self.pipeline}")
         need(self.clip_grad is None or self.clip_grad > 0, "clip_grad", f"must be > 0, got {self.clip_grad}")
-        need(self.clip_mode in ("norm", "value"), "clip_mode", f"must be norm or value, got {self.clip_mode!r}")
         need(self.accum_steps >= 1, "accum_steps", f"must be >= 1, got {self.accum_steps}")
         need(self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs",
              f"must be >= 0, got {self.warmup_epochs}")
@@ -189,18 +201,22 @@ class RunConfig:
         need(0 <= self.switch_prob <= 1, "switch_prob", f"must lie in [0, 1], got {self.switch_prob}")
         need(self.mix_off_epoch is None or self.mix_off_epoch >= 1, "mix_off_epoch",
              f"must be >= 1, got {self.mix_off_epoch}")
-        need(self.patchup in PATCHUP_MODES, "patchup", f"must be one of {PATCHUP_MODES}, got {self.patchup!r}")
         need(0 <= self.patchup_prob <= 1, "patchup_prob", f"must lie in [0, 1], got {self.patchup_prob}")
         need(self.patchup_alpha > 0, "patchup_alpha", f"must be > 0, got {self.patchup_alpha}")
         need(self.patchup_block >= 1, "patchup_block", f"must be >= 1, got {self.patchup_block}")
         need(0 < self.patchup_gamma <= 1, "patchup_gamma", f"must lie in (0, 1], got {self.patchup_gamma}")
         need(0 <= self.ema_decay < 1, "ema_decay", f"must lie in [0, 1), got {self.ema_decay}")
         need(self.val_split >= 0, "val_split", f"must be >= 0, got {self.val_split}")
-        need(self.monitor in MONITOR_METRICS, "monitor", f"must be one of {MONITOR_METRICS}, got {self.monitor!r}")
         need(self.early_stop >= 0, "early_stop", f"must be >= 0, got {self.early_stop}")
         need(self.early_stop == 0 or self.val_split > 0, "early_stop",
              "needs --val-split N: early stopping never looks at the test set")
         need(self.early_stop == 0 or self.eval_every >= 1, "early_stop", "needs --eval-every >= 1")
+        need(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
+
+    def resolved(self, *, device: str, amp: str, threads: int) -> RunConfig:
+        """A copy with the automatic choices (device auto, amp auto, threads none) replaced by what the run
+        chose, for config.json: it records what ran, and a resume or --config replays exactly that."""
+        return dataclasses.replace(self, device=device, amp=amp, threads=threads)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,19 +225,170 @@ class RunConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """A RunConfig from plain values (a recipe, a config file, config.json): unknown keys refused with a
+        suggestion, each value converted to its field's type (JSON lists become tuples where needed)."""
+        return cls(**{k: coerce(k, v, source=source) for k, v in d.items()})
 
 
-SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-TTA_MODES = ("none", "flip", "flip_translate")
-# --- pipelines: names must match fasttrain.pipelines.PIPELINES (a test checks)
-PIPELINES = ("tensor", "ffcv", "dali", "torchvision")
+# Fields whose value is one of a fixed list (validate checks them; `run --help` shows them).
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "pipeline": PIPELINES, "schedule": SCHEDULES, "pad_mode": PAD_MODES, "amp": AMP_MODES, "tta": TTA_MODES,
+    "optimizer": OPTIMIZERS, "clip_mode": CLIP_MODES, "patchup": PATCHUP_MODES, "monitor": MONITOR_METRICS,
+    "task": TASKS,
+}
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
+
+
+# ------------------------------------------------------------------------------ values from text and files
+def _unknown_field(name: str, source: str) -> ConfigError:
+    return ConfigError(f"{source}: unknown setting {name!r}{did_you_mean(name, FIELDS)} "
+                       f"(`fasttrain run --help` lists every setting)")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def coerce(name: str, value: Any, *, source: str = "config") -> Any:
+    """`value` (from JSON, YAML or TOML) as field `name`'s type; ConfigError naming the field otherwise."""
+    if name not in FIELDS:
+        raise _unknown_field(name, source)
+    tp, optional = _base_type(FIELD_TYPES[name])
+    where = f"{source}: {name}"
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must not be empty (null)")
+    origin = typing.get_origin(tp) or tp
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+    elif origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif origin is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in value):
+            return origin(float(v) for v in value)
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{where}: expected {_type_word(name)}, got {value!r}")
+
+
+def _type_word(name: str) -> str:
+    tp, optional = _base_type(FIELD_TYPES[name])
+    origin = typing.get_origin(tp) or tp
+    word = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "numbers separated by commas", list: "numbers separated by commas",
+            dict: "a JSON object such as {\"width\": 0.5}"}[origin]
+    return f"{word} (or none)" if optional else word
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_value(name: str, text: str, *, source: str | None = None) -> Any:
+    """A command-line string as field `name`'s type: `--set field=value` and list options such as
+    `--milestones 100,150` or `--betas 0.9,0.99`."""
+    source = source or f"--{name.replace('_', '-')}"
+    if name not in FIELDS:
+        raise _unknown_field(name, source)
+    tp, optional = _base_type(FIELD_TYPES[name])
+    origin = typing.get_origin(tp) or tp
+    s = text.strip()
+    if optional and s.lower() in ("none", "null", ""):
+        return None
+    try:
+        if origin is bool:
+            if s.lower() in _TRUE + _FALSE:
+                return s.lower() in _TRUE
+            raise ValueError
+        if origin is int:
+            return int(s)
+        if origin is float:
+            return float(s)
+        if origin is str:
+            return s
+        if origin in (tuple, list):
+            items = json.loads(s) if s.startswith("[") else [p for p in s.split(",") if p.strip()]
+            return origin(float(p) for p in items)
+        if origin is dict:
+            value = json.loads(s)
+            if isinstance(value, dict):
+                return value
+            raise ValueError
+    except ValueError:
+        pass
+    raise ConfigError(f"{source}: expected {_type_word(name)}, got {text!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file, e.g. one written by
+    `fasttrain run --print-config` or a run's config.json; each checked against its field's type."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file; write one with `fasttrain run MODEL --print-config > run.yaml`")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"--config {path}: expected a .yaml, .yml, .toml or .json file")
+    try:
+        text = path.read_text()
+        if suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # optional: TOML and JSON files need nothing beyond the standard library
+            except ImportError:
+                raise ConfigError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or use a "
+                                  f".toml or .json file") from None
+            values = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib  # Python >= 3.11 (imported here so 3.10 still runs everything else)
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except ConfigError:
+        raise
+    except Exception as e:  # unreadable bytes, or the parsers' own errors (YAMLError, TOMLDecodeError, JSONDecodeError)
+        raise ConfigError(f"--config {path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings (field: value), got "
+                          f"{type(values).__name__}")
+    return {k: coerce(k, v, source=f"--config {path}") for k, v in values.items()}
+
+
+def field_help() -> dict[str, tuple[str, str]]:
+    """{field: (its trailing comment, the `# --- ` section it sits in)} read from RunConfig's source, so the
+    comments above are the CLI's help and are written once."""
+    out: dict[str, tuple[str, str]] = {}
+    section = "settings"
+    for line in inspect.getsource(RunConfig).splitlines():
+        head = re.match(r"\s+# --- (.*)", line)
+        if head:
+            section = head.group(1).split("(")[0].strip()
+            continue
+        m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(1) in FIELDS:
+            out[m.group(1)] = ((m.group(2) or "").strip(), section)
+    return out
+
 
 # --------------------------------------------------------------------------------------------- recipes
 # Each recipe is a plain dict of RunConfig overrides. Units: lr is the peak rate for a batch-mean loss.
@@ -270,11 +437,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         crop_pad=2, pad_mode="reflect", flip=True, tta="flip_translate", eval_every=0, amp="auto",
         model_kwargs={"width": 0.5},
     ),
-    # Seed 004: ResNet9 with the 1028-wide stage on CIFAR-100.
-    "seed004-c100": dict(
-        model="resnet9_c100", data="data/cifar100", epochs=24, batch_size=512, lr=0.4, weight_decay=5e-4,
-        schedule="piecewise", warmup_frac=5 / 24, label_smoothing=0.1, crop_pad=4, cutout=8, tta="flip",
-    ),
 }
 
 
@@ -286,16 +448,15 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPES["speed94-cpu"] = dict(RECIPES["speed94"], batch_size=500, accum_steps=4, compile=False)
 
 
-# --- model zoo: seed 002's headline CIFAR-10 setups, named so that e.g.
-# `fasttrain run resnet50b --recipe seed-sd-htd-cutmix` reproduces one row of its table. The seed does
+# --- the CIFAR-10 ResNet table (pre-activation and bottleneck ResNets, MobileNetV2, WRN; 92.6-95.6%), named
+# so that e.g. `fasttrain run resnet50b --recipe cifar10-sd-htd-cutmix` reproduces one row. The table does
 # not state its optimiser settings; these follow its cited papers: SGD+Nesterov lr 0.1, batch 128,
 # weight decay 5e-4, 200 epochs, 4-px zero-pad crop + flip; SD = stochastic depth with the paper's
 # linear rule and p_L = 0.5 (1603.09382); CutMix alpha 1 applied with probability 0.5 (1905.04899);
 # Cutout16 = 16-px squares. Rows without a schedule name use step decay: x0.1 at epochs 100 and 150 of
 # 200 (the usual CIFAR ResNet steps). HTD uses L=-6, U=3 (RunConfig defaults, the HTD paper's).
-# Each recipe joins RECIPES only if its schedule is in SCHEDULES.
-def _seed002(schedule: str, model: str, *, activation: str | None = None, drop_path: float | None = None,
-             cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0, image_size: int | None = None) -> dict:
+def _resnet_table_row(schedule: str, model: str, *, activation: str | None = None, drop_path: float | None = None,
+                      cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0, image_size: int | None = None) -> dict:
     model_kwargs = {k: v for k, v in dict(activation=activation, drop_path=drop_path, image_size=image_size).items()
                     if v is not None}
     steps = dict(milestones=[100.0, 150.0], gamma=0.1) if schedule == "step" else {}
@@ -306,72 +467,102 @@ def _seed002(schedule: str, model: str, *, activation: str | None = None, drop_p
                 model_kwargs=model_kwargs, **steps)
 
 
-SEED002_RECIPES: dict[str, dict[str, Any]] = {
-    "seed-step": _seed002("step", "resnet50b"),  # plain rows (ResNet34 92.64%, ResNet50b 93.18%, ...)
-    "seed-mish": _seed002("step", "resnet50b", activation="mish"),
-    "seed-htd": _seed002("htd", "resnet50b"),
-    "seed-htd-cutmix": _seed002("htd", "resnet35b", cutmix=1.0),  # ResNet34 94.59%, ResNet35b 95.06%
-    "seed-htd-cutout16": _seed002("htd", "wide_resnet18", cutout=16),  # WideResNet18 94.91%
-    "seed-sd": _seed002("step", "resnet50b", drop_path=0.5),
-    "seed-sd-mish": _seed002("step", "resnet50b", activation="mish", drop_path=0.5),
-    "seed-sd-htd-mish": _seed002("htd", "resnet50b", activation="mish", drop_path=0.5),
-    "seed-sd-cosine-mish": _seed002("cosine", "resnet50b", activation="mish", drop_path=0.5),
-    "seed-sd-htd-cutout16": _seed002("htd", "resnet50b", drop_path=0.5, cutout=16),
-    "seed-sd-htd-mixup0.2": _seed002("htd", "resnet50b", drop_path=0.5, mixup=0.2),
-    "seed-sd-htd-mixup1": _seed002("htd", "resnet50b", drop_path=0.5, mixup=1.0),
-    "seed-sd-htd-cutmix": _seed002("htd", "resnet50b", drop_path=0.5, cutmix=1.0),  # the headline 95.56%
-    "seed-sd-mish-htd-cutout16": _seed002("htd", "resnet101b", activation="mish", drop_path=0.5, cutout=16),
-    "seed-mish-htd-cutmix": _seed002("htd", "resnet170b", activation="mish", cutmix=1.0),
-    "seed-96px-htd-cutmix": _seed002("htd", "mobilenetv2", image_size=96, cutmix=1.0),  # MobileNetV2 95.17%
+RESNET_TABLE_RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10-step": _resnet_table_row("step", "resnet50b"),  # plain rows (ResNet34 92.64%, ResNet50b 93.18%, ...)
+    "cifar10-mish": _resnet_table_row("step", "resnet50b", activation="mish"),
+    "cifar10-htd": _resnet_table_row("htd", "resnet50b"),
+    "cifar10-htd-cutmix": _resnet_table_row("htd", "resnet35b", cutmix=1.0),  # ResNet34 94.59%, ResNet35b 95.06%
+    "cifar10-htd-cutout16": _resnet_table_row("htd", "wide_resnet18", cutout=16),  # WideResNet18 94.91%
+    "cifar10-sd": _resnet_table_row("step", "resnet50b", drop_path=0.5),
+    "cifar10-sd-mish": _resnet_table_row("step", "resnet50b", activation="mish", drop_path=0.5),
+    "cifar10-sd-htd-mish": _resnet_table_row("htd", "resnet50b", activation="mish", drop_path=0.5),
+    "cifar10-sd-cosine-mish": _resnet_table_row("cosine", "resnet50b", activation="mish", drop_path=0.5),
+    "cifar10-sd-htd-cutout16": _resnet_table_row("htd", "resnet50b", drop_path=0.5, cutout=16),
+    "cifar10-sd-htd-mixup0.2": _resnet_table_row("htd", "resnet50b", drop_path=0.5, mixup=0.2),
+    "cifar10-sd-htd-mixup1": _resnet_table_row("htd", "resnet50b", drop_path=0.5, mixup=1.0),
+    "cifar10-sd-htd-cutmix": _resnet_table_row("htd", "resnet50b", drop_path=0.5, cutmix=1.0),  # the headline 95.56%
+    "cifar10-sd-mish-htd-cutout16": _resnet_table_row("htd", "resnet101b", activation="mish", drop_path=0.5,
+                                                      cutout=16),
+    "cifar10-mish-htd-cutmix": _resnet_table_row("htd", "resnet170b", activation="mish", cutmix=1.0),
+    "cifar10-96px-htd-cutmix": _resnet_table_row("htd", "mobilenetv2", image_size=96, cutmix=1.0),  # MobileNetV2 95.17%
 }
-RECIPES.update({k: v for k, v in SEED002_RECIPES.items() if v["schedule"] in SCHEDULES})
+RECIPES.update(RESNET_TABLE_RECIPES)
 
 
-# --- training features: seed 001 / 004 recipes; seed 002's rows join RECIPES.
-# Seeds 001 and 004 train the jovian-lineage ResNet9 (their code's ImageClassificationBase); that lineage
-# trains with Adam (torch's coupled weight decay 1e-4 on every parameter), torch's OneCycleLR (max lr
-# 0.01, 30% cosine warmup from max/25, cosine down to max/25/1e4, stepped per batch), gradient clipping
-# by value 0.1, batch 400, reflect-pad-4 crop + flip. Seed 001 reports ~90% val / 89% test on CIFAR-10:
-# val is carved from train here (5,000 images), so selection never sees the test set. Seed 004 reports
-# accuracy 0.7434, recall 0.7434, F1 0.7425 on CIFAR-100; its epoch count is not stated (24 is ours).
+# --- the jovian-lineage ResNet9 with Adam (CIFAR-10 ~90% val / 89% test; CIFAR-100 accuracy 0.7434,
+# recall 0.7434, F1 0.7425): that lineage trains with Adam (torch's coupled weight decay 1e-4 on every
+# parameter), torch's OneCycleLR (max lr 0.01, 30% cosine warmup from max/25, cosine down to max/25/1e4,
+# stepped per batch), gradient clipping by value 0.1, batch 400, reflect-pad-4 crop + flip. Val is carved
+# from train here (5,000 images), so selection never sees the test set. The CIFAR-100 epoch count is not
+# stated (24 is ours).
 _JOVIAN = dict(optimizer="adam", lr=0.01, weight_decay=1e-4, norm_bias_decay=True, schedule="onecycle",
                warmup_frac=0.3, start_lr_frac=1 / 25, end_lr_frac=1 / 25 / 1e4, clip_grad=0.1, clip_mode="value",
                batch_size=400, crop_pad=4, pad_mode="reflect", flip=True, cutout=0, label_smoothing=0.0,
                tta="none", val_split=5000, monitor="val_acc")
-RECIPES["seed001"] = dict(_JOVIAN, model="resnet9", epochs=8)
-RECIPES["seed004-c100"] = dict(_JOVIAN, model="resnet9_c100", data="data/cifar100", epochs=24)
-RECIPES.update(SEED002_RECIPES)  # every schedule seed 002's rows name exists now
+RECIPES["cifar10-resnet9-adam"] = dict(_JOVIAN, model="resnet9", epochs=8)
+RECIPES["cifar100-resnet9-adam"] = dict(_JOVIAN, model="resnet9_c100", data="data/cifar100", epochs=24)
 
 
-# --- seed 003: Tiny ImageNet T1-T3 and Cars196 retrieval T4.
-# T1-T3 hold out 10,000 of the 100,000 train images as val for early stopping and best.pt, so
-# model selection never sees the test split (the official val). Hyperparameters are ours (not measured
-# on a GPU here): SGD-Nesterov, cosine after a short warmup, label smoothing 0.1, 8-px reflect crop + flip.
-TASKS = ("classification", "retrieval")
+# --- Tiny ImageNet (custom CNN, ResNet18, ResNet18 with CBAM attention) and Cars196 retrieval.
+# The Tiny ImageNet recipes hold out 10,000 of the 100,000 train images as val for early stopping and
+# best.pt, so model selection never sees the test split (the official val). Hyperparameters are ours (not
+# measured on a GPU here): SGD-Nesterov, cosine after a short warmup, label smoothing 0.1, 8-px reflect
+# crop + flip.
 _TINY = dict(data="data/tinyimagenet", batch_size=256, lr=0.1, momentum=0.9, weight_decay=5e-4,
              schedule="cosine", warmup_frac=0.05, label_smoothing=0.1, crop_pad=8, pad_mode="reflect", flip=True,
              tta="flip", eval_every=1, val_split=10_000, monitor="val_acc")
-RECIPES["t1-tinyimagenet"] = dict(_TINY, model="customcnn", epochs=40, cutout=16, early_stop=8)
-RECIPES["t2-tinyimagenet"] = dict(_TINY, model="resnet18", epochs=60, early_stop=10)
-RECIPES["t3-tinyimagenet"] = dict(_TINY, model="resnet18_attn", epochs=60, early_stop=10,
-                                  model_kwargs={"attention": "both", "placement": "sequential"})
+RECIPES["tinyimagenet-customcnn"] = dict(_TINY, model="customcnn", epochs=40, cutout=16, early_stop=8)
+RECIPES["tinyimagenet-resnet18"] = dict(_TINY, model="resnet18", epochs=60, early_stop=10)
+RECIPES["tinyimagenet-resnet18-attn"] = dict(_TINY, model="resnet18_attn", epochs=60, early_stop=10,
+                                             model_kwargs={"attention": "both", "placement": "sequential"})
 # Retrieval (any model, any dataset): phase 1 classifies the train classes, phase 2 trains the 512-d
-# embedding with the multi-similarity loss (docs/retrieval.md). T4: 224 px Cars196 with the ImageNet stem
+# embedding with the multi-similarity loss (docs/retrieval.md). Cars196: 224 px with the ImageNet stem
 # (7x7/2 + max-pool) and a 16-px crop.
 RECIPES["retrieval"] = dict(
     task="retrieval", epochs=30, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
     warmup_frac=0.05, label_smoothing=0.1, crop_pad=4, pad_mode="reflect", flip=True, tta="none", eval_every=0,
     retrieval={"embed_lr": 0.01, "m_per_class": 4, "embedding_dim": 512},
 )
-RECIPES["t4-cars196"] = dict(
+RECIPES["cars196-retrieval"] = dict(
     RECIPES["retrieval"], model="resnet18_attn", data="data/cars196", epochs=60, crop_pad=16,
     model_kwargs={"stem": "imagenet"}, retrieval=dict(RECIPES["retrieval"]["retrieval"], embed_epochs=40),
 )
 
+# Earlier names, still accepted (older run folders, scripts and docs use them).
+RECIPE_ALIASES: dict[str, str] = {
+    "seed001": "cifar10-resnet9-adam", "seed004-c100": "cifar100-resnet9-adam",
+    "t1-tinyimagenet": "tinyimagenet-customcnn", "t2-tinyimagenet": "tinyimagenet-resnet18",
+    "t3-tinyimagenet": "tinyimagenet-resnet18-attn", "t4-cars196": "cars196-retrieval",
+    **{"seed-" + k.removeprefix("cifar10-"): k for k in RESNET_TABLE_RECIPES},
+}
+
+# The recipe a model gets when no --recipe is given; other models get the RunConfig defaults.
+DEFAULT_RECIPES: dict[str, str] = {
+    "resnet9": "myrtle24", "resnet9_c100": "cifar100-resnet9-adam", "airbench": "airbench94",
+    "customcnn": "tinyimagenet-customcnn", "resnet18_attn": "tinyimagenet-resnet18-attn",
+}
+
+
+def recipe_name(name: str) -> str:
+    """The recipe's current name (old names map through RECIPE_ALIASES); ConfigError with a suggestion
+    when it is unknown."""
+    name = RECIPE_ALIASES.get(name, name)
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe: unknown recipe {name!r}{did_you_mean(name, [*RECIPES, *RECIPE_ALIASES])} "
+                          f"(`fasttrain recipes` lists them)")
+    return name
+
+
+def default_recipe(model: str, task: str | None = None) -> str | None:
+    """The recipe `run MODEL` uses without --recipe: the model's own, or with --task retrieval the Cars196
+    retrieval recipe for resnet18_attn and the generic retrieval recipe otherwise."""
+    if task == "retrieval":
+        return "cars196-retrieval" if model == "resnet18_attn" else "retrieval"
+    return DEFAULT_RECIPES.get(model)
+
 
 def default_retrieval_recipe(model: str) -> str:
-    """`run MODEL --task retrieval` without --recipe: T4 for resnet18_attn, the generic recipe otherwise."""
-    return "t4-cars196" if model == "resnet18_attn" else "retrieval"
+    return default_recipe(model, "retrieval")
 
 
 def _data_alias(data: str | None) -> str | None:
@@ -381,23 +572,37 @@ def _data_alias(data: str | None) -> str | None:
     return data
 
 
-def resolve(model: str, recipe: str | None, overrides: dict[str, Any]) -> RunConfig:
-    """defaults < recipe (named, else the model's default recipe, if any) < explicit overrides."""
-    from .models import get_entry
+_MERGED = ("model_kwargs", "retrieval")  # dict fields: each layer updates the keys it names
 
-    try:
-        entry = get_entry(model)
-    except KeyError as e:
-        raise ConfigError(f"MODEL: {e.args[0]}") from None
-    name = recipe if recipe is not None else entry.default_recipe
+
+def resolve(model: str | None, recipe: str | None, overrides: dict[str, Any], *,
+            file_values: dict[str, Any] | None = None) -> RunConfig:
+    """defaults < recipe (named, else the model's default recipe, if any) < config file < explicit
+    overrides (None values are 'not given'); validated once."""
+    file_values = dict(file_values or {})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model = model or given.get("model") or file_values.get("model")
+    if not model:
+        raise ConfigError("MODEL: missing; name a model (`fasttrain zoo` lists them) or give `model:` in --config")
+    task = given.get("task") or file_values.get("task")
+    name = recipe or given.get("recipe") or file_values.get("recipe") or default_recipe(model, task)
+    layers = [RECIPES[recipe_name(name)] if name else {}, file_values, given]
     values: dict[str, Any] = {}
-    if name is not None:
-        if name not in RECIPES:
-            raise ConfigError(f"--recipe: unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
-        values.update(RECIPES[name])
+    for layer in layers:
+        for key, value in layer.items():
+            values[key] = {**values.get(key, {}), **value} if key in _MERGED and value is not None else value
     values["model"] = model
-    values["recipe"] = name
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["recipe"] = recipe_name(name) if name else None
     if "data" in values:
         values["data"] = _data_alias(values["data"])
     return RunConfig.from_dict(values).validate()
+
+
+def check_against_data(cfg: RunConfig, meta: dict[str, Any]) -> None:
+    """Settings that need the dataset's meta.json to check (image size, class count)."""
+    h, w = meta["shape"][:2]
+    if cfg.cutout > min(h, w):
+        raise ConfigError(f"--cutout: {cfg.cutout} px is larger than the {h}x{w} images of {cfg.data}; use at most "
+                          f"{min(h, w)} (about half the side is usual, e.g. {min(h, w) // 4 * 2 or 1})")
+    if cfg.crop_pad > max(h, w):
+        raise ConfigError(f"--crop-pad: {cfg.crop_pad} px is larger than the {h}x{w} images of {cfg.data}")

@@ -71,21 +71,32 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
 
 
 def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path, title: str = "") -> None:
-    """Accuracy per epoch of several runs on one axis: val (or test) solid, train dashed, one colour each."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Accuracy of several runs against epochs (left) and against training wall-clock time, the running sum
+    of each epoch's seconds (right): val (or test) solid, train dashed, one colour per run."""
+    fig, (ax_epoch, ax_time) = plt.subplots(1, 2, figsize=(13, 5))
     for i, (label, history) in enumerate(runs):
         colour = f"C{i % 10}"
+        clock, elapsed = {}, 0.0
+        for r in history:
+            elapsed += float(r.get("epoch_s") or 0.0)
+            clock[r["epoch"]] = elapsed
         curves = (("val_acc", "-", "val"), ("test_acc", "-", "test"), ("train_acc", "--", "train"))
         for key, style, suffix in curves:
-            pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
             if key == "test_acc" and any(r.get("val_acc") is not None for r in history):
                 continue  # the run selected on val: its per-epoch curve is val
-            if pts:
-                ax.plot(*zip(*pts), style, color=colour, marker="o" if style == "-" else None, markersize=3,
-                        label=f"{label} ({suffix})")
-    ax.set(xlabel="epoch", ylabel="accuracy", title=title or "accuracy per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+            pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            if not pts:
+                continue
+            marker = "o" if style == "-" else None
+            ax_epoch.plot(*zip(*pts), style, color=colour, marker=marker, markersize=3, label=f"{label} ({suffix})")
+            ax_time.plot([clock[e] for e, _ in pts], [a for _, a in pts], style, color=colour, marker=marker,
+                         markersize=3, label=f"{label} ({suffix})")
+    ax_epoch.set(xlabel="epoch", ylabel="accuracy", title="per epoch")
+    ax_time.set(xlabel="training time (s, evaluation excluded)", ylabel="accuracy", title="per wall-clock second")
+    for ax in (ax_epoch, ax_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

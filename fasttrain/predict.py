@@ -11,6 +11,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .models import create_model, get_entry
+from .models.options import check_model_kwargs
+
 
 @dataclass
 class Loaded:
@@ -27,7 +30,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
     (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
-    from .models import create_model
 
     path = Path(path)
     if not path.is_file():
@@ -37,11 +39,40 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     missing = [k for k in ("model", "config", "classes", "mean", "std") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a fasttrain checkpoint (missing {missing})")
-    cfg = ckpt["config"]
-    model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
+    cfg, classes = ckpt["config"], ckpt["classes"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) or \
+            not isinstance(cfg.get("model_kwargs", {}), dict):
+        raise ValueError(f"{path}: its 'config' is not a run's settings (a mapping with 'model' and "
+                         f"'model_kwargs'); the file is damaged or was edited")
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2:
+        raise ValueError(f"{path}: its 'classes' must list at least 2 class names, got {classes!r:.80}")
+    for key in ("mean", "std"):
+        values = ckpt[key]
+        if not (isinstance(values, (list, tuple)) and len(values) == 3 and
+                all(isinstance(v, (int, float)) for v in values)) or (key == "std" and min(values) <= 0):
+            raise ValueError(f"{path}: its '{key}' must be 3 per-channel numbers{' > 0' if key == 'std' else ''}, "
+                             f"got {values!r:.80}")
     state, weights = ckpt["model"], "model"
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
+    name, kwargs = cfg["model"], cfg.get("model_kwargs", {})
+    try:
+        get_entry(name)
+        check_model_kwargs(name, kwargs)
+        with torch.device("meta"):  # shapes first: a bad size in the config allocates nothing
+            expected = {k: tuple(v.shape) for k, v in create_model(name, len(classes), **kwargs).state_dict().items()}
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot rebuild its model: {e}") from None
+    got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and \
+        all(isinstance(v, torch.Tensor) for v in state.values()) else None
+    if got is None:
+        raise ValueError(f"{path}: its '{weights}' entry is not a state dict of tensors; the file is damaged or "
+                         f"was edited")
+    if got != expected:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise ValueError(f"{path}: its weights do not fit {name} with {len(classes)} classes and {kwargs} "
+                         f"(first difference: {diff[0]}); the file is damaged or was edited")
+    model = create_model(name, len(classes), **kwargs)
     model.load_state_dict(state)
     model = model.to(device).eval()
     if cfg.get("channels_last", True):
@@ -61,10 +92,34 @@ def _size_from_data(data: str | None) -> list[int] | None:
         return None
 
 
-def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "test", tta: str = "none",
-                        device: str = "auto", batch_size: int = 500, use_ema: bool = True,
+def checkpoint_path(target: str | Path, which: str | None = None) -> Path:
+    """The checkpoint file `fasttrain eval TARGET [--checkpoint best|last]` means: TARGET itself when it is a
+    file; in a run directory best.pt (which: best) or checkpoint.pt (last), and by default best.pt where the
+    run made one (its reported test accuracy is best.pt's), else checkpoint.pt."""
+    target = Path(target)
+    if not target.is_dir():
+        if which is not None:
+            raise FileNotFoundError(f"--checkpoint {which}: applies to a run directory; {target} is a file "
+                                    f"(or missing): pass its run directory instead")
+        return target
+    best, last = target / "best.pt", target / "checkpoint.pt"
+    if which == "best" and not best.is_file():
+        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a val split "
+                                f"(--val-split N); evaluate its last weights with --checkpoint last")
+    if which == "best" or (which is None and best.is_file()):
+        return best
+    if not last.is_file():
+        raise FileNotFoundError(f"{target}: no checkpoint.pt; pass the directory of a run started by `fasttrain "
+                                f"run` (one that trained at least an epoch)")
+    return last
+
+
+def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, split: str = "test",
+                        tta: str | None = None, device: str = "auto", batch_size: int = 500, use_ema: bool = True,
                         amp: str = "off") -> dict:
-    """Every metric of `fasttrain.evaluate.evaluate` (with the confusion matrix) on `split` of `data`."""
+    """Every metric of `fasttrain.evaluate.evaluate` (with the confusion matrix) on `split` of `data`
+    (default: the dataset the checkpoint was trained on), with the run's test-time augmentation unless
+    `tta` is given."""
     from .augment import norm_constants
     from .data.formats import read_labels
     from .data.tensor_format import read_meta
@@ -72,13 +127,25 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, split: str = "tes
     from .pipelines import load_split_tensors
     from .runtime import resolve_amp, resolve_device
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     loaded = load_checkpoint(path, dev, use_ema=use_ema)
+    if data is None:
+        data = loaded.config.get("data")
+        if not data or not Path(data).is_dir():
+            raise FileNotFoundError(f"{path}: the dataset it was trained on ({data}) is not there from this "
+                                    f"directory; pass --data DIR (a converted dataset with the same classes)")
+    tta = tta if tta is not None else loaded.config.get("tta", "none")
     meta = read_meta(data)
     if list(meta["classes"]) != loaded.classes:
         raise ValueError(f"--data {data}: its classes differ from the checkpoint's "
                          f"({len(meta['classes'])} vs {len(loaded.classes)} classes); evaluate on the "
                          f"dataset the model was trained for")
+    if split not in meta.get("splits", {split: None}):
+        carved = " (a run's val split is carved from train at run time and is not stored)" if split == "val" else ""
+        raise ValueError(f"--split {split}: {data} has no such split{carved}; it has "
+                         f"{', '.join(sorted(meta['splits']))}")
     labels = read_labels(data, split)
     # decode with the backend that reads this dataset's format (tensor, ffcv or dali)
     images, labels_t = load_split_tensors(meta.get("format", "tensor"), data, split, device=dev,

@@ -15,7 +15,7 @@ class EpochProgress:
         self.n_epochs = n_epochs
         self.steps = steps_per_epoch
         self.quiet = quiet
-        self.console = Console(file=sys.stdout)
+        self.console = Console(file=sys.stdout, soft_wrap=True)  # piped logs: one line per line, never wrapped
         self.live = self.console.is_terminal and not quiet
         self.progress: Progress | None = None
         self.task = None
@@ -48,7 +48,7 @@ class EpochProgress:
     def update(self, done: int, loss: float, acc: float, imgs_per_s: float) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=done,
-                                 stats=f"loss {loss:.3f} acc {acc:.3f} {imgs_per_s:,.0f} img/s")
+                                 stats=f"loss {loss:.3f} acc {100 * acc:.2f}% {imgs_per_s:,.0f} img/s")
 
     def end_epoch(self, row: dict) -> None:
         if self.progress is not None:
@@ -56,10 +56,11 @@ class EpochProgress:
             self.progress = None
         if self.quiet:
             return
-        test = f" test_loss {row['test_loss']:.3f} test_acc {row['test_acc']:.4f}" if row["test_acc"] is not None else ""
+        # accuracy in percent for people; metrics.jsonl and summary.json keep fractions
+        test = f" test_loss {row['test_loss']:.3f} test_acc {100 * row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
         self.console.print(
             f"epoch {row['epoch']:>3}/{self.n_epochs} train_loss {row['train_loss']:.3f} train_acc "
-            f"{row['train_acc']:.4f}{test} {row['epoch_s']:.1f}s {row['imgs_per_s']:,.0f} img/s", highlight=False)
+            f"{100 * row['train_acc']:.2f}%{test} {row['epoch_s']:.1f}s {row['imgs_per_s']:,.0f} img/s", highlight=False)
 
     def footer(self, summary: dict) -> None:
         if self.quiet:

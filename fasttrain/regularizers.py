@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from .augment import Targets
 from .choices import PATCHUP_MODES
-
 __all__ = ["PATCHUP_MODES", "PatchUp", "block_holes", "patchup_mix", "stage_outputs"]
 
 

@@ -44,16 +44,41 @@ COLUMNS = ("run", "model", "recipe", "dataset", "epochs", "test_acc", "test_f1",
            "train_imgs_per_s", "device")
 
 
+class ReportError(ValueError):
+    """No run to report, or a file the report cannot use; the message names it."""
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: not readable JSON ({str(e).splitlines()[0]}); the file is damaged or was "
+                          f"edited, so this run is left out") from None
+
+
 def load_run(run_dir: str | Path) -> dict:
-    """summary.json (required) and metrics.jsonl (optional) of one run directory."""
+    """summary.json (required) and metrics.jsonl (optional) of one run directory; ReportError naming the file
+    when the folder is not a finished run or a file is malformed."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no summary.json (not a finished fasttrain run directory)")
-    summary = json.loads(summary_path.read_text())
+        raise ReportError(f"{run_dir}: no summary.json (not a finished fasttrain run directory)")
+    summary = _read_json(summary_path)
+    if not isinstance(summary, dict):
+        raise ReportError(f"{summary_path}: expected a JSON object of run results, got {type(summary).__name__}")
     metrics = run_dir / "metrics.jsonl"
-    history = ([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-               if metrics.is_file() else [])
+    history = []
+    if metrics.is_file():
+        for i, line in enumerate(metrics.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ReportError(f"{metrics}, line {i}: not a JSON object; the file is damaged or was edited") from None
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), (int, float)):
+                raise ReportError(f"{metrics}, line {i}: expected an object with an 'epoch' number")
+            history.append(row)
     return {"dir": run_dir, "summary": summary, "history": history}
 
 
@@ -66,7 +91,7 @@ def table_rows(runs: list[dict]) -> list[dict]:
             "run": run["dir"].name, "model": s.get("model"), "recipe": s.get("recipe"),
             "dataset": s.get("dataset"),
             "epochs": s.get("epochs"), "test_acc": s.get("test_acc"), "test_f1": s.get("test_f1"),
-            "best_val": monitor.get("best"), "wall_s": s.get("wall_s"),
+            "best_val": monitor.get("best") if isinstance(monitor, dict) else None, "wall_s": s.get("wall_s"),
             "train_imgs_per_s": s.get("train_imgs_per_s"), "device": s.get("device"),
         })
     return rows
@@ -75,23 +100,38 @@ def table_rows(runs: list[dict]) -> list[dict]:
 def _fmt(key: str, value) -> str:
     if value is None:
         return "-"
-    if key in ("test_acc", "test_f1") or (key == "best_val" and isinstance(value, float) and value <= 1):
+    if isinstance(value, (int, float)) and (key in ("test_acc", "test_f1") or (key == "best_val" and value <= 1)):
         return f"{100 * value:.2f}%"
     if isinstance(value, float):
         return f"{value:,.1f}"
     return str(value)
 
 
-def report(run_dirs: list[str | Path], plot_path: str | Path | None = "report.png", *,
-           json_path: str | Path | None = None, console=None) -> list[dict]:
-    """Prints the comparison table (best test accuracy first), writes the overlay plot; returns the rows."""
+def _acc_key(row: dict) -> float:
+    acc = row["test_acc"]
+    return -acc if isinstance(acc, (int, float)) else 0.0
+
+
+def report(run_dirs: list[str | Path], plot_path: str | Path | None = None, *,
+           json_path: str | Path | None = None, console=None, warn=lambda msg: None) -> list[dict]:
+    """Prints the comparison table (best test accuracy first) and, when `plot_path` is given, writes the
+    overlay plot (accuracy against epochs and against wall-clock time); returns the rows. Folders that are
+    not finished runs, or hold malformed files, are skipped with `warn(message)`."""
     from rich.console import Console
     from rich.table import Table
 
     from .plots import plot_overlay
 
-    runs = [load_run(d) for d in run_dirs]
-    rows = sorted(table_rows(runs), key=lambda r: -(r["test_acc"] or 0.0))
+    runs = []
+    for d in run_dirs:
+        try:
+            runs.append(load_run(d))
+        except ReportError as e:
+            warn(f"skipping {e}")
+    if not runs:
+        raise ReportError(f"none of the {len(run_dirs)} folder(s) is a finished fasttrain run (each needs a "
+                          f"summary.json); pass run directories such as runs/<model>-<time>")
+    rows = sorted(table_rows(runs), key=_acc_key)
     table = Table(title=f"{len(rows)} run(s)")
     for key in COLUMNS:
         text = key in ("run", "model", "recipe", "dataset", "device")
@@ -99,10 +139,10 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = "report.pn
     for row in rows:
         table.add_row(*[_fmt(k, row[k]) for k in COLUMNS])
     # piped output (no terminal): wide enough that rich does not squeeze the columns to "…"
-    (console or Console(width=None if sys.stdout.isatty() else 200)).print(table)
+    (console or Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)).print(table)
     if plot_path is not None:
         plot_overlay([(r["dir"].name, r["history"]) for r in runs], plot_path,
-                     title="accuracy per epoch (solid: val or test, dashed: train)")
+                     title="accuracy (solid: val or test, dashed: train)")
     if json_path is not None:
         write_json(json_path, rows)
     return rows

@@ -339,7 +339,7 @@ def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> 
     return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {len(data.test[1])} test, {h}x{w}) | "
             f"device {rt.device} | amp {rt.precision.name} | compile {cfg.compile} | "
             f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
-            f"recipe {cfg.recipe}")
+            f"recipe {cfg.recipe or 'none (RunConfig defaults)'}")
 
 
 # ============================================================================ per epoch

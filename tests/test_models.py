@@ -1,5 +1,5 @@
-"""The model zoo (issue 6): every registered model trains a step on CPU, the seed's parameter counts and
-FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the seed-002 recipes."""
+"""The model zoo: every registered model trains a step on CPU, the seed's parameter counts and
+FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the CIFAR-10 ResNet table recipes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ RESIDUAL = [n for n in ALL if "drop_path" in (model_options(n) or [])]
 # marked slow, which CI still runs.
 FAST = {"resnet9", "airbench", "resnet18", "preact_resnet18", "resnet18v2", "resnet34v2", "resnet35b", "resnet50b",
         "resnext50_32", "senet50", "densenet100_k12", "mobilenetv2", "wrn16_8"}
-# Families this issue wrote (plus the core's); the strict activation test applies to these.
+# The zoo's own families (plus the core's); the strict activation test applies to these.
 ZOO_MODULES = {f"fasttrain.models.{m}" for m in (
     "resnet9 airbench resnet resnetv2 resnext senet densenet mobilenetv2 wrn pyramidnet resnest efficientnet "
     "inception xception ibn tresnet").split()}
@@ -45,7 +45,7 @@ def test_registry_rejects_duplicates_and_drops_unset_kwargs():
         create_model("densenet100_k12", 10, drop_path=0.1)
 
 
-def test_zoo_has_every_model_the_issue_names():
+def test_zoo_has_every_model_the_seeds_name():
     required = """resnet9 resnet9_c100 airbench resnet18 preact_resnet18 resnet18v2 resnet34v2 resnet35b resnet50b
         resnet101b resnet152b resnet170b wide_resnet18 resnext50_32 resnext101_32 resnext152_32 senet50 senet101
         senet152 densenet100_k12 densenet100_k16 densenet160_k12 densenet250_k12 densenet250_k24 densenet190_k40
@@ -71,7 +71,7 @@ def test_forward_backward_cpu_channels_last(name):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-# One model per family (the cheapest); families registered by other issues contribute their first model.
+# One model per family (the cheapest); families registered elsewhere contribute their first model.
 REPRESENTATIVE = {"resnet9": "resnet9", "airbench": "airbench", "resnet": "resnet18", "resnetv2": "resnet18v2",
                   "resnext": "resnext50_32", "senet": "senet50", "densenet": "densenet100_k12",
                   "mobilenetv2": "mobilenetv2", "wrn": "wrn16_8", "pyramidnet": "pyramidnet110_a48",
@@ -103,7 +103,7 @@ def test_forward_imagenet_size(name, kw):
 
 
 # --------------------------------------------------------------------------- seed parameters, FLOPs
-# Keras "total params" (BatchNorm running mean/var counted), from seed 002's table.
+# Keras "total params" (BatchNorm running mean/var counted), from the reference ResNet table.
 SEED_TOTAL = {"resnet34v2": 1_327_226, "resnet35b": 873_722, "resnet101b": 2_530_426, "resnet152b": 3_528_314}
 # Published trainable counts of the standard CIFAR nets (10 classes).
 PUBLISHED = {"resnet50b": 1_309_210,  # the seed's ResNet50b row lists the trainable count
@@ -125,7 +125,7 @@ def test_bn_stats_are_counted_twice_per_channel():
     assert count_params(m) == (3 * 4 * 9 + 8, 3 * 4 * 9 + 16)
 
 
-# Seed 002's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
+# The reference table's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
 # fixed blur filters' own 0.13M (the seed did not count them).
 SEED_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, "resnet101b": 149.87e6,
              "resnet152b": 225.63e6, "resnet170b": 252.37e6}
@@ -214,18 +214,45 @@ def test_image_size_upscales_inside_the_model():
 
 
 def test_merge_model_options_checks_the_model():
-    from fasttrain.config import ConfigError, RunConfig
+    from fasttrain.config import RunConfig
+    from fasttrain.models import ModelError
     from fasttrain.models.options import merge_model_options
 
     cfg = RunConfig(model="resnet50b")
     merge_model_options(cfg, width=None, activation="mish", drop_path=0.2, image_size=None)
     assert cfg.model_kwargs == {"activation": "mish", "drop_path": 0.2}
-    with pytest.raises(ConfigError, match="--drop-path"):
+    with pytest.raises(ModelError, match="--drop-path"):
         merge_model_options(RunConfig(model="densenet100_k12"), drop_path=0.1)
-    with pytest.raises(ConfigError, match="--activation"):
+    with pytest.raises(ModelError, match="--activation"):
         merge_model_options(RunConfig(model="resnet50b"), activation="tanh")
-    with pytest.raises(ConfigError, match="model_kwargs"):
+    with pytest.raises(ModelError, match="--attention"):
+        merge_model_options(RunConfig(model="resnet18_attn"), attention="every")
+    with pytest.raises(ModelError, match="model_kwargs"):
         merge_model_options(RunConfig(model="inception_v3", model_kwargs={"drop_path": 0.1}))
+
+
+def test_models_import_only_torch_and_each_other():
+    """Models are a leaf: their errors are their own (ModelError, a ValueError), the registry imports no
+    family, and the package imports every family (as timm does)."""
+    import ast
+    from pathlib import Path
+
+    import fasttrain.models as models
+
+    for path in Path(models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                assert node.level == 1 or mod.split(".")[0] in ("torch", "__future__", "collections", "typing",
+                                                                "dataclasses", "inspect", "math", "functools",
+                                                                "difflib"), (path.name, mod)
+                assert node.level <= 1, f"{path.name} imports from outside models: {'.' * node.level}{mod}"
+                if path.name == "registry.py":
+                    assert node.level == 0, f"the registry imports {mod}"
+    with pytest.raises(models.ModelError, match="did you mean resnet9"):
+        models.get_entry("resnet_9")
+    with pytest.raises(KeyError):  # still a KeyError for dict-style callers
+        models.get_entry("resnet_9")
 
 
 # ---------------------------------------------------------------------------------------- compile
@@ -324,22 +351,22 @@ def test_run_cli_rejects_an_option_the_model_lacks():
 
 
 # ------------------------------------------------------------------------------------------ recipes
-def test_seed002_recipes_are_valid_and_join_once_their_schedule_exists():
-    from fasttrain.config import RECIPES, SCHEDULES, SEED002_RECIPES, RunConfig
+def test_resnet_table_recipes_are_valid():
+    from fasttrain.config import RECIPE_ALIASES, RECIPES, RESNET_TABLE_RECIPES, RunConfig
     from fasttrain.models.options import merge_model_options
 
-    assert {"seed-sd-htd-cutmix", "seed-96px-htd-cutmix", "seed-htd-cutmix"} <= set(SEED002_RECIPES)
-    for name, recipe in SEED002_RECIPES.items():
+    assert {"cifar10-sd-htd-cutmix", "cifar10-96px-htd-cutmix", "cifar10-htd-cutmix"} <= set(RESNET_TABLE_RECIPES)
+    for name, recipe in RESNET_TABLE_RECIPES.items():
         assert recipe["schedule"] in ("htd", "cosine", "multistep"), name
-        values = {**recipe, "schedule": recipe["schedule"] if recipe["schedule"] in SCHEDULES else SCHEDULES[0]}
-        cfg = RunConfig.from_dict(values).validate()
+        cfg = RunConfig.from_dict(recipe).validate()
         merge_model_options(cfg)  # the recipe's model takes its model_kwargs
         _meta(cfg.model, **cfg.model_kwargs)
-        assert (name in RECIPES) == (recipe["schedule"] in SCHEDULES)
-    headline = SEED002_RECIPES["seed-sd-htd-cutmix"]
+        assert name in RECIPES
+    headline = RESNET_TABLE_RECIPES["cifar10-sd-htd-cutmix"]
     assert headline["model"] == "resnet50b" and headline["schedule"] == "htd"
     assert headline["model_kwargs"]["drop_path"] > 0 and headline["cutmix"] > 0
-    assert SEED002_RECIPES["seed-96px-htd-cutmix"]["model_kwargs"] == {"image_size": 96}
+    assert RESNET_TABLE_RECIPES["cifar10-96px-htd-cutmix"]["model_kwargs"] == {"image_size": 96}
+    assert RECIPE_ALIASES["seed-sd-htd-cutmix"] == "cifar10-sd-htd-cutmix"  # the earlier name still works
 
 
 def test_every_factory_documents_itself():

@@ -306,10 +306,12 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
 def test_seed003_recipes_resolve():
     from fasttrain.config import RECIPES, default_retrieval_recipe, resolve
 
-    for name in ("t1-tinyimagenet", "t2-tinyimagenet", "t3-tinyimagenet", "t4-cars196", "retrieval"):
+    for name in ("tinyimagenet-customcnn", "tinyimagenet-resnet18", "tinyimagenet-resnet18-attn",
+                 "cars196-retrieval", "retrieval"):
         cfg = resolve(RECIPES[name].get("model", "customcnn"), name, {})
         assert cfg.recipe == name
-    assert resolve("customcnn", None, {}).recipe == "t1-tinyimagenet"  # the model's default: T1
+    assert resolve("customcnn", "t1-tinyimagenet", {}).recipe == "tinyimagenet-customcnn"  # earlier name
+    assert resolve("customcnn", None, {}).recipe == "tinyimagenet-customcnn"  # the model's default
     t1 = resolve("customcnn", None, {})
     assert t1.early_stop > 0 and t1.val_split > 0 and t1.cutout > 0 and t1.schedule == "cosine"
     t4 = resolve("resnet18_attn", default_retrieval_recipe("resnet18_attn"), {})

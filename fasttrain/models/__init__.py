@@ -1,5 +1,29 @@
-"""The model zoo: `create_model(name, num_classes, **kw)`; `list_models()` names them."""
+"""The model zoo: `create_model(name, num_classes, **kw)`; `list_models()` names them.
 
-from .registry import MODELS, create_model, get_entry, list_models, model_options, register_model
+Importing this package imports every family below; each registers its models with `@register_model`
+(the registry itself imports no family, as in timm). A new family is one file plus one line here."""
 
-__all__ = ["MODELS", "create_model", "get_entry", "list_models", "model_options", "register_model"]
+from .registry import MODELS, ModelError, create_model, get_entry, list_models, model_options, register_model
+
+from . import (  # noqa: F401
+    airbench,
+    attention,
+    customcnn,
+    densenet,
+    efficientnet,
+    ibn,
+    inception,
+    mobilenetv2,
+    pyramidnet,
+    resnest,
+    resnet,
+    resnet9,
+    resnetv2,
+    resnext,
+    senet,
+    tresnet,
+    wrn,
+    xception,
+)
+
+__all__ = ["MODELS", "ModelError", "create_model", "get_entry", "list_models", "model_options", "register_model"]

@@ -94,7 +94,7 @@ class AirbenchNet(nn.Module):
         return self.head(self.layers(x))
 
 
-@register_model("airbench", family="airbench", default_recipe="airbench94")
+@register_model("airbench", family="airbench")
 def airbench(num_classes: int = 10, width: float = 1.0, activation: str = "gelu", logit_scale: float = 1 / 9,
              head_unit_std: bool = False) -> nn.Module:
     """airbench94's net; `width` scales the (64, 256, 256) conv groups. airbench94_muon's variant:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .options import ATTENTION_BLOCKS, PLACEMENTS
 from .registry import register_model
 from .resnet import BasicBlock, ResNet
 
-ATTENTION_BLOCKS = ("both", "channel", "spatial")
-PLACEMENTS = ("sequential", "parallel")
 
 
 class ChannelAttention(nn.Module):
@@ -86,7 +85,7 @@ class AttentionBlock(nn.Module):
         return x
 
 
-@register_model("resnet18_attn", family="resnet", default_recipe="t3-tinyimagenet")
+@register_model("resnet18_attn", family="resnet")
 def resnet18_attn(num_classes: int = 10, width: float = 1.0, activation: str = "relu", drop_path: float = 0.0,
                   stem: str = "cifar", attention: str = "both", placement: str = "sequential", reduction: int = 16,
                   spatial_kernel: int = 7) -> nn.Module:

@@ -70,7 +70,7 @@ class CustomCNN(nn.Module):
         return self.fc(self.dropout(self.forward_features(x)))
 
 
-@register_model("customcnn", family="custom", default_recipe="t1-tinyimagenet")
+@register_model("customcnn", family="custom")
 def customcnn(num_classes: int = 200, width: float = 1.0, depth: int = 2, activation: str = "relu",
               dropout: float = 0.2) -> nn.Module:
     """Seed 003 T1: our own CNN (MixBlocks: 3x3, depthwise 5x5, 1x1 + skip; avg+max pooled head)."""

@@ -1,33 +1,59 @@
-"""Model options given on the command line (--width, --activation, --drop-path, --image-size) merged into
-a RunConfig's model_kwargs, checked against what the chosen model takes before any training starts."""
+"""The model options a user sets by name (`fasttrain run MODEL --width 0.5 --activation mish`), stored in
+RunConfig.model_kwargs: their help, their allowed values, and the one check of a model's keyword arguments
+(values, and names against what the chosen model takes) before any training starts."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .layers import ACTIVATIONS
-from .registry import model_options
+from .registry import ModelError, model_options
+
+ATTENTION_BLOCKS = ("both", "channel", "spatial")
+PLACEMENTS = ("sequential", "parallel")
+
+# name -> (type, help); the CLI offers each as --name and puts it into model_kwargs
+MODEL_OPTIONS: dict[str, tuple[type, str]] = {
+    "width": (float, "Model width multiplier (models that take one)."),
+    "activation": (str, f"{' | '.join(ACTIVATIONS)} (every zoo model)."),
+    "drop_path": (float, "Stochastic depth rate of the last residual block (linear in depth; residual families)."),
+    "image_size": (int, "Upscale inputs to this size inside the model (mobilenetv2, efficientnet_b0; e.g. 96)."),
+    "attention": (str, f"resnet18_attn: {' | '.join(ATTENTION_BLOCKS)} (CBAM blocks)."),
+    "placement": (str, f"resnet18_attn: {' | '.join(PLACEMENTS)} placement of the two attention blocks."),
+}
+
+
+def _flag(key: str) -> str:
+    """How the user set it: an option (--drop-path) or any model_kwargs key (a recipe, --set, a file)."""
+    where = f"model_kwargs.{key}"
+    return f"--{key.replace('_', '-')} ({where})" if key in MODEL_OPTIONS else where
+
+
+def check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
+    """Raises ModelError naming the option when a value is out of range or the model does not take it."""
+    checks = {
+        "activation": (lambda v: v in ACTIVATIONS, f"must be one of {' | '.join(ACTIVATIONS)}"),
+        "drop_path": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "must lie in [0, 1)"),
+        "image_size": (lambda v: isinstance(v, int) and v >= 8, "must be >= 8 pixels"),
+        "width": (lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0"),
+        "attention": (lambda v: v in ATTENTION_BLOCKS, f"must be one of {' | '.join(ATTENTION_BLOCKS)}"),
+        "placement": (lambda v: v in PLACEMENTS, f"must be one of {' | '.join(PLACEMENTS)}"),
+    }
+    for key, value in kwargs.items():
+        if key in checks and value is not None and not checks[key][0](value):
+            raise ModelError(f"{_flag(key)}: {checks[key][1]}, got {value!r}")
+    accepted = model_options(model)
+    if accepted is None:
+        return
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        flags = ", ".join(_flag(k) for k in unknown)
+        raise ModelError(f"model {model!r} does not take {flags}; it takes: {', '.join(accepted)}")
 
 
 def merge_model_options(cfg: Any, **options: Any) -> None:
     """Put the options that were given (not None) into cfg.model_kwargs, then check every model kwarg
-    (recipe ones too) against the model's signature. Raises config.ConfigError naming the option."""
-    from ..config import ConfigError
-
+    (recipe ones too) against the model."""
     given = {k: v for k, v in options.items() if v is not None}
-    if "activation" in given and given["activation"] not in ACTIVATIONS:
-        raise ConfigError(f"--activation: must be one of {ACTIVATIONS}, got {given['activation']!r}")
-    if "drop_path" in given and not 0 <= given["drop_path"] < 1:
-        raise ConfigError(f"--drop-path: must lie in [0, 1), got {given['drop_path']}")
-    if "image_size" in given and given["image_size"] < 8:
-        raise ConfigError(f"--image-size: must be >= 8 pixels, got {given['image_size']}")
-    if "width" in given and given["width"] <= 0:
-        raise ConfigError(f"--width: must be > 0, got {given['width']}")
+    check_model_kwargs(cfg.model, {**cfg.model_kwargs, **given})
     cfg.model_kwargs = {**cfg.model_kwargs, **given}
-    accepted = model_options(cfg.model)
-    if accepted is None:
-        return
-    unknown = sorted(set(cfg.model_kwargs) - set(accepted))
-    if unknown:
-        flags = ", ".join(f"--{k.replace('_', '-')}" if k in options else f"model_kwargs[{k!r}]" for k in unknown)
-        raise ConfigError(f"model {cfg.model!r} does not take {flags}; it takes: {', '.join(accepted)}")

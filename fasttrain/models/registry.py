@@ -1,7 +1,12 @@
-"""Model registry: `@register_model` entry points keyed by CLI name; `create_model` builds one."""
+"""Model registry: `@register_model` entry points keyed by CLI name; `create_model` builds one.
+
+The registry imports no model family: `fasttrain.models` (the package) imports every family, which
+registers itself here, as timm does. Errors are ModelError (a ValueError); the CLI shows their message.
+"""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,43 +14,49 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 
+class ModelError(ValueError):
+    """An unknown model name or an option the model does not take; the message says what to do."""
+
+
+class UnknownModelError(ModelError, KeyError):
+    """A name no family registered (a KeyError too, for callers that look models up like a dict)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     family: str
     fn: Callable[..., nn.Module]
-    default_recipe: str | None
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str | None = None, *, family: str = "misc", default_recipe: str | None = None):
+def register_model(name: str | None = None, *, family: str = "misc"):
     """Register `fn(num_classes, **kw) -> nn.Module` under `name` (default: the function's name)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in MODELS:
             raise ValueError(f"model {key!r} is registered twice")
-        MODELS[key] = ModelEntry(key, family, fn, default_recipe)
+        MODELS[key] = ModelEntry(key, family, fn)
         return fn
 
     return wrap
 
 
-def _ensure_loaded() -> None:
-    from . import zoo  # noqa: F401  (importing registers every family)
-
-
 def list_models() -> list[str]:
-    _ensure_loaded()
     return sorted(MODELS)
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; `fasttrain zoo` lists them: {', '.join(sorted(MODELS))}")
+        close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UnknownModelError(f"unknown model {name!r}; {hint}(`fasttrain zoo` lists all {len(MODELS)})")
     return MODELS[name]
 
 

@@ -1,4 +1,4 @@
-"""ResNet9 (Myrtle / David Page, DAWNBench) and the seed-004 CIFAR-100 variant with a 1028-wide stage."""
+"""ResNet9 (Myrtle / David Page, DAWNBench) and the CIFAR-100 variant with a 1028-wide stage."""
 
 from __future__ import annotations
 
@@ -58,13 +58,13 @@ class ResNet9(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("resnet9", family="resnet9", default_recipe="myrtle24")
+@register_model("resnet9", family="resnet9")
 def resnet9(num_classes: int = 10, width: float = 1.0, activation: str = "relu") -> nn.Module:
     """Myrtle's ResNet9 (DAWNBench): 94% on CIFAR-10 in 24 epochs."""
     return ResNet9(num_classes, width=width, activation=activation)
 
 
-@register_model("resnet9_c100", family="resnet9", default_recipe="seed004-c100")
+@register_model("resnet9_c100", family="resnet9")
 def resnet9_c100(num_classes: int = 100, width: float = 1.0, activation: str = "relu") -> nn.Module:
     """Seed 004: ResNet9 with an extra 1028-wide conv + residual stage, for CIFAR-100."""
     return ResNet9(num_classes, width=width, activation=activation, extra_stage=round(1028 * width), logit_scale=1.0)
