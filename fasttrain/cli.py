@@ -183,6 +183,12 @@ def run(
     m_per_class: Optional[int] = typer.Option(None, help="retrieval: images per class in a batch."),
     attention: Optional[str] = typer.Option(None, help="resnet18_attn: both | channel | spatial (CBAM blocks)."),
     attention_placement: Optional[str] = typer.Option(None, help="resnet18_attn: sequential | parallel."),
+    # --- run folder and starting weights
+    force: Optional[bool] = typer.Option(None, "--force", help="Replace the files fasttrain wrote in --out (a "
+                                         "finished or interrupted run); other files there are left alone."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a checkpoint.pt or run folder "
+                                            "(weights only; a head of another class count is re-initialised).",
+                                            metavar="CHECKPOINT"),
 ) -> None:
     """Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory."""
     from .config import resolve
@@ -215,6 +221,7 @@ def run(
     except ValueError:
         _fail(f"--milestones: expected comma-separated epochs such as 100,150, got {milestones!r}")
     overrides["task"] = task
+    overrides.update(force=force, init_from=init_from)
     from .models.attention import ATTENTION_BLOCKS, PLACEMENTS
 
     if attention is not None and attention not in ATTENTION_BLOCKS:
@@ -289,21 +296,26 @@ def _train(cfg, *, resume: bool = False) -> dict:
 
 
 def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
-    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc and --json excepted)."""
-    from .config import ConfigError, RunConfig
+    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc, --json and --epochs excepted:
+    --epochs N extends the run where its schedule allows it, see fasttrain.extend)."""
+    from .config import ConfigError
+    from .resilience import RunDirError
+    from .rundir import load_run_config
 
-    allowed = {"resume", "nproc", "json_out", "model"}
+    allowed = {"resume", "nproc", "json_out", "model", "epochs"}
     given = [p for p in ctx.params if p not in allowed and ctx.params[p] is not None
              and ctx.get_parameter_source(p).name != "DEFAULT"]
     if given:
         names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
         _fail(f"--resume restores every option from {run_dir / 'config.json'}; drop {names} "
               f"(or start a new run with --out)")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        _fail(f"--resume {run_dir}: no config.json there; pass the directory of a run started by `fasttrain run`")
     try:
-        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        cfg = load_run_config(run_dir)
+    except RunDirError as e:
+        _fail(str(e))
+    try:
+        if ctx.params.get("epochs") is not None:
+            cfg.epochs = ctx.params["epochs"]
         if model is not None and model != cfg.model:
             raise ConfigError(f"MODEL: {model!r} contradicts the resumed run's model {cfg.model!r}; omit MODEL")
         cfg.out = str(run_dir)

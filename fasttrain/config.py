@@ -93,7 +93,7 @@ class RunConfig:
     ema_decay: float = 0.999  # per optimiser step
     ema_warmup: bool = True  # decay ramps as min(decay, (1+n)/(10+n))
     val_split: int = 0  # carve N train samples (stratified, seeded) into a validation split; 0 = none
-    monitor: str = "val_acc"  # metric for best.pt and early stopping (needs --val-split)
+    monitor: str | None = "val_acc"  # metric for best.pt and early stopping (needs --val-split; None without one)
     early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
     min_delta: float = 0.0  # an improvement must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
@@ -106,6 +106,11 @@ class RunConfig:
     # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
     task: str = "classification"  # classification | retrieval (`fasttrain run MODEL --task retrieval`)
     retrieval: dict = field(default_factory=dict)  # options of fasttrain.retrieval.trainer.RetrievalOptions
+
+    # --- the run folder and where training starts (fasttrain.rundir, fasttrain.init_weights)
+    force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
+    init_from: str | None = None  # start from these weights: a checkpoint.pt or a run folder (not a resume)
+    data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
 
     def validate(self) -> RunConfig:
         def need(cond: bool, option: str, msg: str) -> None:
@@ -122,6 +127,7 @@ class RunConfig:
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         need(0 <= self.warmup_frac <= 1, "warmup_frac", f"must lie in [0, 1], got {self.warmup_frac}")
         need(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
+        need(not (self.amp == "fp16" and self.device == "cpu"), "amp", FP16_ON_CPU)
         need(self.tta in TTA_MODES, "tta", f"must be one of {TTA_MODES}, got {self.tta!r}")
         need(self.pad_mode in ("reflect", "zero"), "pad_mode", f"must be reflect or zero, got {self.pad_mode!r}")
         need(self.crop_pad >= 0, "crop_pad", f"must be >= 0, got {self.crop_pad}")
@@ -199,7 +205,7 @@ class RunConfig:
         need(0 < self.patchup_gamma <= 1, "patchup_gamma", f"must lie in (0, 1], got {self.patchup_gamma}")
         need(0 <= self.ema_decay < 1, "ema_decay", f"must lie in [0, 1), got {self.ema_decay}")
         need(self.val_split >= 0, "val_split", f"must be >= 0, got {self.val_split}")
-        need(self.monitor in MONITOR_METRICS, "monitor", f"must be one of {MONITOR_METRICS}, got {self.monitor!r}")
+        need(self.monitor is None or self.monitor in MONITOR_METRICS, "monitor", f"must be one of {MONITOR_METRICS}, got {self.monitor!r}")
         need(self.early_stop >= 0, "early_stop", f"must be >= 0, got {self.early_stop}")
         need(self.early_stop == 0 or self.val_split > 0, "early_stop",
              "needs --val-split N: early stopping never looks at the test set")
@@ -222,6 +228,8 @@ class RunConfig:
 
 SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+FP16_ON_CPU = ("fp16 on a CPU has no fast kernels: every op is emulated, about 1000x slower than fp32 (minutes "
+               "a step); use --amp bf16 (fast on CPUs with AMX) or --amp off")
 TTA_MODES = ("none", "flip", "flip_translate")
 # --- pipelines: names must match fasttrain.pipelines.PIPELINES (a test checks)
 PIPELINES = ("tensor", "ffcv", "dali", "torchvision")

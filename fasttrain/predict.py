@@ -27,6 +27,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
     (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
+    from .init_weights import check_model_config
     from .models import create_model
 
     path = Path(path)
@@ -38,10 +39,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     if missing:
         raise ValueError(f"{path}: not a fasttrain checkpoint (missing {missing})")
     cfg = ckpt["config"]
-    model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
     state, weights = ckpt["model"], "model"
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
+    # the config must describe the weights before the model is allocated (an edited width=200: gigabytes)
+    check_model_config(cfg["model"], len(ckpt["classes"]), cfg.get("model_kwargs", {}), state, path)
+    model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
     model.load_state_dict(state)
     model = model.to(device).eval()
     if cfg.get("channels_last", True):

@@ -35,6 +35,11 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amx else None
 
 
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The one spelling of an autocast dtype, in config.json, summary.json and the console: bf16 | fp16 | off."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[dtype]
+
+
 def compile_warmup(step_model, model: torch.nn.Module, shapes: list[tuple[int, ...]], epochs: list[int | None],
                    dtype: torch.dtype, autocast, num_classes: int, device: torch.device) -> float:
     """A forward/backward of the compiled model on a dummy batch of each training shape (and, for models

@@ -27,15 +27,20 @@ from .progress import EpochProgress
 from . import checkpoint as ckpt_io, distributed, resilience  # resume, DDP, failure handling
 from .losses import mixed_cross_entropy
 from .runio import write_json
-from .runtime import compile_warmup, device_name, resolve_amp, resolve_device, sync
+from .runtime import amp_name, compile_warmup, device_name, resolve_amp, resolve_device, sync
+from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolved config.json
+from .init_weights import load_init_weights
+from .runclock import RunClock, throughput
 
 
 # ============================================================================ small helpers
 # ============================================================================ the run
+@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
     cfg.validate()
-    t_run = time.perf_counter()
+    clock = RunClock()  # wall time across resumed segments; warm-up epochs
+    log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     device = resolve_device(cfg.device)
     dist = distributed.setup(device)  # torchrun/DDP (cuda:LOCAL_RANK per process), else single
     device, quiet = dist.device, quiet or not dist.is_main
@@ -52,16 +57,22 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
 
     out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
-    dist.main_only(resilience.check_run_dir, out_dir)  # writable (write+fsync probe) before any work
+    # --- run folder: writable, locked, not someone else's or a finished run (fasttrain.rundir)
+    run_folder = dist.main_only(rundir.claim, out_dir, resume=resume, force=cfg.force, epochs=cfg.epochs,
+                                log=log)
     if resume:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
-    if dist.is_main and not resume:
-        cfg.save(out_dir / "config.json")
 
     # --- data: pipeline `cfg.pipeline` yields uint8 NHWC batches on the device; the test split
     # is decoded once by the same backend and kept on the device
     meta = read_meta(cfg.data)
+    if resume:
+        rundir.check_same_dataset(cfg, meta)
+    else:  # config.json says what runs: amp, threads, monitor, absolute paths, the dataset's identity
+        rundir.resolve_config(cfg, meta, device, amp_dtype)
+        if dist.is_main:
+            rundir.save_config(run_folder, cfg)
     all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
     train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
     test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)
@@ -86,6 +97,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         sample, _ = load_split_tensors(cfg.pipeline, cfg.data, "train", device=device,
                                        indices=train_idx[: min(5000, n_train)])  # any pipeline
         model.init_from_data(normalize(sample, scale, bias, torch.float32))
+    if cfg.init_from and not resume:  # weights only; a resume restores its own below
+        load_init_weights(model, cfg.init_from, meta["num_classes"], log)
     n_params = sum(p.numel() for p in model.parameters())
     # room for checkpoints (model + optimiser state + averages) before any training
     need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
@@ -128,10 +141,11 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
         objects={"optimizer": optimizer, "scaler": scaler, "lookahead": lookahead, "monitor": monitor,
                  "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None, "patchup": patchup,
-                 "lr_log": ckpt_io.Attrs(runlog, "lrs") if dist.is_main else None},
+                 "lr_log": ckpt_io.Attrs(runlog, "lrs") if dist.is_main else None, "run_clock": clock},
         sampler=sampler, dist=dist, config=cfg.to_dict(), meta=meta, info={"image_size": [h, w]})
     dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
     pos = state.restore() if resume else ckpt_io.Position()
+    clock.start_segment(pos.epoch + 1)  # this segment's first epoch carries its warm-up
     if resume and not quiet:
         print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
     for row in pos.history:
@@ -152,7 +166,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     progress = EpochProgress(n_epochs, steps_per_epoch, quiet=quiet)
     progress.header(
         f"{cfg.model} on {meta['name']} ({n_train} train / {len(test_labels)} test, {h}x{w}) | device {device} | "
-        f"amp {amp_dtype} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
+        f"amp {amp_name(amp_dtype)} | compile {cfg.compile} | augment {backend_for(device)} | {n_params:,} params | "
         f"recipe {cfg.recipe}"
     )
     history: list[dict] = pos.history  # a resumed run continues its history, step count and clock
@@ -267,8 +281,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         "model": cfg.model, "dataset": meta["name"], "recipe": cfg.recipe, "epochs": cfg.epochs, "steps": step,
         "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-        "wall_s": round(time.perf_counter() - t_run, 3), "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
-        "device": device_name(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "wall_s": round(clock.elapsed(), 3), **throughput(history, clock.warmup_epochs),
+        "device": device_name(device), "amp": amp_name(amp_dtype), "run_dir": str(out_dir),
         "compile": cfg.compile, "compile_s": round(compile_s, 3), "params": n_params, "train_samples": n_train, "test_samples": len(test_labels),
         "batch_size": cfg.batch_size, "augment_backend": backend_for(device), "torch": torch.__version__,
     }
