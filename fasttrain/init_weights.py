@@ -59,7 +59,8 @@ def load_init_weights(model: nn.Module, source: str | Path, num_classes: int,
     if not isinstance(state, dict):
         raise CheckpointError(f"--init-from {path}: its 'model' entry is not a state dict")
     own, theirs = _shapes(model.state_dict()), _shapes(state)
-    head = _head_keys(own, theirs, num_classes)
+    classes = ckpt.get("classes")
+    head = _head_keys(own, theirs, num_classes, len(classes)) if isinstance(classes, list) else set()
     problem = _first_difference(own, theirs, head=head)
     if problem:
         saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
@@ -80,11 +81,13 @@ def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}
 
 
-def _head_keys(own: dict, theirs: dict, num_classes: int) -> set[str]:
-    """Entries whose first dimension is the class count here and another count in the checkpoint, the rest
+def _head_keys(own: dict, theirs: dict, num_classes: int, saved_classes: int) -> set[str]:
+    """Entries whose first dimension is the class count, here and in the checkpoint (which differ), the rest
     of the shape equal: the classifier's weight and bias."""
-    return {k for k, shape in own.items()
-            if k in theirs and theirs[k] != shape and shape[:1] == (num_classes,) and theirs[k][1:] == shape[1:]}
+    if num_classes == saved_classes:
+        return set()
+    return {k for k, shape in own.items() if k in theirs and shape[:1] == (num_classes,)
+            and theirs[k][:1] == (saved_classes,) and theirs[k][1:] == shape[1:]}
 
 
 def _first_difference(own: dict, theirs: dict, *, head: set[str]) -> str | None:
