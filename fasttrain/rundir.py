@@ -157,18 +157,19 @@ def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs
 
 
 def _check_contents(path: Path, option: str, *, resume: bool, force: bool, epochs: float | None) -> None:
-    ours = [name for name in RUN_OUTPUTS if (path / name).exists()]
     saved = _read_run_config(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
+    finished = (path / SUMMARY_NAME).is_file()
+    if resume:  # the checkpoint's own config is checked on restore; a finished run with unchanged epochs is
+        # refused by checkpoint.check_resumable
+        if saved is not None and epochs is not None and epochs != saved["epochs"]:
+            _extend(path, saved, epochs, finished=finished)
+        return
+    ours = [name for name in RUN_OUTPUTS if (path / name).exists()]
     if ours and saved is None:
         raise RunDirError(
             f"{option} {path}: holds {', '.join(ours[:4])} but no fasttrain run config; fasttrain will not "
             f"overwrite files it did not write (not even with --force); choose another --out")
-    finished = (path / SUMMARY_NAME).is_file()
     checkpoint = (path / CHECKPOINT_NAME).is_file()
-    if resume:  # a finished run with unchanged epochs is refused by checkpoint.check_resumable
-        if saved is not None and epochs is not None and epochs != saved["epochs"]:
-            _extend(path, saved, epochs, finished=finished)
-        return
     if force or not (finished or checkpoint):
         return
     if finished:
