@@ -123,6 +123,16 @@ def _exit_on_sigterm():
     return signal.signal(signal.SIGTERM, stop)
 
 
+def new_run_path(model: str, parent: str | Path = "runs") -> Path:
+    """The default run folder, runs/<model>-<time>, with -2, -3 ... when a run started in the same second."""
+    base = Path(parent) / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
 def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs: float | None = None,
           log: Callable[[str], None] | None = None) -> RunFolder:
     """Creates or checks the run folder, proves it writable, takes its lock and applies the table in this

@@ -55,7 +55,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     ckpt_io.set_deterministic(cfg.deterministic, device)
 
-    out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = Path(cfg.out) if cfg.out else rundir.new_run_path(cfg.model)
     out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
     # --- run folder: writable, locked, not someone else's or a finished run (fasttrain.rundir)
     run_folder = dist.main_only(rundir.claim, out_dir, resume=resume, force=cfg.force, epochs=cfg.epochs,

@@ -38,6 +38,7 @@ from ..data.splits import epoch_permutation, stratified_subset
 from ..data.tensor_format import load_split, read_meta
 from ..models import create_model
 from ..optim import build_optimizer, lr_multiplier
+from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..runio import atomic_torch_save, write_json
 from ..runtime import device_name, resolve_amp, resolve_device, sync
 from .loss import multi_similarity_loss
@@ -244,6 +245,7 @@ def _embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ the run
+@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
 
     cfg.validate()
@@ -258,7 +260,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False) -> dict:
     if cfg.pipeline != "tensor":
         raise ConfigError(f"--pipeline {cfg.pipeline}: retrieval runs on the tensor format only")
     out_dir = Path(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rundir.claim(out_dir, force=cfg.force, log=log)
     cfg.out = str(out_dir)
     cfg.save(out_dir / "config.json")
 
