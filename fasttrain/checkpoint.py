@@ -396,6 +396,8 @@ class TrainState:
         state = ckpt.get("state", {})
         for name, obj in self.objects.items():
             if name not in state:
+                if getattr(obj, "optional_state", False):  # added later: older checkpoints lack it
+                    continue
                 raise CheckpointError(f"{self.path} holds no {name!r} state, but this run has one")
             load_state_into(obj, state[name], name)
         ranks = ckpt["ranks"]

@@ -16,6 +16,8 @@ class RunClock:
     """Wall time since this segment started plus the saved wall time of earlier segments; the 1-based epochs
     that began a segment. Checkpointed with the training state (state_dict / load_state_dict)."""
 
+    optional_state = True  # checkpoints written before the clock existed resume with this segment's time only
+
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.earlier_s = 0.0

@@ -54,7 +54,7 @@ CONFIG_NAME = "config.json"
 # and nothing else
 RUN_OUTPUTS = (
     CONFIG_NAME, "metrics.jsonl", "metrics.csv", CHECKPOINT_NAME, "best.pt", SUMMARY_NAME, "curves.png",
-    "confusion.json", "confusion.png", "lr.csv", "lr.png", "backbone.pt", "recall.json", "embedding.pt",
+    "confusion.json", "confusion.png", "lr.csv", "lr.png", "backbone.pt", "recall.json",
 )
 TENSORBOARD_DIR = "tb"
 
@@ -144,8 +144,8 @@ def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs
     if (path / "meta.json").is_file():
         raise RunDirError(f"{option} {path}: this is a converted dataset, not a run folder; choose another --out")
     created = _missing_folders(path)
-    check_run_dir(path, option=option)  # creates it; write + fsync probe
     try:
+        check_run_dir(path, option=option)  # creates it; write + fsync probe
         fd = _take_lock(path, option, log)
     except BaseException:
         _remove_created(created)
