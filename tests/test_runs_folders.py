@@ -18,7 +18,7 @@ import pytest
 
 from fasttrain.config import ConfigError, RunConfig
 from fasttrain.resilience import RunDirError
-from fasttrain.rundir import LOCK_NAME
+from fasttrain.rundir import LOCK_NAME, new_run_path
 from fasttrain.train import train
 
 
@@ -176,3 +176,10 @@ def test_cli_refuses_finished_out_and_sigterm_during_setup_cleans_up(cifar_tenso
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert time.monotonic() - t0 < 10, "SIGTERM was not honoured within seconds"
     assert not fresh.exists(), f"the stopped start left {sorted(p.name for p in fresh.iterdir())}"
+
+
+def test_default_run_folders_of_the_same_second_differ(tmp_path):
+    first = new_run_path("resnet9", tmp_path)
+    first.mkdir()
+    second = new_run_path("resnet9", tmp_path)
+    assert second != first and not second.exists()

@@ -73,7 +73,7 @@ def test_damaged_config_on_resume_is_a_message(tmp_path):
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_wall_time_counts_every_segment(cifar_tensor_slice, tmp_path):
+def test_wall_time_counts_every_segment_of_an_interrupted_and_extended_run(cifar_tensor_slice, tmp_path):
     out = tmp_path / "run"
 
     def stop_in_the_third_epoch() -> None:  # a user's Ctrl-C once two epochs are logged
@@ -85,8 +85,10 @@ def test_wall_time_counts_every_segment(cifar_tensor_slice, tmp_path):
     with pytest.raises(RunInterrupted):
         train(tiny_cfg(cifar_tensor_slice, out, epochs=4), quiet=True)
     stopped = ckpt_io.load(out / "checkpoint.pt")
-    summary = train(load_run_config(out), quiet=True, resume=True)
-    assert summary["steps"] == 8
+    resumed = load_run_config(out)
+    resumed.epochs = 5  # an interrupted run extended as it resumes (`--resume DIR --epochs 5`)
+    summary = train(resumed, quiet=True, resume=True)
+    assert summary["steps"] == 10 and json.loads((out / "config.json").read_text())["epochs"] == 5
     # most training happened in the first segment: a wall clock of the last segment alone falls below train_s
     assert summary["wall_s"] >= summary["train_s"]
     assert summary["wall_s"] >= stopped["state"]["run_clock"]["wall_s"] + summary["train_s"] - stopped["train_s"]
