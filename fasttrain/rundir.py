@@ -134,11 +134,14 @@ def new_run_path(model: str, parent: str | Path = "runs") -> Path:
 
 
 def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs: float | None = None,
-          log: Callable[[str], None] | None = None) -> RunFolder:
+          init_from: str | None = None, log: Callable[[str], None] | None = None) -> RunFolder:
     """Creates or checks the run folder, proves it writable, takes its lock and applies the table in this
     module's docstring. Raises RunDirError naming --out / --resume, what is there and what to do."""
     path = Path(path)
     option = "--resume" if resume else "--out"
+    if force and init_from and Path(os.path.abspath(init_from)).is_relative_to(os.path.abspath(path)):
+        raise RunDirError(f"--init-from {init_from} lies in --out {path}, whose files --force replaces; copy the "
+                          f"checkpoint elsewhere first, or choose another --out")
     if resume and not path.is_dir():
         raise RunDirError(f"--resume {path}: no such folder; pass the folder of a run started by `fasttrain run`")
     if (path / "meta.json").is_file():

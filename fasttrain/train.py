@@ -59,7 +59,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
     # --- run folder: writable, locked, not someone else's or a finished run (fasttrain.rundir)
     run_folder = dist.main_only(rundir.claim, out_dir, resume=resume, force=cfg.force, epochs=cfg.epochs,
-                                log=log)
+                                init_from=cfg.init_from, log=log)
     if resume:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)

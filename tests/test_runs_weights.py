@@ -75,6 +75,12 @@ def test_init_from_another_architecture_is_refused_before_training(trained, cifa
     missing = runner.invoke(app, ["run", "resnet9", "--data", str(cifar_tensor_slice), "--out", str(out),
                                   "--device", "cpu", "--init-from", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "--init-from" in missing.output and "no such file" in missing.output
+    # its own weights with --force: refused before --force could delete them
+    before = (trained / "checkpoint.pt").read_bytes()
+    own = runner.invoke(app, ["run", "resnet9", "--width", "0.25", "--data", str(cifar_tensor_slice), "--out",
+                              str(trained), "--force", "--device", "cpu", "--init-from", str(trained)])
+    assert own.exit_code == 2 and "whose files --force replaces" in own.output, own.output
+    assert (trained / "checkpoint.pt").read_bytes() == before
 
 
 def test_checkpoint_config_is_checked_against_its_weights_before_allocation(trained, tmp_path):
