@@ -41,6 +41,8 @@ import torch
 
 from .reproducibility import capture_rng, restore_rng
 from .resilience import check_finite_params
+from .config import ConfigError
+from .extend import check_extension
 from .runio import atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -318,6 +320,8 @@ class TrainState:
         state = ckpt.get("state", {})
         for name, obj in self.objects.items():
             if name not in state:
+                if getattr(obj, "optional_state", False):  # added later: older checkpoints lack it
+                    continue
                 raise CheckpointError(f"{self.path} holds no {name!r} state, but this run has one")
             load_state_into(obj, state[name], name)
         ranks = ckpt["ranks"]
@@ -363,7 +367,8 @@ def check_resumable(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
         raise CheckpointError(
-            f"--resume {run_dir}: this run already finished (summary.json exists); start a new run with --out"
+            f"--resume {run_dir}: this run already finished (summary.json exists); start a new run with --out, "
+            f"or train it longer with --resume {run_dir} --epochs N where its schedule allows (fasttrain.extend)"
         )
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise CheckpointError(
@@ -375,7 +380,7 @@ def check_resumable(run_dir: str | Path) -> None:
 
 
 # Options that may differ between the checkpoint and the resumed config without changing what is computed.
-RESUME_MAY_DIFFER = frozenset({"out", "nproc", "threads"})
+RESUME_MAY_DIFFER = frozenset({"out", "nproc", "threads", "force"})
 
 
 def _check_same_config(saved: dict, current: dict, path: Path) -> None:
@@ -384,6 +389,12 @@ def _check_same_config(saved: dict, current: dict, path: Path) -> None:
     diff = sorted(
         k for k in set(saved) | set(current) if k not in RESUME_MAY_DIFFER and saved.get(k) != current.get(k)
     )
+    if "epochs" in diff:  # `--resume RUN --epochs N`: more epochs where the schedule allows it
+        try:
+            check_extension(saved, current["epochs"])
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        diff.remove("epochs")
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
         raise CheckpointError(

@@ -29,6 +29,7 @@ from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE
                      parse_value, recipe_name, resolve)
 from .models import MODELS
 from .models.options import MODEL_OPTIONS
+from .rundir import load_run_config
 
 
 
@@ -496,24 +497,18 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
 
 
 def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
-    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc and --json excepted)."""
-    allowed = {"resume", "nproc", "json_out", "model"}
+    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc, --json and --epochs excepted:
+    --epochs N extends the run where its schedule allows it, see fasttrain.extend)."""
+    allowed = {"resume", "nproc", "json_out", "model", "epochs"}
     given = [p for p in ctx.params if p not in allowed and ctx.params[p] not in (None, False, [], ())
              and ctx.get_parameter_source(p).name != "DEFAULT"]
     if given:
         names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
         _fail(f"--resume restores every setting from {run_dir / 'config.json'}; drop {names} "
               f"(or start a new run with --out)")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        _fail(f"--resume {run_dir}: no config.json there; pass the directory of a run started by `fasttrain run`")
-    try:
-        values = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConfigError(f"--resume {run_dir}: {path} is not valid JSON ({e}); it was damaged or edited") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--resume {run_dir}: {path} holds no settings mapping")
-    cfg = RunConfig.from_dict(values, source=str(path))
+    cfg = load_run_config(run_dir)  # a damaged or edited config.json: a RunDirError naming it
+    if ctx.params.get("epochs") is not None:
+        cfg.epochs = ctx.params["epochs"]
     if model is not None and model != cfg.model:
         raise ConfigError(f"MODEL: {model!r} contradicts the resumed run's model {cfg.model!r}; omit MODEL")
     cfg.out = str(run_dir)

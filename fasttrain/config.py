@@ -111,9 +111,9 @@ class RunConfig:
     ema_decay: float = 0.999  # EMA decay per optimiser step
     ema_warmup: bool = True  # EMA decay ramps as min(decay, (1+n)/(10+n))
     val_split: int = 0  # carve N train samples (stratified, seeded) into a validation split; 0 = none
-    monitor: str = "val_acc"  # metric for best.pt and early stopping (needs val_split)
-    early_stop: int = 0  # stop after this many evaluations without improvement of monitor; 0 = off
-    min_delta: float = 0.0  # an improvement of monitor must exceed this
+    monitor: str | None = "val_acc"  # metric for best.pt and early stopping (needs --val-split; None without one)
+    early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
+    min_delta: float = 0.0  # an improvement must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
 
     # --- runs that survive: determinism, multi-process
@@ -125,6 +125,11 @@ class RunConfig:
     task: str = "classification"  # classification | retrieval (Recall@K on held-out classes)
     retrieval: dict = field(default_factory=dict)  # options of the retrieval task (--cls-epochs, --embed-lr, ...)
 
+    # --- the run folder and where training starts (fasttrain.rundir, fasttrain.init_weights)
+    force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
+    init_from: str | None = None  # start from these weights: a checkpoint.pt or a run folder (not a resume)
+    data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
+
     def validate(self) -> RunConfig:
         """Checks every field's range, choice and consistency; raises ConfigError naming the option."""
 
@@ -134,6 +139,8 @@ class RunConfig:
 
         for name, choices in FIELD_CHOICES.items():
             value = getattr(self, name)
+            if value is None and name in OPTIONAL_CHOICES:
+                continue
             need(value in choices, name, f"must be one of {' | '.join(choices)}, got {value!r}"
                  f"{did_you_mean(str(value), choices)}")
         need(is_device(self.device), "device", f"must be auto, cpu, cuda or cuda:N (N a GPU index), got {self.device!r}")
@@ -149,6 +156,7 @@ class RunConfig:
         need(0 <= self.warmup_frac <= 1, "warmup_frac", f"must lie in [0, 1], got {self.warmup_frac}")
         need(0 <= self.start_lr_frac <= 1, "start_lr_frac", f"must lie in [0, 1], got {self.start_lr_frac}")
         need(0 <= self.end_lr_frac <= 1, "end_lr_frac", f"must lie in [0, 1], got {self.end_lr_frac}")
+        need(not (self.amp == "fp16" and self.device == "cpu"), "amp", FP16_ON_CPU)
         need(self.crop_pad >= 0, "crop_pad", f"must be >= 0, got {self.crop_pad}")
         need(self.cutout >= 0, "cutout", f"must be >= 0, got {self.cutout}")
         need(self.mixup >= 0, "mixup", f"must be >= 0, got {self.mixup}")
@@ -237,6 +245,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "clip_mode": CLIP_MODES, "patchup": PATCHUP_MODES, "monitor": MONITOR_METRICS,
     "task": TASKS,
 }
+OPTIONAL_CHOICES = ("monitor",)  # None: no val split, so nothing to monitor
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 
@@ -388,6 +397,9 @@ def field_help() -> dict[str, tuple[str, str]]:
         if m and m.group(1) in FIELDS:
             out[m.group(1)] = ((m.group(2) or "").strip(), section)
     return out
+
+FP16_ON_CPU = ("fp16 on a CPU has no fast kernels: every op is emulated, about 1000x slower than fp32 (minutes "
+               "a step); use --amp bf16 (fast on CPUs with AMX) or --amp off")
 
 
 # --------------------------------------------------------------------------------------------- recipes

@@ -21,13 +21,13 @@ __all__ = ["MONITOR_METRICS", "ModelSelection", "Monitor"]
 
 
 class Monitor:
-    def __init__(self, metric: str = "val_acc", patience: int = 0, min_delta: float = 0.0):
+    def __init__(self, metric: str | None = "val_acc", patience: int = 0, min_delta: float = 0.0):
         if patience < 0:
             raise ValueError(f"--early-stop: patience must be >= 0, got {patience}")
         self.metric = metric
         self.patience = patience
         self.min_delta = min_delta
-        self.minimise = metric.endswith("loss")
+        self.minimise = metric is not None and metric.endswith("loss")  # None: no val split, nothing to select
         self.best = math.inf if self.minimise else -math.inf
         self.best_epoch: int | None = None
         self.bad_evals = 0

@@ -1,14 +1,22 @@
 """The run's metric log: one JSON line per epoch (metrics.jsonl), a CSV copy (metrics.csv, rewritten with
 the union of columns seen so far), TensorBoard event files under tb/ when tensorboard is installed, and
-the per-batch learning rate (lr.csv, plotted to lr.png at the end)."""
+the per-batch learning rate (lr.csv, plotted to lr.png at the end).
+
+A write that fails (a full disk, a folder made read-only mid-run) ends the run with a RunDirError that names
+the file and says the last checkpoint is intact, like a failed checkpoint write, never a raw OSError."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from .checkpoint import CHECKPOINT_NAME
+from .resilience import RunDirError
 from .runio import _atomic_write
 
 
@@ -19,14 +27,16 @@ class RunLog:
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
         self.rows: list[dict] = []
-        self.jsonl.write_text("")
+        with self._writing(self.jsonl):
+            self.jsonl.write_text("")
         self.lrs: list[tuple[int, float]] = []
         self.tb = _tensorboard_writer(self.dir / "tb") if tensorboard else None
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
-        with open(self.jsonl, "a") as f:
+        with self._writing(self.jsonl), open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()  # a full disk shows here, inside the guard, not at a later implicit close
         self._write_csv()
         if self.tb is not None:
             for key, value in row.items():
@@ -41,7 +51,8 @@ class RunLog:
     def close(self) -> None:
         if self.lrs:
             text = "step,lr\n" + "".join(f"{s},{lr:.8g}\n" for s, lr in self.lrs)
-            _atomic_write(self.dir / "lr.csv", lambda f: f.write(text.encode()))
+            with self._writing(self.dir / "lr.csv"):
+                _atomic_write(self.dir / "lr.csv", lambda f: f.write(text.encode()))
         if self.tb is not None:
             for s, lr in self.lrs[:: max(1, len(self.lrs) // 2000)]:
                 self.tb.add_scalar("lr", lr, s)
@@ -57,7 +68,20 @@ class RunLog:
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        _atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()))
+        with self._writing(self.csv):
+            _atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()))
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """An OSError while writing `path` becomes a RunDirError naming it and the checkpoint that survives."""
+        try:
+            yield
+        except OSError as e:
+            checkpoint = self.dir / CHECKPOINT_NAME
+            why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+            kept = (f"; the last checkpoint {checkpoint} is intact: free space, then resume with "
+                    f"`fasttrain run --resume {self.dir}`" if checkpoint.exists() else "; no checkpoint was saved yet")
+            raise RunDirError(f"could not write {path}: {why}{kept}") from e
 
 
 def _tb_tag(key: str) -> str:

@@ -36,6 +36,9 @@ from .regularizers import PatchUp
 from .report import finish_run
 from .runio import write_json
 from .reproducibility import set_deterministic
+from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolved config.json
+from .init_weights import load_init_weights
+from .runclock import RunClock, throughput
 from .runlog import RunLog
 from .runtime import (compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp, resolve_compile,
                       resolve_device, sync)
@@ -44,18 +47,25 @@ from .tasks import ClassificationTask
 
 
 # ============================================================================ the run
+@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
+@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
     cfg.validate()
-    t_run = time.perf_counter()
+    clock = RunClock()  # wall time across resumed segments; which epochs carry a warm-up
     rt = build_runtime(cfg)
     quiet = quiet or not rt.dist.is_main
-    out_dir = prepare_run_dir(cfg, rt.dist, resume=resume)
+    log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+    out_dir, folder = prepare_run_dir(cfg, rt.dist, resume=resume, log=log)
     data = build_data(cfg, rt)
+    record_config(cfg, data.meta, rt, folder, resume=resume)
     model, forward = build_model(cfg, data, rt, out_dir)
+    if cfg.init_from and not resume:  # weights only (after any data-based init); a resume restores its own
+        load_init_weights(model, cfg.init_from, data.num_classes, log)
     fit = build_optimisation(cfg, model, forward, data, rt)
-    extras = build_extras(cfg, model, fit, data, rt, out_dir)
+    extras = build_extras(cfg, model, fit, data, rt, out_dir, clock)
     pos = extras.state.restore() if resume else ckpt_io.Position()
+    clock.start_segment(pos.epoch + 1)  # this segment's first epoch carries its warm-up
     fit.updater.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
     extras.selection.best_state = pos.extra.get("best_state")
     for row in history:
@@ -129,7 +139,9 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     save(fit.n_epochs)  # checkpoint.pt keeps the last weights
     summary = build_summary(cfg, data, rt, model, final, plain, steps=fit.updater.step, history=history,
                             train_s=train_s, eval_s=eval_s, compile_s=compile_s, recompiles=recompiles,
-                            wall_s=time.perf_counter() - t_run)
+                            warmup_epochs=clock.warmup_epochs,
+                            wall_s=clock.elapsed())
+    summary["run_dir"] = str(out_dir)
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
         write_outputs(summary, cfg, data, final, extras, history, out_dir)
         progress.footer(summary)
@@ -164,18 +176,30 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     return Runtime(device, dist, precision)
 
 
-def prepare_run_dir(cfg: RunConfig, dist: DistContext, *, resume: bool) -> Path:
-    """The run directory, before any data is read: rank 0 names it, proves it writable (write + fsync
-    probe) and, when resuming, that it holds a checkpoint to resume; a new run's config.json is written."""
-    out_dir = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+def prepare_run_dir(cfg: RunConfig, dist: DistContext, *, resume: bool,
+                    log) -> tuple[Path, rundir.RunFolder | None]:
+    """The run directory, before any data is read: rank 0 names it and claims it (writable, locked, not a
+    finished run or someone else's files: fasttrain.rundir) and, when resuming, checks it holds a checkpoint."""
+    out_dir = Path(cfg.out) if cfg.out else rundir.new_run_path(cfg.model)
     out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
-    dist.main_only(resilience.check_run_dir, out_dir)
+    folder = dist.main_only(rundir.claim, out_dir, resume=resume, force=cfg.force, epochs=cfg.epochs,
+                            init_from=cfg.init_from, log=log)
     if resume:
         dist.main_only(ckpt_io.check_resumable, out_dir)
     cfg.out = str(out_dir)
-    if dist.is_main and not resume:
-        cfg.save(out_dir / "config.json")
-    return out_dir
+    return out_dir, folder
+
+
+def record_config(cfg: RunConfig, meta: dict, rt: Runtime, folder: rundir.RunFolder | None, *,
+                  resume: bool) -> None:
+    """A resume must find the dataset it started on; a new run's config.json says what runs (no "auto"),
+    with absolute paths and the dataset's identity."""
+    if resume:
+        rundir.check_same_dataset(cfg, meta)
+        return
+    rundir.resolve_config(cfg, meta, rt.device, rt.precision.dtype)
+    if rt.dist.is_main:
+        rundir.save_config(folder, cfg)
 
 
 @dataclass
@@ -287,7 +311,7 @@ class Extras:
 
 
 def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunData, rt: Runtime,
-                 out_dir: Path) -> Extras:
+                 out_dir: Path, clock: RunClock) -> Extras:
     aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip,
                             alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
                             cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
@@ -308,7 +332,8 @@ def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunD
         out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
         objects={"optimizer": fit.updater.optimizer, "scaler": fit.updater.scaler, "lookahead": fit.lookahead,
                  "monitor": monitor, "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None,
-                 "patchup": fit.patchup, "lr_log": ckpt_io.Attrs(runlog, "lrs") if rt.dist.is_main else None},
+                 "patchup": fit.patchup, "lr_log": ckpt_io.Attrs(runlog, "lrs") if rt.dist.is_main else None,
+                 "run_clock": clock},
         sampler=sampler, dist=rt.dist, config=cfg.to_dict(), meta=data.meta, info={"image_size": list(data.hw)})
     rt.dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
     return Extras(sampler, monitor, selection, runlog, state)
@@ -388,13 +413,13 @@ def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit
 # ============================================================================ the end of the run
 def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, final: dict, plain: dict, *,
                   steps: int, history: list[dict], train_s: float, eval_s: float, compile_s: float,
-                  recompiles: int, wall_s: float) -> dict:
+                  recompiles: int, wall_s: float, warmup_epochs: list[int]) -> dict:
     """summary.json's numbers (report.finish_run adds the final test metrics and the selection)."""
     return {
         "model": cfg.model, "dataset": data.meta["name"], "recipe": cfg.recipe, "epochs": cfg.epochs,
         "steps": steps, "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "wall_s": round(wall_s, 3),
-        "train_imgs_per_s": round(sum(r["imgs_per_s"] * r["epoch_s"] for r in history) / max(train_s, 1e-9), 1),
+        **throughput(history, warmup_epochs),  # train_imgs_per_s without the warm-up epochs, and theirs apart
         "device": device_name(rt.device), "amp": rt.precision.name, "compile": cfg.compile,
         "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": sum(p.numel() for p in model.parameters()),
         "train_samples": data.n_train, "test_samples": len(data.test[1]), "batch_size": cfg.batch_size,

@@ -277,8 +277,8 @@ def test_resume_with_other_options_names_them(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     RunConfig(out=str(run)).save(run / "config.json")
-    result = runner.invoke(app, ["run", "--resume", str(run), "--lr", "0.1", "--epochs", "3"])
-    assert result.exit_code == 2 and "--epochs, --lr" in result.output
+    result = runner.invoke(app, ["run", "--resume", str(run), "--lr", "0.1", "--seed", "3"])
+    assert result.exit_code == 2 and "--lr, --seed" in result.output
     result = runner.invoke(app, ["run", "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "config.json" in result.output
     result = runner.invoke(app, ["run", "--resume", str(run)])

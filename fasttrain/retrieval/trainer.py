@@ -47,7 +47,8 @@ from ..models import create_model
 from ..optim import Lookahead, build_optimizer
 from ..regularizers import PatchUp
 from ..reproducibility import set_deterministic
-from ..resilience import LossGuard, check_run_dir
+from ..resilience import LossGuard
+from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..runio import write_json
 from ..runtime import device_name, resolve_amp, resolve_device, sync
 from ..steps import EpochTally, Precision, Updater
@@ -222,6 +223,7 @@ def _embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ the run
+@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     """Trains and measures retrieval per `cfg` (see the module docstring); returns the summary."""
     cfg.validate()
@@ -235,7 +237,8 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     torch.manual_seed(cfg.seed)
     precision = Precision(device, resolve_amp(cfg.amp, device))
     set_deterministic(cfg.deterministic, device)
-    out_dir = check_run_dir(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = Path(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
+    rundir.claim(out_dir, resume=resume, force=cfg.force, log=log)
     cfg.out = str(out_dir)
     cfg.save(out_dir / "config.json")
 
