@@ -411,7 +411,7 @@ def eval_cmd(
 ) -> None:
     """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
     checkpoint on a split."""
-    from .predict import evaluate_checkpoint
+    from .inference import evaluate_checkpoint
 
     try:
         m = evaluate_checkpoint(checkpoint, data, split=split, tta=tta, device=device, batch_size=batch_size,
@@ -449,7 +449,7 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from .predict import predict_images
+    from .inference import predict_images
 
     if top_k < 1:
         _fail(f"--top-k: must be >= 1, got {top_k}")

@@ -23,9 +23,12 @@ class Loaded:
     weights: str  # which weights were loaded: "ema" or "model"
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True) -> Loaded:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True,
+                    model: nn.Module | None = None) -> Loaded:
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
-    (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
+    (and use_ema). `model`: load the weights into this module instead of rebuilding the run's model by
+    name (needed for runs of an nn.Module given to fasttrain.fit). Raises FileNotFoundError / ValueError
+    naming the file and what was expected."""
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
     from .models import create_model
 
@@ -38,7 +41,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     if missing:
         raise ValueError(f"{path}: not a fasttrain checkpoint (missing {missing})")
     cfg = ckpt["config"]
-    model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
+    if model is None:
+        model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
     state, weights = ckpt["model"], "model"
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
