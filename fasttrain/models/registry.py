@@ -18,6 +18,9 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
+# Names under a prefix ("timm/resnet18") are resolved on demand instead of registered one by one:
+# prefix -> fn(name) -> ModelEntry, raising KeyError with the reason (models/external.py).
+RESOLVERS: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register_model(name: str | None = None, *, family: str = "misc", default_recipe: str | None = None):
@@ -33,6 +36,11 @@ def register_model(name: str | None = None, *, family: str = "misc", default_rec
     return wrap
 
 
+def register_resolver(prefix: str, resolver: Callable[[str], ModelEntry]) -> None:
+    """Names starting with `prefix` (e.g. "timm/") are built by `resolver(name)`."""
+    RESOLVERS[prefix] = resolver
+
+
 def _ensure_loaded() -> None:
     from . import zoo  # noqa: F401  (importing registers every family)
 
@@ -44,6 +52,9 @@ def list_models() -> list[str]:
 
 def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
+    prefix = name.split("/", 1)[0] + "/"
+    if name not in MODELS and prefix in RESOLVERS:
+        return RESOLVERS[prefix](name)
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; `fasttrain zoo` lists them: {', '.join(sorted(MODELS))}")
     return MODELS[name]

@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     customcnn,
     densenet,
     efficientnet,
+    external,
     ibn,
     inception,
     mobilenetv2,
