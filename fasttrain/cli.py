@@ -482,6 +482,30 @@ def report(
     typer.echo(f"wrote {plot}")
 
 
+# ---------------------------------------------------------------------------- export
+@app.command("export")
+def export_cmd(
+    run_or_checkpoint: Path = typer.Argument(..., help="Run directory, or a checkpoint file (RUN_DIR/best.pt, "
+                                             "RUN_DIR/checkpoint.pt).", metavar="RUN_OR_CHECKPOINT"),
+    format: str = typer.Option("onnx", "--format", help="onnx | torchscript (uint8 NHWC images in, logits out, "
+                               "normalisation folded in) | safetensors (the network's weights; metadata holds "
+                               "mean/std/classes)."),
+    out: Optional[Path] = typer.Option(None, help="File to write. Default: beside the checkpoint, named after it "
+                                       "(RUN_DIR/best.onnx, RUN_DIR/checkpoint.torchscript.pt, ...)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out even if fasttrain did not write it."),
+    checkpoint: str = typer.Option("best", help="For a run directory: best (best.pt when the run had a val "
+                                   "split, else its final weights) | last (checkpoint.pt)."),
+) -> None:
+    """Export a trained model to ONNX, TorchScript or safetensors (written atomically; docs/python_api.md)."""
+    from .exporting import ExportError, export
+
+    try:
+        path = export(run_or_checkpoint, format, out, force=force, checkpoint=checkpoint)
+    except (ExportError, *_checkpoint_errors()) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
         del sys.argv[1]

@@ -80,7 +80,8 @@ def small_input_stem(model: nn.Module) -> bool:
 # ============================================================================ a user's nn.Module
 def _unbuildable(name: str) -> ModelEntry:
     raise KeyError(f"model {name!r} was an nn.Module given to fasttrain.fit: it cannot be rebuilt by name; "
-                   f"in Python, load it with fasttrain.load(RUN_DIR, model=<a new instance of that module>)")
+                   f"in Python, pass a new instance of that module: fasttrain.load(RUN_DIR, model=...), "
+                   f"fasttrain.export(RUN_DIR, FORMAT, model=...)")
 
 
 @contextmanager
