@@ -242,10 +242,7 @@ def load(run_or_checkpoint: str | os.PathLike, *, model: nn.Module | None = None
     device:     auto | cpu | cuda | cuda:N.
     """
     path = checkpoint_path(run_or_checkpoint, checkpoint)
-    try:
-        loaded = load_checkpoint(path, resolve_device(device), use_ema=use_ema, model=model)
-    except KeyError as e:  # the run's model cannot be built here (timm missing, a user's nn.Module)
-        raise ValueError(f"{path}: {e.args[0]}") from None
+    loaded = load_checkpoint(path, resolve_device(device), use_ema=use_ema, model=model)
     return Classifier(loaded.model, classes=loaded.classes, mean=loaded.mean, std=loaded.std,
                       image_size=loaded.image_size, model_name=loaded.config["model"],
                       model_kwargs=loaded.config.get("model_kwargs"), checkpoint=path).eval()

@@ -42,7 +42,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
         raise ValueError(f"{path}: not a fasttrain checkpoint (missing {missing})")
     cfg = ckpt["config"]
     if model is None:
-        model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
+        try:
+            model = create_model(cfg["model"], len(ckpt["classes"]), **cfg.get("model_kwargs", {}))
+        except KeyError as e:  # a model this installation cannot build (timm missing, a user's nn.Module)
+            raise ValueError(f"{path}: {e.args[0]}") from None
     state, weights = ckpt["model"], "model"
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
