@@ -1,0 +1,162 @@
+"""The package's import graph follows the layering in docs/architecture.md: every import (including those inside
+functions) points down or sideways within a layer, never up; there are no cycles; and the modules with a
+narrow job import only what that job needs (models: torch and models.*; pipelines: data; augment: the kernels;
+the kernels and the list of choices: nothing of the project)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Source folder -> the package name it installs as (pyproject's package-dir).
+PACKAGES = {"fasttrain": REPO / "fasttrain", "fasttrain.pipelines": REPO / "pipelines",
+            "fasttrain.cuda_ext": REPO / "cuda_ext"}
+
+# Layer of each top-level part of the package: a module may import parts of its own layer or below, never above.
+# Within a layer the graph must still be acyclic. Parts not listed here fail the test: place new ones.
+LAYERS: dict[str, int] = {
+    "choices": 0,
+    "config": 1, "runio": 1,
+    "data": 2,
+    "models": 3, "cuda_ext": 3, "losses": 3, "runtime": 3,
+    "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "resilience": 4,
+    "distributed": 4, "ema": 4, "monitor": 4, "regularizers": 4, "progress": 4, "runlog": 4, "plots": 4,
+    "rundir": 4, "init_weights": 4,
+    "predict": 5, "report": 5,
+    "train": 6, "retrieval": 6,
+    "api": 7, "export": 7, "zoo_cmd": 7,
+    "cli": 8,
+    "__main__": 9, "__init__": 9,
+}
+# Parts with a narrow job: the only project parts each may import (besides itself).
+ONLY = {
+    "choices": set(),
+    "cuda_ext": set(),
+    "models": set(),
+    "pipelines": {"data", "choices"},
+    "augment": {"cuda_ext"},
+}
+NEVER = {"distributed": {"augment", "evaluate"}}
+# Entry points: nothing imports them but the layers that drive them.
+IMPORTED_ONLY_BY = {"cli": {"__main__"}, "train": {"cli", "api"}}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (installed names)."""
+    out = {}
+    for pkg, root in PACKAGES.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).with_suffix("")
+            parts = [p for p in rel.parts]
+            if any(p.startswith(("test", ".")) or p == "__pycache__" for p in parts):
+                continue
+            name = ".".join([pkg, *parts])
+            out[name.removesuffix(".__init__") if parts[-1] == "__init__" else name] = path
+    return out
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file (module level or inside functions)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                cands = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(name, is_pkg, node)
+                cands = [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for cand in cands:
+                # the longest prefix that is a project module (`from .x import y` may name a function y)
+                while cand and cand not in mods:
+                    cand = cand.rpartition(".")[0]
+                if cand and cand != name and cand.startswith("fasttrain"):
+                    targets.add(cand)
+        graph[name] = targets
+    return graph
+
+
+def part(module: str) -> str:
+    """The top-level part a module belongs to: fasttrain.data.convert -> data; fasttrain -> __init__."""
+    rest = module.split(".")[1:]
+    return rest[0] if rest else "__init__"
+
+
+def _package_inits(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Edges from a package's __init__ to its own submodules (re-exports) and from submodules to their
+    package's __init__ that only re-exports: both are part of one package, not a layering question."""
+    return {(a, b) for a, bs in graph.items() for b in bs if b.startswith(a + ".") or a.startswith(b + ".")}
+
+
+def test_every_part_has_a_layer():
+    missing = sorted({part(m) for m in _modules()} - set(LAYERS))
+    assert not missing, f"place these in LAYERS (and in docs/architecture.md): {missing}"
+
+
+def test_imports_point_down_and_respect_narrow_parts():
+    graph = import_graph()
+    bad = []
+    for a, targets in graph.items():
+        pa = part(a)
+        for b in targets:
+            pb = part(b)
+            if pa == pb or b == "fasttrain":  # the package root holds only the version and the lazy public API
+                continue
+            if pb in IMPORTED_ONLY_BY and pa not in IMPORTED_ONLY_BY[pb]:
+                bad.append(f"{a} -> {b}: only {sorted(IMPORTED_ONLY_BY[pb])} may import {pb}")
+            if pa in ONLY and pb not in ONLY[pa]:
+                bad.append(f"{a} -> {b}: {pa} may import only {sorted(ONLY[pa]) or 'nothing of the project'}")
+            if pb in NEVER.get(pa, ()):
+                bad.append(f"{a} -> {b}: {pa} must not import {pb}")
+            if LAYERS.get(pb, 99) > LAYERS.get(pa, -1) and pa != "__init__":
+                bad.append(f"{a} -> {b}: layer {LAYERS.get(pa)} imports layer {LAYERS.get(pb)}")
+    assert not bad, "import rules broken:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    skip = _package_inits(graph)
+    # the package root (__init__) sits above everything and imports lazily: leave it out of cycles
+    edges = {a: {b for b in bs if (a, b) not in skip and b != "fasttrain"} for a, bs in graph.items()
+             if a != "fasttrain"}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles[:20])
+
+
+@pytest.mark.parametrize("module", ["fasttrain.train", "fasttrain.cli"])
+def test_graph_sees_imports_inside_functions(module):
+    # cli imports train inside a function today; the walker must see such imports or the test proves nothing
+    graph = import_graph()
+    assert graph[module], f"{module} imports nothing of the project? the walker is broken"
