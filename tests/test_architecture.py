@@ -25,9 +25,9 @@ LAYERS: dict[str, int] = {
     "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "resilience": 4,
     "distributed": 4, "ema": 4, "monitor": 4, "regularizers": 4, "progress": 4, "runlog": 4, "plots": 4,
     "rundir": 4, "init_weights": 4,
-    "predict": 5, "report": 5,
+    "inference": 5, "report": 5,
     "train": 6, "retrieval": 6,
-    "api": 7, "export": 7, "zoo_cmd": 7,
+    "api": 7, "exporting": 7, "zoo_cmd": 7,
     "cli": 8,
     "__main__": 9, "__init__": 9,
 }
