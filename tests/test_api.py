@@ -62,6 +62,18 @@ def test_import_fasttrain_is_cheap_and_the_api_loads_on_use():
     assert out.stdout.split() == ["fasttrain.api", "fasttrain.exporting"]
 
 
+def test_api_names_stay_functions_after_every_submodule_is_imported():
+    """Importing a submodule sets it as an attribute of the package: no submodule may share a name with the
+    API's functions (a fasttrain/predict.py would turn fasttrain.predict into a module on first import)."""
+    import importlib
+
+    for path in sorted(Path(fasttrain.__file__).parent.glob("*.py")):
+        if path.stem not in ("__init__", "__main__"):
+            importlib.import_module(f"fasttrain.{path.stem}")
+    for name in ("fit", "load", "predict", "export"):
+        assert callable(getattr(fasttrain, name)), f"fasttrain.{name} is {getattr(fasttrain, name)!r}"
+
+
 def test_fit_on_in_memory_arrays(memory_fit, cifar_tensor_slice):
     result = memory_fit
     assert isinstance(result, FitResult) and isinstance(result.model, Classifier)
