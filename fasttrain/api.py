@@ -36,6 +36,7 @@ from .data.sources import decode_image
 from .data.tensor_format import Split, read_meta, write_tensor_dataset
 from .evaluate import TTA_MODES, _tta_logits
 from .inference import load_checkpoint
+from .models import get_entry
 from .models.external import registered_module
 from .models.options import merge_model_options
 from .runtime import resolve_device
@@ -126,6 +127,11 @@ def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, **fields: A
     recipe = fields.pop("recipe", None)
     if not isinstance(model, (str, nn.Module)):
         raise ConfigError(f"model: expected a model name or an nn.Module, got {type(model).__name__}")
+    if isinstance(model, str):
+        try:
+            get_entry(model)  # a misspelt name (or timm missing) is reported before any data is written
+        except KeyError as e:
+            raise ConfigError(f"model: {e.args[0]}") from None
     with ExitStack() as scope:
         data_dir = (Path(data) if isinstance(data, (str, os.PathLike))
                     else scope.enter_context(_temporary_dataset(data)))
@@ -229,15 +235,15 @@ def _check_labels(key: str, labels: np.ndarray, n: int) -> None:
 
 
 # ============================================================================ load
-def load(run_or_checkpoint: str | os.PathLike, *, model: nn.Module | None = None, checkpoint: str = "best",
+def load(run_or_checkpoint: str | os.PathLike, *, model: nn.Module | None = None, checkpoint: str | None = None,
          use_ema: bool = True, device: str = "auto") -> Classifier:
     """A trained model ready for inference: a Classifier (eval mode) taking uint8 (N, H, W, C) images.
 
     run_or_checkpoint: a run directory or a checkpoint file (RUN_DIR/checkpoint.pt, RUN_DIR/best.pt).
     model:      load the weights into this module instead of rebuilding the run's model by name; needed
                 for runs that trained an nn.Module given to `fit`.
-    checkpoint: for a run directory, "best" (the weights its test accuracy was measured with: best.pt
-                when the run had a validation split, else its final weights) or "last" (checkpoint.pt).
+    checkpoint: for a run directory: None (default) for the weights its test accuracy was measured with
+                (best.pt where the run had a validation split, else checkpoint.pt), "best" or "last".
     use_ema:    the EMA weights when the run kept an EMA (as its evaluation did).
     device:     auto | cpu | cuda | cuda:N.
     """
@@ -248,22 +254,28 @@ def load(run_or_checkpoint: str | os.PathLike, *, model: nn.Module | None = None
                       model_kwargs=loaded.config.get("model_kwargs"), checkpoint=path).eval()
 
 
-def checkpoint_path(run_or_checkpoint: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """The checkpoint file `load` reads for a run directory or checkpoint file (see `load`)."""
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint: must be best or last, got {checkpoint!r}")
-    path = Path(run_or_checkpoint)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such run directory or checkpoint file")
-    best, last = path / BEST_NAME, path / CHECKPOINT_NAME
-    if checkpoint == "best" and best.is_file():
+def checkpoint_path(target: str | os.PathLike, which: str | None = None) -> Path:
+    """The checkpoint file `load` reads: `target` itself when it is a file; in a run directory best.pt
+    (which="best"), checkpoint.pt ("last"), or by default best.pt where the run wrote one, else checkpoint.pt."""
+    if which not in (None, "best", "last"):
+        raise ValueError(f"checkpoint: must be best or last, got {which!r}")
+    target = Path(target)
+    if target.is_file():
+        if which is not None:
+            raise ValueError(f"checkpoint={which!r} applies to a run directory; {target} is a checkpoint file")
+        return target
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
+    best, last = target / BEST_NAME, target / CHECKPOINT_NAME
+    if which == "best" and not best.is_file():
+        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a validation "
+                                f"split (val_split=N); its final weights are checkpoint='last'")
+    if which == "best" or (which is None and best.is_file()):
         return best
-    if last.is_file():
-        return last
-    raise FileNotFoundError(f"{path}: no {CHECKPOINT_NAME} there: the run stopped before the end of its first "
-                            f"epoch, or this is not a run directory of `fasttrain run` / fasttrain.fit")
+    if not last.is_file():
+        raise FileNotFoundError(f"{target}: no {CHECKPOINT_NAME} there: the run stopped before the end of its "
+                                f"first epoch, or this is not a run directory of `fasttrain run` / fasttrain.fit")
+    return last
 
 
 # ============================================================================ predict

@@ -493,8 +493,9 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, help="File to write. Default: beside the checkpoint, named after it "
                                        "(RUN_DIR/best.onnx, RUN_DIR/checkpoint.torchscript.pt, ...)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out even if fasttrain did not write it."),
-    checkpoint: str = typer.Option("best", help="For a run directory: best (best.pt when the run had a val "
-                                   "split, else its final weights) | last (checkpoint.pt)."),
+    checkpoint: Optional[str] = typer.Option(None, help="For a run directory: best (best.pt, written with a val "
+                                             "split) | last (checkpoint.pt) [default: best.pt where the run "
+                                             "wrote one, else checkpoint.pt]."),
 ) -> None:
     """Export a trained model to ONNX, TorchScript or safetensors (written atomically; docs/python_api.md)."""
     from .exporting import ExportError, export

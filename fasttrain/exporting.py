@@ -41,7 +41,7 @@ class ExportError(RuntimeError):
 
 
 def export(model_or_run: Classifier | FitResult | str | os.PathLike, format: str = "onnx",
-           out: str | os.PathLike | None = None, *, force: bool = False, checkpoint: str = "best",
+           out: str | os.PathLike | None = None, *, force: bool = False, checkpoint: str | None = None,
            model: torch.nn.Module | None = None) -> Path:
     """Writes the model in `format` (onnx | torchscript | safetensors) and returns the file's path.
 
@@ -76,7 +76,7 @@ def metadata(classifier: Classifier) -> dict:
             "safetensors_input": "float (N, C, H, W) = (pixels / 255 - mean) / std"}
 
 
-def _classifier(model_or_run, checkpoint: str, model: torch.nn.Module | None) -> Classifier:
+def _classifier(model_or_run, checkpoint: str | None, model: torch.nn.Module | None) -> Classifier:
     if isinstance(model_or_run, FitResult):
         return model_or_run.model
     if isinstance(model_or_run, Classifier):

@@ -113,7 +113,7 @@ def test_load_gives_the_same_model_from_a_run_or_a_checkpoint(memory_fit, cifar_
     x = torch.from_numpy(np.load(cifar_tensor_slice / "test_images.npy")[:6])
     with torch.no_grad():
         reference = memory_fit.model(x)
-        for source, which in ((memory_fit.run_dir, "best"), (memory_fit.run_dir / "checkpoint.pt", "best"),
+        for source, which in ((memory_fit.run_dir, None), (memory_fit.run_dir / "checkpoint.pt", None),
                               (memory_fit.run_dir, "last")):
             loaded = fasttrain.load(source, checkpoint=which, device="cpu")
             assert not loaded.training and loaded.image_size == (32, 32)
@@ -122,6 +122,8 @@ def test_load_gives_the_same_model_from_a_run_or_a_checkpoint(memory_fit, cifar_
         loaded(x.permute(0, 3, 1, 2).float())
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         fasttrain.load(memory_fit.run_dir / "missing")
+    with pytest.raises(FileNotFoundError, match=r"best.pt only when it trains with a validation split"):
+        fasttrain.load(memory_fit.run_dir, checkpoint="best")  # this run had no val split
 
 
 def test_predict_reads_image_files(memory_fit, cifar_jpeg_slice):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import fasttrain
-from fasttrain.config import ConfigError, resolve
+from fasttrain.config import ConfigError
 from fasttrain.models import create_model, get_entry
 
 timm = pytest.importorskip("timm")
@@ -57,7 +57,7 @@ def test_small_input_stems():
 
 def test_timm_names_and_install_hint(monkeypatch):
     with pytest.raises(ConfigError, match=r"unknown timm model .resnet_18.*Did you mean timm/resnet18"):
-        resolve("timm/resnet_18", None, {})
+        fasttrain.fit("timm/resnet_18", "data/not-needed-yet")
     with pytest.raises(ValueError, match="pretrained weights need a download"):
         create_model("timm/test_resnet", 10, pretrained=True)
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed

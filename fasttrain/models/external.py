@@ -48,7 +48,7 @@ def _timm_entry(name: str) -> ModelEntry:
         hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
         raise KeyError(f"unknown timm model {arch!r} (timm {timm.__version__}).{hint} List timm's models with: "
                        f"python -c \"import timm; print(timm.list_models('*{arch[:4]}*'))\"")
-    return ModelEntry(name, "timm", functools.partial(build_timm, arch), default_recipe=None)
+    return ModelEntry(name, "timm", functools.partial(build_timm, arch))
 
 
 def build_timm(arch: str, num_classes: int, small_input: bool = True, **timm_kwargs) -> nn.Module:
@@ -96,7 +96,7 @@ def registered_module(module: nn.Module) -> Iterator[str]:
     def build(num_classes: int) -> nn.Module:
         return module
 
-    MODELS[name] = ModelEntry(name, "module", build, default_recipe=None)
+    MODELS[name] = ModelEntry(name, "module", build)
     try:
         yield name
     finally:

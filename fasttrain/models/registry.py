@@ -14,7 +14,7 @@ class ModelEntry:
     name: str
     family: str
     fn: Callable[..., nn.Module]
-    default_recipe: str | None
+    default_recipe: str | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
