@@ -119,27 +119,34 @@ def _write_onnx(classifier: Classifier, path: Path, meta: str) -> None:
         import onnx  # optional: only ONNX export needs it
     except ImportError:
         raise ExportError(f"--format onnx needs onnx, which is not installed: {INSTALL_HINTS['onnx']}") from None
-    example = _example(classifier)
-    # torch's TorchScript-based exporter first: ~1.5 s here against ~20-30 s for the torch.export-based
-    # one on 2 CPU cores, with the same outputs (tests/test_export.py); the latter (it needs onnxscript)
-    # for models the former cannot trace, and for torch versions that no longer have the former.
+    # torch's TorchScript-based exporter first: a second or two here against 20-30 s for the
+    # torch.export-based one on 2 CPU cores, with the same outputs (tests/test_export.py); the latter for
+    # models the former cannot trace, and for torch versions that no longer have the former.
     try:
-        with _quiet_tracing():
-            torch.onnx.export(classifier, (example,), str(path), dynamo=False, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as legacy_error:
-        try:
-            import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
-        except ImportError:
-            raise ExportError(f"--format onnx: torch's TorchScript-based exporter failed ({legacy_error}) and the "
-                              f"torch.export-based one needs onnxscript: {INSTALL_HINTS['onnx']}") from None
-        program = torch.onnx.export(classifier, (example,), dynamo=True, input_names=["images"],
-                                    output_names=["logits"], verbose=False,
-                                    dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
-        program.save(str(path), external_data=False)
+        onnx_by_tracing(classifier, path)
+    except Exception as tracing_error:
+        onnx_by_torch_export(classifier, path, why=f"torch's TorchScript-based exporter failed ({tracing_error})")
     model = onnx.load(str(path))
     model.metadata_props.add(key=METADATA_KEY, value=meta)
     onnx.save(model, str(path))
+
+
+def onnx_by_tracing(classifier: Classifier, path: Path) -> None:
+    with _quiet_tracing():
+        torch.onnx.export(classifier, (_example(classifier),), str(path), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def onnx_by_torch_export(classifier: Classifier, path: Path, why: str = "") -> None:
+    try:
+        import onnxscript  # noqa: F401  (optional: the torch.export-based exporter needs it)
+    except ImportError:
+        raise ExportError(f"--format onnx: {why + ', and ' if why else ''}torch's torch.export-based exporter "
+                          f"needs onnxscript, which is not installed: {INSTALL_HINTS['onnx']}") from None
+    program = torch.onnx.export(classifier, (_example(classifier),), dynamo=True, input_names=["images"],
+                                output_names=["logits"], verbose=False,
+                                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    program.save(str(path), external_data=False)
 
 
 def _write_torchscript(classifier: Classifier, path: Path, meta: str) -> None:

@@ -14,7 +14,7 @@ import torch
 
 import fasttrain
 from fasttrain.checkpoint import load as load_checkpoint_file
-from fasttrain.exporting import ExportError, read_metadata
+from fasttrain.exporting import ExportError, onnx_by_torch_export, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,17 @@ def test_onnx_matches_the_checkpoint(ema_run, batch, reference):
     np.testing.assert_allclose(logits, reference.numpy(), rtol=1e-4, atol=1e-4)
     meta = read_metadata(path, "onnx")
     assert meta["model"] == "resnet9" and len(meta["classes"]) == 10 and meta["image_size"] == [32, 32]
+
+
+@pytest.mark.slow
+def test_onnx_fallback_exporter_matches_too(ema_run, batch, reference, tmp_path):
+    """The torch.export-based ONNX exporter, used when tracing fails (20-30 s on 2 cores)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "dynamo.onnx"
+    onnx_by_torch_export(fasttrain.load(ema_run, device="cpu"), path)
+    (logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": batch.numpy()})
+    np.testing.assert_allclose(logits, reference.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_torchscript_matches_the_checkpoint(ema_run, batch, reference):
