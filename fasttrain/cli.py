@@ -662,7 +662,7 @@ def eval_cmd(
 ) -> None:
     """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
     checkpoint on a split."""
-    from .predict import checkpoint_path, evaluate_checkpoint
+    from .inference import checkpoint_path, evaluate_checkpoint
 
     stdout = _json_stdout() if json_out else None
     if batch_size < 1:
@@ -676,7 +676,7 @@ def eval_cmd(
     try:
         path = checkpoint_path(target, checkpoint)
         m = evaluate_checkpoint(path, data, split=split, tta=tta, device=device, batch_size=batch_size, use_ema=ema)
-    except (FileNotFoundError, ValueError) as e:  # what predict.py raises about the user's files and options
+    except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
         _fail(str(e))
     if out is not None:
         from .plots import plot_confusion
@@ -709,7 +709,7 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as one JSON document on stdout."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from .predict import predict_images
+    from .inference import predict_images
 
     stdout = _json_stdout() if json_out else None
     if top_k < 1:
@@ -718,7 +718,7 @@ def predict(
         _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
     try:
         results = predict_images(checkpoint, images, top_k=top_k, device=device, tta=tta, use_ema=ema)
-    except (FileNotFoundError, ValueError) as e:  # what predict.py raises about the user's files and options
+    except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
         _fail(str(e))
     if stdout is not None:
         _emit_json(stdout, results)
@@ -777,6 +777,31 @@ def verify(
     counts = ", ".join(f"{k} {v['count']}" for k, v in meta["splits"].items())
     typer.echo(f"OK {data}: {meta.get('name')} ({meta.get('format', 'tensor')}; {counts}; {meta['num_classes']} "
                f"classes; {'structure' if quick else 'structure and sha256 of every file'} checked)")
+
+
+# ---------------------------------------------------------------------------- export
+@app.command("export")
+def export_cmd(
+    run_or_checkpoint: Path = typer.Argument(..., help="Run directory, or a checkpoint file (RUN_DIR/best.pt, "
+                                             "RUN_DIR/checkpoint.pt).", metavar="RUN_OR_CHECKPOINT"),
+    format: str = typer.Option("onnx", "--format", help="onnx | torchscript (uint8 NHWC images in, logits out, "
+                               "normalisation folded in) | safetensors (the network's weights; metadata holds "
+                               "mean/std/classes)."),
+    out: Optional[Path] = typer.Option(None, help="File to write. Default: beside the checkpoint, named after it "
+                                       "(RUN_DIR/best.onnx, RUN_DIR/checkpoint.torchscript.pt, ...)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out even if fasttrain did not write it."),
+    checkpoint: Optional[str] = typer.Option(None, help="For a run directory: best (best.pt, written with a val "
+                                             "split) | last (checkpoint.pt) [default: best.pt where the run "
+                                             "wrote one, else checkpoint.pt]."),
+) -> None:
+    """Export a trained model to ONNX, TorchScript or safetensors (written atomically; docs/python_api.md)."""
+    from .exporting import ExportError, export
+
+    try:
+        path = export(run_or_checkpoint, format, out, force=force, checkpoint=checkpoint)
+    except (ExportError, FileNotFoundError, ValueError) as e:  # the user's files and options
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

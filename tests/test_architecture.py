@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "rundir": 4, "init_weights": 4, "tasks": 4, "extend": 4,
     "steps": 5, "predict": 5, "report": 5, "inference": 5,
     "train": 6, "retrieval": 6,
-    "api": 7, "export": 7, "zoo_cmd": 7,
+    "api": 7, "exporting": 7, "zoo_cmd": 7,
     "cli": 8,
     "__main__": 9, "__init__": 9,
 }

@@ -125,7 +125,7 @@ def test_mixing_stops_after_the_given_epoch(feature_run):
 
 
 def test_eval_of_best_checkpoint_reproduces_the_final_test_metrics(feature_run, cifar_tensor_slice):
-    from fasttrain.predict import evaluate_checkpoint
+    from fasttrain.inference import evaluate_checkpoint
 
     out, summary, _ = feature_run
     m = evaluate_checkpoint(out / "best.pt", cifar_tensor_slice, split="test", device="cpu")

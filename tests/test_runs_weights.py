@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fasttrain import checkpoint as ckpt_io
 from fasttrain.cli import app
 from fasttrain.data.convert import convert
-from fasttrain.predict import load_checkpoint
+from fasttrain.inference import load_checkpoint
 from fasttrain.train import train
 from test_runs_folders import tiny_cfg
 

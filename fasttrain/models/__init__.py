@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     customcnn,
     densenet,
     efficientnet,
+    external,  # timm/<name> and modules given to fasttrain.fit, resolved on demand
     ibn,
     inception,
     mobilenetv2,

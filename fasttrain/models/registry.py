@@ -33,6 +33,9 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
+# Names under a prefix ("timm/resnet18") are resolved on demand instead of registered one by one:
+# prefix -> fn(name) -> ModelEntry, raising KeyError with the reason (models/external.py).
+RESOLVERS: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register_model(name: str | None = None, *, family: str = "misc"):
@@ -48,11 +51,19 @@ def register_model(name: str | None = None, *, family: str = "misc"):
     return wrap
 
 
+def register_resolver(prefix: str, resolver: Callable[[str], ModelEntry]) -> None:
+    """Names starting with `prefix` (e.g. "timm/") are built by `resolver(name)`."""
+    RESOLVERS[prefix] = resolver
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 
 
 def get_entry(name: str) -> ModelEntry:
+    prefix = name.split("/", 1)[0] + "/"
+    if name not in MODELS and prefix in RESOLVERS:
+        return RESOLVERS[prefix](name)
     if name not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}? " if close else ""

@@ -26,9 +26,12 @@ class Loaded:
     weights: str  # which weights were loaded: "ema" or "model"
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True) -> Loaded:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True,
+                    model: nn.Module | None = None) -> Loaded:
     """Model + normalisation + class names from checkpoint.pt / best.pt; the EMA weights when present
-    (and use_ema). Raises FileNotFoundError / ValueError naming the file and what was expected."""
+    (and use_ema). `model`: load the weights into this module instead of rebuilding the run's model by
+    name (needed for runs of an nn.Module given to fasttrain.fit). Raises FileNotFoundError / ValueError
+    naming the file and what was expected."""
     from .checkpoint import load as load_file  # weights_only=True: a checkpoint never runs code
 
     path = Path(path)
@@ -56,13 +59,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     if use_ema and ckpt.get("model_ema"):
         state, weights = ckpt["model_ema"], "ema"
     name, kwargs = cfg["model"], cfg.get("model_kwargs", {})
+    if model is not None:  # the caller's module (a run of an nn.Module given to fasttrain.fit)
+        model.load_state_dict(state)
+        return _ready(model, ckpt, cfg, device, weights)
     try:
         get_entry(name)
         check_model_kwargs(name, kwargs)
         with torch.device("meta"):  # shapes first: a bad size in the config allocates nothing
             expected = {k: tuple(v.shape) for k, v in create_model(name, len(classes), **kwargs).state_dict().items()}
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: cannot rebuild its model: {e}") from None
+    except (ValueError, TypeError, KeyError) as e:  # KeyError: a model this installation cannot build (timm)
+        raise ValueError(f"{path}: cannot rebuild its model: {e.args[0] if isinstance(e, KeyError) else e}") from None
     got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and \
         all(isinstance(v, torch.Tensor) for v in state.values()) else None
     if got is None:
@@ -74,6 +80,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
                          f"(first difference: {diff[0]}); the file is damaged or was edited")
     model = create_model(name, len(classes), **kwargs)
     model.load_state_dict(state)
+    return _ready(model, ckpt, cfg, device, weights)
+
+
+def _ready(model: nn.Module, ckpt: dict, cfg: dict, device: torch.device | str, weights: str) -> Loaded:
     model = model.to(device).eval()
     if cfg.get("channels_last", True):
         model = model.to(memory_format=torch.channels_last)

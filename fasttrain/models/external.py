@@ -1,0 +1,107 @@
+"""Models defined outside the zoo: timm's (`timm/<name>`) and a user's own nn.Module given to fasttrain.fit
+(`module/<ClassName>`). Neither is registered one by one: each prefix has a resolver in the registry.
+
+timm models are built untrained (`pretrained=False`: fasttrain never downloads) with `num_classes` set
+and every other model keyword passed to `timm.create_model` (e.g. `drop_path_rate`, or `img_size` for a
+ViT). fasttrain's datasets are small images (CIFAR 32 px, Tiny ImageNet 64 px), where timm's ImageNet
+stems (stride 4 before the first stage) leave a 1x1 map at the last stage of a ResNet. So by default
+(`small_input=True`) a stem fasttrain knows is made stride 1, as CIFAR ResNets are:
+  - ResNet family (`conv1` + a `maxpool`): the first stem convolution gets stride 1, the max-pool goes;
+  - EfficientNet / MobileNet family (`conv_stem`): the stem convolution gets stride 1.
+Other architectures are left exactly as timm builds them. For large images (e.g. Cars196 at 224 px) pass
+`small_input=False` in model_kwargs to keep timm's stems. The weights are the same either way.
+
+timm is an optional dependency, imported only when a `timm/` model is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch.nn as nn
+
+from .registry import MODELS, ModelEntry, UnknownModelError, register_resolver
+
+TIMM_PREFIX = "timm/"
+MODULE_PREFIX = "module/"
+TIMM_INSTALL_HINT = "pip install timm  (or pip install 'fasttrain[timm]')"
+
+
+# ============================================================================ timm
+def _import_timm(name: str):
+    try:
+        import timm  # optional: only `timm/` models need it
+    except ImportError:
+        raise UnknownModelError(f"model {name!r} needs timm, which is not installed here: {TIMM_INSTALL_HINT}") from None
+    return timm
+
+
+def _timm_entry(name: str) -> ModelEntry:
+    timm = _import_timm(name)
+    arch = name[len(TIMM_PREFIX):]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown timm model {arch!r} (timm {timm.__version__}).{hint} List timm's models with: "
+                       f"python -c \"import timm; print(timm.list_models('*{arch[:4]}*'))\"")
+    return ModelEntry(name, "timm", functools.partial(build_timm, arch))
+
+
+def build_timm(arch: str, num_classes: int, small_input: bool = True, **timm_kwargs) -> nn.Module:
+    """timm's `arch`, untrained, with `num_classes` outputs; `small_input`: stride-1 stem (module doc)."""
+    timm = _import_timm(TIMM_PREFIX + arch)
+    if timm_kwargs.get("pretrained"):
+        raise ValueError(f"model {TIMM_PREFIX + arch}: pretrained weights need a download, and fasttrain "
+                         f"builds timm models untrained; drop pretrained from model_kwargs")
+    timm_kwargs.pop("pretrained", None)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    if small_input:
+        small_input_stem(model)
+    return model
+
+
+def small_input_stem(model: nn.Module) -> bool:
+    """Makes a known ImageNet stem stride 1 (in place); False when the architecture has none we know."""
+    if hasattr(model, "conv1") and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        first = next(m for m in model.conv1.modules() if isinstance(m, nn.Conv2d))  # deep stems: the first
+        first.stride = (1, 1)
+        model.maxpool = nn.Identity()
+        return True
+    if isinstance(getattr(model, "conv_stem", None), nn.Conv2d):
+        model.conv_stem.stride = (1, 1)
+        return True
+    return False
+
+
+# ============================================================================ a user's nn.Module
+def _unbuildable(name: str) -> ModelEntry:
+    raise UnknownModelError(f"model {name!r} was an nn.Module given to fasttrain.fit: it cannot be rebuilt by name; "
+                   f"in Python, pass a new instance of that module: fasttrain.load(RUN_DIR, model=...), "
+                   f"fasttrain.export(RUN_DIR, FORMAT, model=...)")
+
+
+@contextmanager
+def registered_module(module: nn.Module) -> Iterator[str]:
+    """Registers `module` as `module/<ClassName>` while the block runs, so the trainer builds it like a
+    zoo model (create_model returns this very module; it takes no model options). A run's config and
+    checkpoint keep the name, and resolving it later explains that the module is needed to load it."""
+    base = MODULE_PREFIX + type(module).__name__
+    name = next(n for n in itertools.chain([base], (f"{base}-{i}" for i in itertools.count(2)))
+                if n not in MODELS)
+
+    def build(num_classes: int) -> nn.Module:
+        return module
+
+    MODELS[name] = ModelEntry(name, "module", build)
+    try:
+        yield name
+    finally:
+        MODELS.pop(name, None)
+
+
+register_resolver(TIMM_PREFIX, _timm_entry)
+register_resolver(MODULE_PREFIX, _unbuildable)
