@@ -30,12 +30,11 @@ import torch
 import torch.nn as nn
 
 from .augment import norm_constants, normalize
-from .checkpoint import CHECKPOINT_NAME
 from .config import ConfigError, RunConfig, resolve
-from .data.sources import decode_image
+from .data.decode import decode_image_file
 from .data.tensor_format import Split, read_meta, write_tensor_dataset
 from .evaluate import TTA_MODES, _tta_logits
-from .inference import load_checkpoint
+from .inference import checkpoint_path, load_checkpoint
 from .models import get_entry
 from .models.external import registered_module
 from .models.options import merge_model_options
@@ -254,30 +253,6 @@ def load(run_or_checkpoint: str | os.PathLike, *, model: nn.Module | None = None
                       model_kwargs=loaded.config.get("model_kwargs"), checkpoint=path).eval()
 
 
-def checkpoint_path(target: str | os.PathLike, which: str | None = None) -> Path:
-    """The checkpoint file `load` reads: `target` itself when it is a file; in a run directory best.pt
-    (which="best"), checkpoint.pt ("last"), or by default best.pt where the run wrote one, else checkpoint.pt."""
-    if which not in (None, "best", "last"):
-        raise ValueError(f"checkpoint: must be best or last, got {which!r}")
-    target = Path(target)
-    if target.is_file():
-        if which is not None:
-            raise ValueError(f"checkpoint={which!r} applies to a run directory; {target} is a checkpoint file")
-        return target
-    if not target.is_dir():
-        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
-    best, last = target / BEST_NAME, target / CHECKPOINT_NAME
-    if which == "best" and not best.is_file():
-        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a validation "
-                                f"split (val_split=N); its final weights are checkpoint='last'")
-    if which == "best" or (which is None and best.is_file()):
-        return best
-    if not last.is_file():
-        raise FileNotFoundError(f"{target}: no {CHECKPOINT_NAME} there: the run stopped before the end of its "
-                                f"first epoch, or this is not a run directory of `fasttrain run` / fasttrain.fit")
-    return last
-
-
 # ============================================================================ predict
 def predict(model_or_run: Classifier | FitResult | str | os.PathLike, images: Any, *, tta: str = "none",
             batch_size: int = 256) -> Predictions:
@@ -322,7 +297,7 @@ def _as_image_batch(images: Any, classifier: Classifier) -> torch.Tensor:
         for p in map(Path, images):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: image not found")
-        return torch.from_numpy(np.stack([decode_image(Path(p).read_bytes(), str(p), size=h) for p in images]))
+        return torch.from_numpy(np.stack([decode_image_file(p, size=h) for p in images]))
     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     if x.ndim == 3:
         x = x[None]

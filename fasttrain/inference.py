@@ -103,24 +103,28 @@ def _size_from_data(data: str | None) -> list[int] | None:
 
 
 def checkpoint_path(target: str | Path, which: str | None = None) -> Path:
-    """The checkpoint file `fasttrain eval TARGET [--checkpoint best|last]` means: TARGET itself when it is a
-    file; in a run directory best.pt (which: best) or checkpoint.pt (last), and by default best.pt where the
-    run made one (its reported test accuracy is best.pt's), else checkpoint.pt."""
+    """The checkpoint file `fasttrain eval TARGET [--checkpoint best|last]` (and `fasttrain.load`) means:
+    TARGET itself when it is a file; in a run directory best.pt (which: best) or checkpoint.pt (last), and by
+    default best.pt where the run made one (its reported test accuracy is best.pt's), else checkpoint.pt."""
+    if which not in (None, "best", "last"):
+        raise ValueError(f"--checkpoint: must be best or last, got {which!r}")
     target = Path(target)
     if not target.is_dir():
+        if not target.exists():
+            raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
         if which is not None:
-            raise FileNotFoundError(f"--checkpoint {which}: applies to a run directory; {target} is a file "
-                                    f"(or missing): pass its run directory instead")
+            raise FileNotFoundError(f"--checkpoint {which}: applies to a run directory; {target} is a file: "
+                                    f"pass its run directory instead")
         return target
     best, last = target / "best.pt", target / "checkpoint.pt"
     if which == "best" and not best.is_file():
-        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a val split "
-                                f"(--val-split N); evaluate its last weights with --checkpoint last")
+        raise FileNotFoundError(f"{best}: not there; a run writes best.pt only when it trains with a validation "
+                                f"split (--val-split N); its last weights are --checkpoint last")
     if which == "best" or (which is None and best.is_file()):
         return best
     if not last.is_file():
         raise FileNotFoundError(f"{target}: no checkpoint.pt; pass the directory of a run started by `fasttrain "
-                                f"run` (one that trained at least an epoch)")
+                                f"run` or fasttrain.fit (one that trained at least an epoch)")
     return last
 
 

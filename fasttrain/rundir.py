@@ -45,7 +45,7 @@ from .data.verify import dataset_identity
 from .extend import check_extension
 from .resilience import RunDirError, check_run_dir
 from .runio import write_json
-from .runtime import amp_name
+from .choices import amp_name
 
 LOCK_NAME = "run.lock"
 SUMMARY_NAME = "summary.json"

@@ -129,7 +129,7 @@ def _image_size(data: bytes) -> list[int]:
 
 def box_in_image(box: list[int], original_size: list[int], size: int) -> list[float]:
     """Map an original-pixel box (x1, y1, x2, y2) into the stored size x size image, following
-    `sources.decode_image`'s resize (short side to `size`) and centre crop; clipped to the image."""
+    `decode.decode_image`'s resize (short side to `size`) and centre crop; clipped to the image."""
     w, h = original_size
     scale = size / min(w, h)
     rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
