@@ -700,7 +700,8 @@ def eval_cmd(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="RUN_DIR/checkpoint.pt or RUN_DIR/best.pt"),
+    checkpoint: Path = typer.Argument(..., help="A run directory (its best.pt where it wrote one, else "
+                                      "checkpoint.pt), or a checkpoint file.", metavar="RUN_OR_CHECKPOINT"),
     images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`)."),
     top_k: int = typer.Option(5, help="Classes to show per image."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -709,7 +710,7 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as one JSON document on stdout."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from .inference import predict_images
+    from .inference import checkpoint_path, predict_images
 
     stdout = _json_stdout() if json_out else None
     if top_k < 1:
@@ -717,7 +718,8 @@ def predict(
     if tta not in TTA_MODES:
         _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
     try:
-        results = predict_images(checkpoint, images, top_k=top_k, device=device, tta=tta, use_ema=ema)
+        results = predict_images(checkpoint_path(checkpoint), images, top_k=top_k, device=device, tta=tta,
+                                 use_ema=ema)
     except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
         _fail(str(e))
     if stdout is not None:

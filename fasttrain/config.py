@@ -144,8 +144,6 @@ class RunConfig:
             need(value in choices, name, f"must be one of {' | '.join(choices)}, got {value!r}"
                  f"{did_you_mean(str(value), choices)}")
         need(is_device(self.device), "device", f"must be auto, cpu, cuda or cuda:N (N a GPU index), got {self.device!r}")
-        need(not (self.amp == "fp16" and self.device == "cpu"), "amp",
-             "fp16 autocast runs on CUDA only (on a CPU it is ~1000x slower); use --amp bf16 or off")
         need(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be > 0, got {self.lr}")
@@ -220,11 +218,6 @@ class RunConfig:
              "needs --val-split N: early stopping never looks at the test set")
         need(self.early_stop == 0 or self.eval_every >= 1, "early_stop", "needs --eval-every >= 1")
         need(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
-
-    def resolved(self, *, device: str, amp: str, threads: int) -> RunConfig:
-        """A copy with the automatic choices (device auto, amp auto, threads none) replaced by what the run
-        chose, for config.json: it records what ran, and a resume or --config replays exactly that."""
-        return dataclasses.replace(self, device=device, amp=amp, threads=threads)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .data.decode import decode_image_file
+from .init_weights import check_model_config
 from .models import create_model, get_entry
 from .models.options import check_model_kwargs
 
@@ -65,19 +67,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, use
     try:
         get_entry(name)
         check_model_kwargs(name, kwargs)
-        with torch.device("meta"):  # shapes first: a bad size in the config allocates nothing
-            expected = {k: tuple(v.shape) for k, v in create_model(name, len(classes), **kwargs).state_dict().items()}
     except (ValueError, TypeError, KeyError) as e:  # KeyError: a model this installation cannot build (timm)
         raise ValueError(f"{path}: cannot rebuild its model: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and \
-        all(isinstance(v, torch.Tensor) for v in state.values()) else None
-    if got is None:
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise ValueError(f"{path}: its '{weights}' entry is not a state dict of tensors; the file is damaged or "
                          f"was edited")
-    if got != expected:
-        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
-        raise ValueError(f"{path}: its weights do not fit {name} with {len(classes)} classes and {kwargs} "
-                         f"(first difference: {diff[0]}); the file is damaged or was edited")
+    check_model_config(name, len(classes), kwargs, state, path)  # on the meta device: a huge size allocates nothing
     model = create_model(name, len(classes), **kwargs)
     model.load_state_dict(state)
     return _ready(model, ckpt, cfg, device, weights)
@@ -176,7 +171,6 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
                    tta: str = "none", use_ema: bool = True) -> list[dict]:
     """[{'image': path, 'top': [(class, probability), ...]}] for each image file."""
     from .augment import norm_constants, normalize
-    from .data.decode import decode_image_file
     from .evaluate import _tta_logits
     from .runtime import resolve_device
 
@@ -186,7 +180,9 @@ def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5
     if h != w:
         raise ValueError(f"{path}: trained on {h}x{w} images; predict resizes to squares only")
     batch = []
-    for img in images:  # a missing path, a directory, a FIFO or a bomb: a SourceError naming it
+    for img in images:  # a missing path, a FIFO or a bomb: a SourceError naming it
+        if Path(img).is_dir():
+            raise ValueError(f"{img}: is a directory; pass image files, e.g. {img}/*.jpg")
         arr = decode_image_file(img, size=h)  # as convert: short side to h, centre crop; bombs refused
         batch.append(arr)
     x = torch.from_numpy(np.stack(batch)).to(dev)

@@ -45,8 +45,9 @@ def check_model_config(name: str, num_classes: int, model_kwargs: dict, state: d
     problem = _first_difference(shapes, _shapes(state), head=set())
     if problem:
         raise CheckpointError(
-            f"{source}: its config (model {name}, {model_kwargs or 'no model options'}, {num_classes} classes) "
-            f"does not describe the weights it holds ({problem}); the file was edited or damaged")
+            f"{source}: its weights do not fit {name} with {num_classes} classes and "
+            f"{model_kwargs or 'no model options'}: its config does not describe the weights it holds "
+            f"({problem}); the file was edited or damaged")
 
 
 def load_init_weights(model: nn.Module, source: str | Path, num_classes: int,

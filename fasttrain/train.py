@@ -198,6 +198,8 @@ def record_config(cfg: RunConfig, meta: dict, rt: Runtime, folder: rundir.RunFol
         rundir.check_same_dataset(cfg, meta)
         return
     rundir.resolve_config(cfg, meta, rt.device, rt.precision.dtype)
+    # under DDP each process picks cuda:LOCAL_RANK, so the device is recorded as its type
+    cfg.device = str(rt.device) if rt.dist.world_size == 1 else rt.device.type
     if rt.dist.is_main:
         rundir.save_config(folder, cfg)
 
