@@ -1,4 +1,4 @@
-"""Question: how fast does each zoo model train on this device, against the seed's imgs/sec column and
+"""Question: how fast does each zoo model train on this device, against the CIFAR model-zoo reference table's imgs/sec column and
 against eager fp32 in the same run? Target: bf16 + channels_last + compile >= 1.5x eager fp32 for the
 ResNet families.
 

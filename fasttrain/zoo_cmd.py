@@ -1,8 +1,8 @@
 """`fasttrain zoo`: one row per registered model with its size, cost and (optionally) measured speed.
 
 Columns: trainable parameters; parameters counting BatchNorm running mean/var (Keras "total params",
-the seed's convention); forward FLOPs of one 32x32 image (torch.utils.flop_counter, which counts a
-multiply-add as 2 FLOPs; MACs = FLOPs/2 is the seed's "FLOPs/2" column). Counting runs on the meta
+the reference table's convention); forward FLOPs of one 32x32 image (torch.utils.flop_counter, which counts a
+multiply-add as 2 FLOPs; MACs = FLOPs/2 is the reference table's "FLOPs/2" column). Counting runs on the meta
 device, so it allocates nothing and takes about a second for the whole zoo.
 
 With `measure`, training imgs/sec (forward + backward + SGD step on random normalised 32x32 inputs, so
@@ -206,7 +206,7 @@ def _si(n: float | None, digits: int = 2) -> str:
 def to_markdown(rows: list[ZooRow], title_note: str = "") -> str:
     """A Markdown table of the rows; speed columns only when any row was measured."""
     measured = any(r.train_imgs_per_s is not None or r.error for r in rows)
-    head = ["model", "family", "params", "params + BN stats", "FLOPs (32 px)", "MACs (seed's FLOPs/2)"]
+    head = ["model", "family", "params", "params + BN stats", "FLOPs (32 px)", "MACs (reference FLOPs/2)"]
     if measured:
         head += ["train img/s", "infer img/s", "compiled", "eager fp32 train img/s", "speed-up"]
     lines = []
@@ -228,7 +228,7 @@ def to_markdown(rows: list[ZooRow], title_note: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-# The CIFAR-10 ResNet table's own columns (the seed that lists the ResNet family) for the rows it filled
+# The CIFAR model-zoo reference table's own columns (ResNetV2/bottleneck CIFAR models) for the rows it filled
 # in: (params as it printed them, "FLOPs/2" = MACs at 32 px, training imgs/sec on its hardware; None = blank).
 REFERENCE_TABLE = {
     "resnet34v2": (1_327_226, 72.40e6, 4160), "resnet35b": (873_722, 51.83e6, 3012),
@@ -240,10 +240,10 @@ REFERENCE_TABLE = {
 
 
 def seed_comparison(rows: list[ZooRow]) -> str:
-    """Markdown table: the seed's params / MACs / imgs/sec next to ours, for the rows the seed filled in."""
+    """Markdown table: the reference table's params / MACs / imgs/sec next to ours, for the rows it filled in."""
     by_name = {r.name: r for r in rows}
-    head = ["model", "seed params", "ours (+BN stats)", "ours (trainable)", "seed MACs", "our MACs",
-            "seed train img/s", "our train img/s"]
+    head = ["model", "reference params", "ours (+BN stats)", "ours (trainable)", "reference MACs", "our MACs",
+            "reference train img/s", "our train img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for name, (params, macs, speed) in REFERENCE_TABLE.items():
         r = by_name.get(name)
@@ -261,20 +261,20 @@ Notes
 - Every model is our own PyTorch implementation (no timm), sized for 32-64 px inputs; global average
   pooling lets all of them take larger images too. Rows use 10 classes.
 - FLOPs come from `torch.utils.flop_counter` (a multiply-add counts 2; convolutions, matmuls, not
-  activations or BatchNorm). The seed's "FLOPs/2" column is MACs.
+  activations or BatchNorm). The reference table's "FLOPs/2" column is MACs.
 - "params + BN stats" counts BatchNorm running mean/var like Keras' "total params", as the reference table does
   (except in its ResNet50b rows, whose 1,309,210 is exactly our trainable count).
-- Our bottleneck MACs exceed the seed's by 0.13M: the fixed blur filters, which the seed did not count.
+- Our bottleneck MACs exceed the reference table's by 0.13M: the fixed blur filters, which it did not count.
 - ResNetV2 bottleneck nets (`resnet35b` ... `resnet170b`, ResNeXt, SE-ResNet) blur-downsample before the
-  3x3 conv: that matches the seed's FLOPs (see fasttrain/models/resnetv2.py); `blur="after"` is GUIDE.md's
+  3x3 conv: that matches the reference table's FLOPs (see fasttrain/models/resnetv2.py); `blur="after"` is GUIDE.md's
   literal order and costs 29% more for `resnet50b`.
 - Adapted for CIFAR (stride-1 stems, no early max-pool): `resnet18`, `preact_resnet18`, `mobilenetv2`
-  (`--image-size 96` gives the seed's upscaled mode with ImageNet strides), `efficientnet_b0`,
+  (`--image-size 96` gives the reference table's upscaled mode with ImageNet strides), `efficientnet_b0`,
   `inception_v3`, `xception`, `resnet50_ibn_a`, `resnest50`, `tresnet_m` (space-to-depth stem replaced by a
   3x3 conv; BatchNorm + the chosen activation instead of Inplace-ABN with leaky ReLU).
-- Known gaps against the seed: `resnet170b` (ours 4,190,330 with BN stats vs the seed's 4,414,202) and
-  `wide_resnet18` (11,007,946 vs 11,205,578) do not match the seed's parameter column although their
-  FLOPs (`resnet170b`) do; the seed does not describe those two precisely enough to tell why.
+- Known gaps against the reference table: `resnet170b` (ours 4,190,330 with BN stats vs its 4,414,202) and
+  `wide_resnet18` (11,007,946 vs 11,205,578) do not match the reference table's parameter column although their
+  FLOPs (`resnet170b`) do; the reference table does not describe those two precisely enough to tell why.
 """
 
 
@@ -295,7 +295,7 @@ def device_description(device: str = "auto") -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-# Table order: the seeds' families first, then the "planned" ones; registration order within a family.
+# Table order: the core and reference-table families first, then the "planned" ones; registration order within a family.
 FAMILY_ORDER = ("resnet9", "airbench", "resnet", "resnetv2", "resnext", "senet", "densenet", "mobilenetv2", "wrn",
                 "pyramidnet", "resnest", "efficientnet", "inception", "xception", "ibn", "tresnet")
 

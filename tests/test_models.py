@@ -1,4 +1,4 @@
-"""The model zoo: every registered model trains a step on CPU, the seed's parameter counts and
+"""The model zoo: every registered model trains a step on CPU, the reference table's parameter counts and
 FLOPs, activation/drop_path/image_size options, the zoo table and CLI, and the CIFAR-10 ResNet table recipes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fasttrain.zoo_cmd import count_flops, count_params, describe, measure, sele
 
 ALL = list_models()
 RESIDUAL = [n for n in ALL if "drop_path" in (model_options(n) or [])]
-# A cheap member of each seed family runs in the quick suite; the rest (up to 9 GMACs, or very deep) are
+# A cheap member of each core or reference-table family runs in the quick suite; the rest (up to 9 GMACs, or very deep) are
 # marked slow, which CI still runs.
 FAST = {"resnet9", "airbench", "resnet18", "preact_resnet18", "resnet18v2", "resnet34v2", "resnet35b", "resnet50b",
         "resnext50_32", "senet50", "densenet100_k12", "mobilenetv2", "wrn16_8"}
@@ -102,11 +102,11 @@ def test_forward_imagenet_size(name, kw):
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
-# --------------------------------------------------------------------------- seed parameters, FLOPs
+# --------------------------------------------------------------------------- reference parameters, FLOPs
 # Keras "total params" (BatchNorm running mean/var counted), from the reference ResNet table.
 SEED_TOTAL = {"resnet34v2": 1_327_226, "resnet35b": 873_722, "resnet101b": 2_530_426, "resnet152b": 3_528_314}
 # Published trainable counts of the standard CIFAR nets (10 classes).
-PUBLISHED = {"resnet50b": 1_309_210,  # the seed's ResNet50b row lists the trainable count
+PUBLISHED = {"resnet50b": 1_309_210,  # the reference table's ResNet50b row lists the trainable count
              "resnet18": 11_173_962, "wrn28_10": 36_479_194, "wrn16_8": 10_961_370, "densenet100_k12": 769_162}
 
 
@@ -126,7 +126,7 @@ def test_bn_stats_are_counted_twice_per_channel():
 
 
 # The reference table's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
-# fixed blur filters' own 0.13M (the seed did not count them).
+# fixed blur filters' own 0.13M (the reference table did not count them).
 SEED_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, "resnet101b": 149.87e6,
              "resnet152b": 225.63e6, "resnet170b": 252.37e6}
 
@@ -134,7 +134,7 @@ SEED_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, 
 @pytest.mark.parametrize("name,macs", SEED_MACS.items())
 def test_seed_flops(name, macs):
     ours = count_flops(_meta(name)) / 2
-    assert abs(ours - macs) <= 0.14e6, f"{name}: {ours / 1e6:.2f}M MACs vs the seed's {macs / 1e6:.2f}M"
+    assert abs(ours - macs) <= 0.14e6, f"{name}: {ours / 1e6:.2f}M MACs vs the reference table's {macs / 1e6:.2f}M"
 
 
 def test_blur_after_conv_is_the_costlier_guide_variant():

@@ -9,7 +9,7 @@ Source layouts (folder, zip or tar; nested archives such as `car_ims.tgz` are re
     cars_test_annos_withlabels.mat        the same for cars_test/ (the devkit's cars_test_annos.mat has
     cars_train/*.jpg  cars_test/*.jpg     no labels, so the *_withlabels file is required)
 
-Written splits follow the retrieval protocol (the seed's T4; Song et al. 2016): 'train' holds every image
+Written splits follow the retrieval protocol (the Cars196 retrieval task; Song et al. 2016): 'train' holds every image
 of classes 1-98 (labels 0-97), 'test' every image of classes 99-196 (labels 98-195), whatever their
 official classification split. meta.json records the split ("retrieval_split") and, per image, the source
 file, the bounding box in original pixel coordinates (x1, y1, x2, y2, 1-based as in the .mat files), the

@@ -1,6 +1,6 @@
 """CBAM-style attention (Woo et al. 2018, "CBAM: Convolutional Block Attention Module") and resnet18_attn.
 
-The seed's T3 asks for ResNet18 with two attention modules ("block 1", "block 2") after each residual block;
+ResNet18 with attention calls for two attention modules ("block 1", "block 2") after each residual block;
 its figures are missing, so the blocks are CBAM's two:
 
   block 1, channel attention   M_c(x) = MLP(avgpool(x)) + MLP(maxpool(x))        (N, C, 1, 1) logits

@@ -1,4 +1,4 @@
-"""customcnn: the seed's T1 network "of our own design" (no predefined architecture), for 64 px inputs.
+"""customcnn: the Tiny ImageNet custom CNN "of our own design" (no predefined architecture), for 64 px inputs.
 
     stem      conv3x3(3 -> w0) - BN - act
     4 stages  widths w0..w3 = 64, 128, 256, 384 (x width); a 2x2 max-pool before stages 2-4
@@ -73,5 +73,5 @@ class CustomCNN(nn.Module):
 @register_model("customcnn", family="custom")
 def customcnn(num_classes: int = 200, width: float = 1.0, depth: int = 2, activation: str = "relu",
               dropout: float = 0.2) -> nn.Module:
-    """Seed 003 T1: our own CNN (MixBlocks: 3x3, depthwise 5x5, 1x1 + skip; avg+max pooled head)."""
+    """The Tiny ImageNet custom CNN: our own design (MixBlocks: 3x3, depthwise 5x5, 1x1 + skip; avg+max pooled head)."""
     return CustomCNN(num_classes, width, depth, activation, dropout)

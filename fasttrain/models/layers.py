@@ -63,7 +63,7 @@ def drop_path_rates(n_blocks: int, drop_path: float) -> list[float]:
 
 class InputResize(nn.Module):
     """Upscales the input to `size` x `size` (bilinear) inside the model, for nets that were designed
-    for larger images (the seed's "MobileNetV2 96px" trains on CIFAR upscaled to 96 px)."""
+    for larger images (the CIFAR model-zoo reference table's "MobileNetV2 96px" trains on CIFAR upscaled to 96 px)."""
 
     def __init__(self, size: int | None):
         super().__init__()

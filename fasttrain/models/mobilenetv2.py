@@ -1,7 +1,7 @@
 """MobileNetV2 (1801.04381) with inverted residual blocks.
 
 CIFAR mode (default): the kuangliu/pytorch-cifar adaptation: stride-1 stem and stride 1 in the 24-wide
-stage, so 32 px inputs end at 4x4. `image_size=96` is the seed's "MobileNetV2 96px" mode: the model
+stage, so 32 px inputs end at 4x4. `image_size=96` is the "MobileNetV2 96px" mode of the CIFAR model-zoo reference table: the model
 upscales its input bilinearly to 96 px and, for any image_size above 64, uses the ImageNet strides
 (stem /2, 24-wide stage /2), ending at 3x3 for 96. `width` is the usual width multiplier.
 """
@@ -83,5 +83,5 @@ class MobileNetV2(nn.Module):
 @register_model("mobilenetv2", family="mobilenetv2")
 def mobilenetv2(num_classes: int = 10, width: float = 1.0, activation: str = "relu", drop_path: float = 0.0,
                 image_size: int | None = None) -> nn.Module:
-    """MobileNetV2; CIFAR strides by default, `image_size=96` upscales inside the model (seed 002)."""
+    """MobileNetV2; CIFAR strides by default, `image_size=96` upscales inside the model (the reference table's 96px row)."""
     return MobileNetV2(num_classes, width, activation, drop_path, image_size)

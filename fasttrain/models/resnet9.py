@@ -66,5 +66,5 @@ def resnet9(num_classes: int = 10, width: float = 1.0, activation: str = "relu")
 
 @register_model("resnet9_c100", family="resnet9")
 def resnet9_c100(num_classes: int = 100, width: float = 1.0, activation: str = "relu") -> nn.Module:
-    """Seed 004: ResNet9 with an extra 1028-wide conv + residual stage, for CIFAR-100."""
+    """The CIFAR-100 ResNet9 variant: ResNet9 with an extra 1028-wide conv + residual stage, for CIFAR-100."""
     return ResNet9(num_classes, width=width, activation=activation, extra_stage=round(1028 * width), logit_scale=1.0)

@@ -1,4 +1,4 @@
-"""The ResNetV2 CIFAR family of seed 002 (pre-activation units, "Identity Mappings in Deep Residual Networks").
+"""The ResNetV2 CIFAR family of the CIFAR model-zoo reference table (pre-activation units, "Identity Mappings in Deep Residual Networks").
 
 3x3 stem conv to 16 channels (no BN/act after it) -> 4 stages, strides 1,2,2,2, base widths 16,32,64,128
 (x4 out for bottleneck units) -> BN, act, global average pool, linear. Shortcuts have no parameters: 2x2
@@ -7,7 +7,7 @@ BN-act-3x3, BN-act-1x1) downsample with a fixed [1,2,1]^2/16 blur at stride 2 ne
 basic units use a stride-2 first conv.
 
 Where the blur sits: GUIDE.md describes it after the 3x3 conv (TResNet's order), which runs that conv at
-full resolution. The seed's own FLOPs column (ResNet35b 51.83M, 50b 74.11M, 101b 149.87M, 152b 225.63M,
+full resolution. The reference table's own FLOPs column (ResNet35b 51.83M, 50b 74.11M, 101b 149.87M, 152b 225.63M,
 170b 252.37M multiply-adds) matches only a 3x3 conv at the reduced resolution: our default `blur="before"`
 (blur at stride 2, then the 3x3 conv) reproduces those numbers to within the blur's own 0.13M, whereas
 "after" costs 21.4M more (+29% for ResNet50b). Parameter counts are the same either way. `width` multiplies every width (ResNetV2's width_factor:
@@ -150,5 +150,5 @@ def resnet170b(num_classes: int = 10, width: float = 1.0, activation: str = "rel
 
 @register_model("wide_resnet18", family="resnetv2")
 def wide_resnet18(num_classes: int = 10, width: float = 4.0, activation: str = "relu", drop_path: float = 0.0):
-    """ResNetV2-18 at width factor 4 (widths 64..512; seed "WideResNet18": 11,205,578)."""
+    """ResNetV2-18 at width factor 4 (widths 64..512; reference table "WideResNet18": 11,205,578)."""
     return _v2(PreActBasic, [2, 2, 2, 2], num_classes, width, activation, drop_path)

@@ -1,4 +1,4 @@
-"""ResNeXt with cardinality 32 (1611.05431) on the seed's ResNetV2 CIFAR skeleton (see resnetv2.py).
+"""ResNeXt with cardinality 32 (1611.05431) on the ResNetV2 CIFAR skeleton (see resnetv2.py).
 
 The 3x3 conv of each bottleneck is grouped (32 groups) and twice as wide as ResNetV2's (the paper's
 complexity-preserving choice: ResNet-50's 64-wide middle becomes 32x4d = 128); outputs stay 4x the base

@@ -1,4 +1,4 @@
-"""SE-ResNet (1709.01507) on the seed's ResNetV2 CIFAR skeleton (see resnetv2.py): every bottleneck
+"""SE-ResNet (1709.01507) on the ResNetV2 CIFAR skeleton (see resnetv2.py): every bottleneck
 gates its residual branch with squeeze-and-excitation (reduction 16, at least 4 hidden units) before
 the addition, as in the paper's SE-ResNet module."""
 

@@ -1,4 +1,4 @@
-"""train_retrieval(cfg): the Cars196 retrieval task (T4), `fasttrain run MODEL --task retrieval`. Two phases.
+"""train_retrieval(cfg): the Cars196 retrieval task, `fasttrain run MODEL --task retrieval`. Two phases.
 
   data     every image of the dataset (all splits pooled), divided by class: the dataset's recorded
            "retrieval_split" (Cars196: classes 1-98 train, 99-196 test) or, without one, the first
@@ -6,7 +6,7 @@
   phase 0  Recall@K of the untrained backbone's pooled features on the test classes (a floor).
   phase 1  classification: cross-entropy over the train classes (cfg's optimiser, schedule, augmentation,
            label smoothing; `cls_epochs`), then Recall@K of the backbone's pooled features: the number the
-           seed asks for before the embedding head exists. Checkpoint: backbone.pt.
+           task asks for before the embedding head exists. Checkpoint: backbone.pt.
   phase 2  the classifier is cropped and a 512-d L2-normalised embedding added (EmbeddingNet); the whole
            network trains on class-balanced batches (P classes x m images) with the multi-similarity loss
            (`embed_epochs`, lr `embed_lr`; no mixup/cutmix: mixing labels means nothing to a pair loss).
