@@ -104,14 +104,14 @@ def test_forward_imagenet_size(name, kw):
 
 # --------------------------------------------------------------------------- reference parameters, FLOPs
 # Keras "total params" (BatchNorm running mean/var counted), from the reference ResNet table.
-SEED_TOTAL = {"resnet34v2": 1_327_226, "resnet35b": 873_722, "resnet101b": 2_530_426, "resnet152b": 3_528_314}
+REFERENCE_TOTAL = {"resnet34v2": 1_327_226, "resnet35b": 873_722, "resnet101b": 2_530_426, "resnet152b": 3_528_314}
 # Published trainable counts of the standard CIFAR nets (10 classes).
 PUBLISHED = {"resnet50b": 1_309_210,  # the reference table's ResNet50b row lists the trainable count
              "resnet18": 11_173_962, "wrn28_10": 36_479_194, "wrn16_8": 10_961_370, "densenet100_k12": 769_162}
 
 
-@pytest.mark.parametrize("name,total", SEED_TOTAL.items())
-def test_seed_param_counts_with_bn_stats(name, total):
+@pytest.mark.parametrize("name,total", REFERENCE_TOTAL.items())
+def test_reference_param_counts_with_bn_stats(name, total):
     assert count_params(_meta(name))[1] == total
 
 
@@ -127,12 +127,12 @@ def test_bn_stats_are_counted_twice_per_channel():
 
 # The reference table's "FLOPs/2" column (multiply-adds at 32x32). ResNet34 is exact; bottleneck nets differ by the
 # fixed blur filters' own 0.13M (the reference table did not count them).
-SEED_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, "resnet101b": 149.87e6,
+REFERENCE_MACS = {"resnet34v2": 72.40e6, "resnet35b": 51.83e6, "resnet50b": 74.11e6, "resnet101b": 149.87e6,
              "resnet152b": 225.63e6, "resnet170b": 252.37e6}
 
 
-@pytest.mark.parametrize("name,macs", SEED_MACS.items())
-def test_seed_flops(name, macs):
+@pytest.mark.parametrize("name,macs", REFERENCE_MACS.items())
+def test_reference_flops(name, macs):
     ours = count_flops(_meta(name)) / 2
     assert abs(ours - macs) <= 0.14e6, f"{name}: {ours / 1e6:.2f}M MACs vs the reference table's {macs / 1e6:.2f}M"
 

@@ -303,7 +303,7 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
     assert [r["phase"] for r in rows] == ["classify"] * 4 + ["embed"] * 3
 
 
-def test_seed003_recipes_resolve():
+def test_tinyimagenet_and_retrieval_recipes_resolve():
     from fasttrain.config import RECIPES, default_retrieval_recipe, resolve
 
     for name in ("tinyimagenet-customcnn", "tinyimagenet-resnet18", "tinyimagenet-resnet18-attn",

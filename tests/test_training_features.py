@@ -500,7 +500,7 @@ def test_label_smoothing_and_drop_path_reach_the_loss_and_model():
     assert cfg.model_kwargs["drop_path"] == 0.3
 
 
-def test_seed_recipes_resolve():
+def test_table_recipes_resolve():
     s1 = resolve("resnet9", "seed001", {})
     assert (s1.optimizer, s1.schedule, s1.clip_mode, s1.clip_grad) == ("adam", "onecycle", "value", 0.1)
     assert s1.weight_decay > 0 and s1.val_split > 0
