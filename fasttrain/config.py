@@ -3,6 +3,10 @@
 Resolution order: dataclass defaults < recipe (named, or the model's default) < config file < explicit
 options. Options default to None and override only when given. Each field's trailing comment is its help
 text in `fasttrain run --help`; a `# --- ` line above a group of fields names that group's help panel.
+
+Longer than 400 lines because the named recipes live here as data (about 200 lines of override dicts, each
+with the comment saying where its numbers come from); the code itself is the dataclass, its validation and
+the reading of values from text and files.
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class RunConfig:
 
     # --- the run folder and where training starts (fasttrain.rundir, fasttrain.init_weights)
     force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
+    verify: bool = False  # check the sha256 of every dataset file before training (reads it all once)
     init_from: str | None = None  # start from these weights: a checkpoint.pt or a run folder (not a resume)
     data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
 

@@ -154,6 +154,7 @@ def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs
         _remove_created(created)
         raise
     folder = RunFolder(path, fd, created, resume)
+    _remove_dead_temp_files(path)
     try:
         _check_contents(path, option, resume=resume, force=force, epochs=epochs)
     except BaseException:
@@ -338,6 +339,14 @@ def _remove_created(created: list[Path]) -> None:
             folder.rmdir()  # only if empty: a file someone put there meanwhile keeps it
         except OSError:
             break
+
+
+def _remove_dead_temp_files(path: Path) -> None:
+    """Half-written temp files (`.checkpoint.pt.XXXX.tmp`, runio's atomic writes) of a run killed mid-write.
+    Only the lock holder writes here and we hold the lock now, so every such file of ours is a dead one's."""
+    for name in RUN_OUTPUTS:
+        for tmp in path.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _remove_outputs(path: Path) -> None:

@@ -5,6 +5,9 @@ loop: augment on the device, one `Updater` call per batch (lr, AMP forward + los
 evaluation outside the timed region, a checkpoint per epoch. A stop signal takes the one stop path at the end:
 save where the run stands, raise RunInterrupted. Then the final evaluation (TTA) and the run directory's
 summary, report and plots. Nothing imports this module: the pieces it uses live below it.
+
+About 440 lines: `train()` itself is ~100 lines; the rest are its builders, each a short function with one
+job, kept in this file so the whole setup reads in order beside the loop that uses it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .config import RunConfig
 from .data.formats import read_labels
 from .data.splits import carve_val, stratified_subset
 from .data.tensor_format import read_meta
+from .data.verify import check_dataset
 from .distributed import DistContext
 from .ema import ModelEma
 from .evaluate import evaluate, prefixed
@@ -229,7 +233,8 @@ class RunData:
 def build_data(cfg: RunConfig, rt: Runtime) -> RunData:
     """Seeded stratified subsets, a val split carved from train, the `cfg.pipeline` backend's batches
     (global batches or this rank's shard under DDP); test and val decoded once by the same backend."""
-    meta = read_meta(cfg.data)
+    # shapes, dtypes, sizes and label ranges are checked on every load (pipelines); checksums on request
+    meta = check_dataset(cfg.data, full=True) if cfg.verify else read_meta(cfg.data)
     all_train_labels, all_test_labels = read_labels(cfg.data, "train"), read_labels(cfg.data, "test")
     train_idx = stratified_subset(all_train_labels, cfg.train_subset or len(all_train_labels), cfg.seed)
     test_idx = stratified_subset(all_test_labels, cfg.test_subset or len(all_test_labels), cfg.seed)

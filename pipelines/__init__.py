@@ -26,7 +26,7 @@ import torch
 
 from ..data.errors import DatasetError
 from ..data.splits import keep_multiple
-from ..data.tensor_format import load_split
+from ..data.tensor_format import load_split, read_meta
 from ..data.verify import check_dataset
 from .tensor import TensorPipeline
 
@@ -49,9 +49,10 @@ PIPELINES: dict[str, PipelineSpec] = {
 
 
 def require_format(data_dir: str | Path, pipeline: str) -> dict:
-    """The dataset's meta, after the cheap structural check (a damaged dataset is a DatasetError naming the
-    file, never a traceback mid-run) and checking that `pipeline` can read its format."""
-    meta = check_dataset(data_dir, required_splits=())
+    """The dataset's meta, after checking that `pipeline` can read its format (first: a dataset of another
+    format needs another convert, whatever its files) and the cheap structural check (a damaged dataset is a
+    DatasetError naming the file, never a traceback mid-run)."""
+    meta = read_meta(data_dir)
     fmt = meta.get("format", "tensor")
     wanted = PIPELINES[pipeline].formats
     if fmt not in wanted:
@@ -59,7 +60,7 @@ def require_format(data_dir: str | Path, pipeline: str) -> dict:
         raise DatasetError(f"--data {data_dir} holds a {fmt!r} dataset, but --pipeline {pipeline} reads "
                            f"{' or '.join(repr(w) for w in wanted)} datasets: convert it with {hint} "
                            f"(into another --out directory) and pass that as --data")
-    return meta
+    return check_dataset(data_dir, required_splits=())
 
 
 def shard_indices(n: int, indices: np.ndarray | None, world_size: int, seed: int) -> np.ndarray:

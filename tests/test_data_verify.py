@@ -195,3 +195,16 @@ def test_full_check_of_a_dali_dataset_finds_a_missing_jpeg(tmp_path):
     check_dataset(out)  # the list and labels are intact: the cheap check does not stat every JPEG
     with pytest.raises(DatasetError, match=rf"{victim.name} is missing"):
         check_dataset(out, full=True)
+
+
+def test_run_with_verify_checks_every_checksum_before_training(dataset, tmp_path):
+    """`fasttrain run --verify` refuses the 4-byte change that the cheap load-time check cannot see."""
+    path = dataset / "train_images.npy"
+    data = bytearray(path.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])
+    path.write_bytes(bytes(data))
+    proc = _cli("run", "resnet9", "--data", dataset, "--epochs", 1, "--device", "cpu", "--no-compile", "--verify",
+                "--out", tmp_path / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train_images.npy: sha256 differs" in proc.stderr
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run folder
