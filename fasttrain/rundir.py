@@ -342,7 +342,7 @@ def _remove_created(created: list[Path]) -> None:
 
 
 def _remove_dead_temp_files(path: Path) -> None:
-    """Half-written temp files (`.checkpoint.pt.XXXX.tmp`, runio's atomic writes) of a run killed mid-write.
+    """Half-written temp files (`.checkpoint.pt.<random>.tmp`, runio's atomic writes) of a run killed mid-write.
     Only the lock holder writes here and we hold the lock now, so every such file of ours is a dead one's."""
     for name in RUN_OUTPUTS:
         for tmp in path.glob(f".{name}.*.tmp"):

@@ -266,7 +266,7 @@ Notes
   (except in its ResNet50b rows, whose 1,309,210 is exactly our trainable count).
 - Our bottleneck MACs exceed the reference table's by 0.13M: the fixed blur filters, which it did not count.
 - ResNetV2 bottleneck nets (`resnet35b` ... `resnet170b`, ResNeXt, SE-ResNet) blur-downsample before the
-  3x3 conv: that matches the reference table's FLOPs (see fasttrain/models/resnetv2.py); `blur="after"` is GUIDE.md's
+  3x3 conv: that matches the reference table's FLOPs (see fasttrain/models/resnetv2.py); `blur="after"` is TResNet's
   literal order and costs 29% more for `resnet50b`.
 - Adapted for CIFAR (stride-1 stems, no early max-pool): `resnet18`, `preact_resnet18`, `mobilenetv2`
   (`--image-size 96` gives the reference table's upscaled mode with ImageNet strides), `efficientnet_b0`,

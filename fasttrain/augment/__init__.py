@@ -44,8 +44,9 @@ class FusedAugmentFallback(RuntimeWarning):
 _warned: set[str] = set()
 
 
-def _fused_backend(device: torch.device) -> str:
-    """'cuda' or 'numba' once that implementation is usable on `device`; raises why not otherwise."""
+def _fused_backend(device: torch.device) -> str | None:
+    """'cuda' or 'numba' once that implementation is usable on `device` (raises why not otherwise); None
+    for a device type that has no fused implementation at all (e.g. mps)."""
     if device.type == "cuda":
         from fasttrain.cuda_ext import load
 
@@ -59,7 +60,7 @@ def _fused_backend(device: torch.device) -> str:
         from . import fused  # noqa: F401  (registers the op)
 
         return "numba"
-    raise NotImplementedError(f"no fused augmentation for device type {device.type!r}")
+    return None
 
 
 def backend_for(device: torch.device | str, requested: str | None = None) -> str:
@@ -71,11 +72,7 @@ def backend_for(device: torch.device | str, requested: str | None = None) -> str
         return "reference"
     device = torch.device(device)
     try:
-        return _fused_backend(device)
-    except NotImplementedError:
-        if requested == "fused":
-            raise
-        return "reference"  # e.g. mps: no fused op exists, nothing is broken
+        backend = _fused_backend(device)
     except Exception as e:
         if requested == "fused" or device.type == "cuda":
             raise
@@ -86,6 +83,11 @@ def backend_for(device: torch.device | str, requested: str | None = None) -> str
                 f"reference instead. {e} (set FASTTRAIN_AUGMENT=reference to choose the reference explicitly)",
                 FusedAugmentFallback, stacklevel=2)
         return "reference"
+    if backend is None:  # e.g. mps: no fused op exists, nothing is broken
+        if requested == "fused":
+            raise ValueError(f"FASTTRAIN_AUGMENT=fused: no fused augmentation for device type {device.type!r}")
+        return "reference"
+    return backend
 
 
 def augment_batch(

@@ -54,7 +54,7 @@ def _loadmat(tree: SourceTree, name: str) -> dict:
         raise ImportError("reading Stanford Cars .mat annotations needs scipy: pip install 'fasttrain[cars]'") from e
     try:
         return scipy.io.loadmat(io.BytesIO(tree.read(name)), squeeze_me=True, struct_as_record=False)
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+    except (ValueError, TypeError, OSError, NotImplementedError) as e:  # scipy raises NotImplementedError for v7.3
         raise SourceError(f"{tree.path}:{name}: not a readable MATLAB file ({type(e).__name__}: {e})") from e
 
 

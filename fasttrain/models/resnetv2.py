@@ -6,7 +6,7 @@ average pool at stride 2, zero channels appended when the width grows. Bottlenec
 BN-act-3x3, BN-act-1x1) downsample with a fixed [1,2,1]^2/16 blur at stride 2 next to the 3x3 conv;
 basic units use a stride-2 first conv.
 
-Where the blur sits: GUIDE.md describes it after the 3x3 conv (TResNet's order), which runs that conv at
+Where the blur sits: the architecture notes put it after the 3x3 conv (TResNet's order), which runs that conv at
 full resolution. The reference table's own FLOPs column (ResNet35b 51.83M, 50b 74.11M, 101b 149.87M, 152b 225.63M,
 170b 252.37M multiply-adds) matches only a 3x3 conv at the reduced resolution: our default `blur="before"`
 (blur at stride 2, then the 3x3 conv) reproduces those numbers to within the blur's own 0.13M, whereas
