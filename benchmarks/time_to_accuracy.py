@@ -185,13 +185,14 @@ def main() -> None:
                      "recompiles": summary.get("recompiles"), "curve": rows, "run_dir": cfg.out})
         print(f"[ours seed {seed}] acc_tta {ours[-1]['acc_tta']:.4f} acc {ours[-1]['acc']:.4f} "
               f"train {ours[-1]['train_s']:.1f}s eval {ours[-1]['eval_s']:.1f}s", flush=True)
+        # written after every run, so a benchmark cut short (hours on a CPU) keeps what it measured
+        lines = write_report(Path(args.out), stem, meta, ours, refs)
         for name, run_reference in runners.items():
             r = run_reference(seed)
             refs[name].append(r)
             print(f"[{name} seed {seed}] acc_tta {r['acc_tta']:.4f} acc {r['acc']:.4f} "
                   f"train {r['train_s']:.1f}s eval {r['eval_s']:.1f}s ({r['dtype']})", flush=True)
-        # written after every seed, so a run cut short keeps what it measured
-        lines = write_report(Path(args.out), stem, meta, ours, refs)
+            lines = write_report(Path(args.out), stem, meta, ours, refs)
     print("\n".join(lines))
 
 
@@ -202,14 +203,21 @@ def stats(runs: list[dict]) -> dict:
         out[key] = {"mean": m, "std": s}
     m, s = mean_std([r["train_s"] + r["eval_s"] for r in runs])
     out["total_s"] = {"mean": m, "std": s}
+    out["n"] = len(runs)
     return out
 
 
 def table_row(name: str, st: dict) -> str:
-    return (f"| {name} | {100 * st['acc_tta']['mean']:.2f} ± {100 * st['acc_tta']['std']:.2f}% | "
-            f"{100 * st['acc']['mean']:.2f} ± {100 * st['acc']['std']:.2f}% | "
-            f"{st['train_s']['mean']:.1f} ± {st['train_s']['std']:.1f} | "
-            f"{st['total_s']['mean']:.1f} ± {st['total_s']['std']:.1f} |")
+    """Mean ± std over seeds; one seed has no spread to show, so its row says n=1 instead of '± 0.00'."""
+    def cell(key: str, scale: float, digits: int, unit: str = "") -> str:
+        mean = f"{scale * st[key]['mean']:.{digits}f}{unit}"
+        return mean + (f" ± {scale * st[key]['std']:.{digits}f}{unit}" if st["n"] > 1 else " (n=1)")
+    return (f"| {name} | {cell('acc_tta', 100, 2, '%')} | {cell('acc', 100, 2, '%')} | "
+            f"{cell('train_s', 1, 1)} | {cell('total_s', 1, 1)} |")
+
+
+def spread(ratio: dict, n: int) -> str:
+    return f" ± {ratio['std']:.2f}" if n > 1 else ""
 
 
 def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: dict[str, list[dict]]) -> list[str]:
@@ -236,10 +244,11 @@ def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: d
         delta = 100 * (result["ours"]["acc"]["mean"] - target)
         eq = ratios["equal_accuracy"]
         notes.append(
-            f"- vs {name}: train + TTA eval **{ratios['total']['mean']:.2f}x ± {ratios['total']['std']:.2f}** "
+            f"- vs {name} ({len(runs)} seed{'s' * (len(runs) > 1)}): train + TTA eval "
+            f"**{ratios['total']['mean']:.2f}x{spread(ratios['total'], len(runs))}** "
             f"(reference / ours); accuracy delta {delta_tta:+.2f} points with TTA, {delta:+.2f} without. "
             f"At equal accuracy (our curve first reaching its mean no-TTA {100 * target:.2f}%, + our TTA eval): "
-            + ("not reached by every seed" if eq is None else f"**{eq['mean']:.2f}x ± {eq['std']:.2f}**") + ".")
+            + ("not reached by every seed" if eq is None else f"**{eq['mean']:.2f}x{spread(eq, len(runs))}**") + ".")
     lines += [""] + notes
     lines.append("\nWarm-up before any clock (compile, cuDNN autotune, first calls): "
                  + ", ".join(f"{k} {v:.1f} s" for k, v in meta["warmup_s"].items()) + ".")
