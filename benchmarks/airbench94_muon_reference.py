@@ -28,6 +28,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -165,9 +166,12 @@ class Reference:
         return time.perf_counter() - t0
 
     def run(self, train_images, train_labels, test_images, test_labels, *, seed: int = 0,
-            epochs: float | None = None, max_steps: int | None = None, whiten_bias_steps: int | None = None) -> dict:
+            epochs: float | None = None, max_steps: int | None = None, whiten_bias_steps: int | None = None,
+            progress: Callable[[int, float], None] | None = None) -> dict:
         """One run on uint8 NHWC tensors: accuracy with and without TTA, seconds of training and of TTA eval.
-        `max_steps` and `whiten_bias_steps` (default: 3 epochs' worth) shorten the warm-up run."""
+        `max_steps` and `whiten_bias_steps` (default: 3 epochs' worth) shorten the warm-up run. `progress`
+        (epoch, seconds so far) is called after every pass over the data, on a CPU only: on CUDA it would
+        need a sync inside the clock."""
         torch.manual_seed(seed)
         dev, model, bs = self.device, self.model, self.batch_size
         test_loader = CifarLoader(test_images.to(dev), test_labels.to(dev), False, bs, dtype=self.data_dtype)
@@ -210,6 +214,8 @@ class Reference:
                 step += 1
                 if step >= total_steps:
                     break
+            if progress is not None and dev.type == "cpu":
+                progress(math.ceil(step / len(train_loader)), time.perf_counter() - t0)
         sync(dev)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()

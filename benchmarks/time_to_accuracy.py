@@ -78,6 +78,30 @@ def export_airbench_data(data_dir: str, out_dir: str) -> None:
         tmp.replace(out / f"{split}.pt")
 
 
+def earlier_runs(report: Path, setup: dict) -> dict | None:
+    """The earlier report at `report` if it measured the same setup (recipe, device, torch, data, epochs,
+    precision, subsets...), else None with the reason printed: runs of another setup are never mixed in."""
+    if not report.exists():
+        print(f"--resume: no earlier report at {report}; starting afresh", flush=True)
+        return None
+    earlier = json.loads(report.read_text())
+    earlier["data"] = str(Path(earlier["data"]).resolve())
+    differ = [k for k in setup if k in earlier and earlier[k] != setup[k]]
+    if differ:
+        what = ", ".join(f"{k}: {earlier[k]!r} there, {setup[k]!r} now" for k in differ)
+        sys.exit(f"--resume: {report} measured another setup ({what}); use another --tag or drop --resume")
+    unrecorded = [k for k in setup if k not in earlier]
+    if unrecorded:  # reports written before these were recorded ran with the defaults unless told otherwise
+        print(f"--resume: {report.name} does not record {', '.join(unrecorded)}; assuming they match", flush=True)
+    return earlier
+
+
+def print_progress(name: str, seed: int):
+    def progress(epoch: int, seconds: float) -> None:
+        print(f"[{name} seed {seed}] epoch {epoch}: {seconds:.1f} s of training", flush=True)
+    return progress
+
+
 def per_seed_ratios(ref_runs: list[dict], ours: list[dict], reach: list[float | None]) -> dict:
     """Per seed: reference total / our total, and reference total / our time to its accuracy + TTA eval."""
     total = [(r["train_s"] + r["eval_s"]) / (o["train_s"] + o["eval_s"]) for r, o in zip(ref_runs, ours)]
@@ -123,6 +147,9 @@ def main() -> None:
                     help="compile ours (default: the recipe's, and on CUDA always)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="suffix for the result files (e.g. smoke)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the runs an earlier report of the same setup (same --out and --tag) holds and run "
+                         "only the missing ones (a CPU benchmark takes hours)")
     ap.add_argument("--export-airbench-data", default=None, metavar="DIR",
                     help="also write DIR/train.pt, DIR/test.pt for the PyPI airbench package")
     args = ap.parse_args()
@@ -149,45 +176,64 @@ def main() -> None:
             compile=args.compile, train_subset=args.train_subset, test_subset=args.test_subset,
             out=str(run_root / f"{args.recipe}-{tag}")))
 
-    # --- warm-up of every system, outside every clock
-    t = time.perf_counter()
-    cfg = our_cfg(12345, "warmup")
-    cfg.epochs = 0.05  # a few batches: fills the compile caches, autotunes cuDNN, pays first calls
-    train(cfg, quiet=True)
-    warmup_s = {"ours": time.perf_counter() - t}
+    stem = f"time_to_accuracy_{args.recipe}_{device.type}{'_' + args.tag if args.tag else ''}"
+    setup = {"recipe": args.recipe, "model": model, "device": device_name, "torch": torch.__version__,
+             "data": str(Path(args.data).resolve()), "epochs": args.epochs, "ref_epochs": args.ref_epochs,
+             "ref_dtype": args.ref_dtype, "ref_batch_size": args.ref_batch_size, "train_subset": args.train_subset,
+             "test_subset": args.test_subset, "compile": args.compile, "ref_compile_mode": args.ref_compile_mode}
+    earlier = earlier_runs(Path(args.out) / f"{stem}.json", setup) if args.resume else None
+    ours: list[dict] = list(earlier["ours_runs"]) if earlier else []
+    refs: dict[str, list[dict]] = {name: list(earlier["references"].get(name, {}).get("runs", [])) if earlier
+                                   else [] for name in refs_wanted}
+    if earlier:
+        print(f"--resume: reusing {len(ours)} run(s) of ours and "
+              + ", ".join(f"{len(runs)} of {name}" for name, runs in refs.items()) + f" from {stem}.json", flush=True)
+
+    # --- warm-up of every system that still has a run to do, outside every clock
+    warmup_s = dict(earlier["warmup_s"]) if earlier else {}
+    if len(ours) < args.seeds:
+        t = time.perf_counter()
+        cfg = our_cfg(12345, "warmup")
+        cfg.epochs = 0.05  # a few batches: fills the compile caches, autotunes cuDNN, pays first calls
+        train(cfg, quiet=True)
+        warmup_s["ours"] = time.perf_counter() - t
     ref_data = reference.load_tensor_dataset(args.data, args.train_subset, args.test_subset)
     runners = {}
-    if "airbench94" in refs_wanted:
-        warmup_s["airbench94"] = reference.warmup(*ref_data, device=device, dtype=args.ref_dtype,
-                                                  batch_size=args.ref_batch_size)
-        runners["airbench94"] = lambda seed: reference.run(*ref_data, device=device, seed=seed, dtype=args.ref_dtype,
-                                                           epochs=args.ref_epochs, batch_size=args.ref_batch_size)
-    if "airbench94_muon" in refs_wanted:
-        muon_ref = muon_reference.Reference(device, compile_mode=None if args.ref_compile_mode == "none"
-                                            else args.ref_compile_mode, batch_size=args.ref_batch_size)
-        warmup_s["airbench94_muon"] = muon_ref.warmup(*ref_data)
-        runners["airbench94_muon"] = lambda seed: muon_ref.run(*ref_data, seed=seed, epochs=args.ref_epochs)
+    for name in refs_wanted:
+        if len(refs[name]) >= args.seeds:
+            continue
+        if name == "airbench94":
+            warmup_s[name] = reference.warmup(*ref_data, device=device, dtype=args.ref_dtype,
+                                              batch_size=args.ref_batch_size)
+            runners[name] = lambda seed: reference.run(*ref_data, device=device, seed=seed, dtype=args.ref_dtype,
+                                                       epochs=args.ref_epochs, batch_size=args.ref_batch_size)
+        else:
+            muon_ref = muon_reference.Reference(device, compile_mode=None if args.ref_compile_mode == "none"
+                                                else args.ref_compile_mode, batch_size=args.ref_batch_size)
+            warmup_s[name] = muon_ref.warmup(*ref_data)
+            runners[name] = lambda seed, ref=muon_ref, name=name: ref.run(
+                *ref_data, seed=seed, epochs=args.ref_epochs, progress=print_progress(name, seed))
     print(f"warm-up (outside the clock): {', '.join(f'{k} {v:.1f} s' for k, v in warmup_s.items())}", flush=True)
 
-    meta = {"recipe": args.recipe, "model": model, "device": device_name, "torch": torch.__version__,
-            "commit": commit(), "data": args.data, "train_subset": args.train_subset,
-            "test_subset": args.test_subset, "warmup_s": warmup_s, "ref_compile_mode": args.ref_compile_mode}
-    ours: list[dict] = []
-    refs: dict[str, list[dict]] = {name: [] for name in runners}
-    stem = f"time_to_accuracy_{args.recipe}_{device.type}{'_' + args.tag if args.tag else ''}"
+    meta = dict(setup, warmup_s=warmup_s, commit=commit(),
+                earlier_commits=sorted({earlier["commit"], *earlier.get("earlier_commits", [])}) if earlier else [])
+    lines = write_report(Path(args.out), stem, meta, ours, refs) if ours else []
     for seed in range(args.seeds):
-        cfg = our_cfg(seed, f"seed{seed}")
-        summary = train(cfg, quiet=True)
-        rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
-        ours.append({"acc_tta": summary["test_acc"], "acc": summary["test_acc_no_tta"],
-                     "train_s": summary["train_s"], "eval_s": summary["eval_s"], "amp": summary["amp"],
-                     "compile": summary["compile"], "compile_s": summary["compile_s"],
-                     "recompiles": summary.get("recompiles"), "curve": rows, "run_dir": cfg.out})
-        print(f"[ours seed {seed}] acc_tta {ours[-1]['acc_tta']:.4f} acc {ours[-1]['acc']:.4f} "
-              f"train {ours[-1]['train_s']:.1f}s eval {ours[-1]['eval_s']:.1f}s", flush=True)
-        # written after every run, so a benchmark cut short (hours on a CPU) keeps what it measured
-        lines = write_report(Path(args.out), stem, meta, ours, refs)
+        if len(ours) <= seed:
+            cfg = our_cfg(seed, f"seed{seed}")
+            summary = train(cfg, quiet=True)
+            rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+            ours.append({"acc_tta": summary["test_acc"], "acc": summary["test_acc_no_tta"],
+                         "train_s": summary["train_s"], "eval_s": summary["eval_s"], "amp": summary["amp"],
+                         "compile": summary["compile"], "compile_s": summary["compile_s"],
+                         "recompiles": summary.get("recompiles"), "curve": rows, "run_dir": cfg.out})
+            print(f"[ours seed {seed}] acc_tta {ours[-1]['acc_tta']:.4f} acc {ours[-1]['acc']:.4f} "
+                  f"train {ours[-1]['train_s']:.1f}s eval {ours[-1]['eval_s']:.1f}s", flush=True)
+            # written after every run, so a benchmark cut short (hours on a CPU) keeps what it measured
+            lines = write_report(Path(args.out), stem, meta, ours, refs)
         for name, run_reference in runners.items():
+            if len(refs[name]) > seed:
+                continue
             r = run_reference(seed)
             refs[name].append(r)
             print(f"[{name} seed {seed}] acc_tta {r['acc_tta']:.4f} acc {r['acc']:.4f} "

@@ -191,6 +191,31 @@ def test_time_to_reach_and_ratios_at_equal_accuracy():
     assert tta.per_seed_ratios(refs, ours, [20.0, None])["equal_accuracy"] is None
 
 
+def test_report_of_a_partial_run_and_resume_only_of_the_same_setup(tmp_path):
+    """A CPU benchmark takes hours: the report is written after every run, shows one seed as n=1 (not
+    '± 0.00'), and --resume takes an earlier report's runs only when it measured the same setup."""
+    tta = load_benchmark("time_to_accuracy")
+    ours = [{"acc_tta": 0.9, "acc": 0.89, "train_s": 100.0, "eval_s": 10.0,
+             "curve": [{"epoch_s": 50.0, "test_acc": 0.8}, {"epoch_s": 50.0, "test_acc": 0.9}]}]
+    refs = {"airbench94_muon": [{"acc_tta": 0.91, "acc": 0.895, "train_s": 200.0, "eval_s": 10.0, "dtype": "fp32"}],
+            "airbench94": []}  # not run yet
+    setup = {"recipe": "speed94-cpu", "device": "cpu (2 threads)", "data": str(tmp_path), "epochs": None}
+    meta = dict(setup, torch="2", commit="abc", train_subset=None, warmup_s={"ours": 1.0})
+    lines = tta.write_report(tmp_path, "report", meta, ours, refs)
+    text = "\n".join(lines)
+    assert "90.00% (n=1)" in text and "± 0.00" not in text
+    assert "vs airbench94_muon (1 seed): train + TTA eval **1.91x**" in text  # 210 / 110
+    assert text.count("**1.91x**") == 2  # at equal accuracy too: our curve reached 0.895 at 100 s
+    assert "vs airbench94 " not in text and "vs airbench94:" not in text  # no runs, no ratio
+
+    earlier = tta.earlier_runs(tmp_path / "report.json", setup)
+    assert earlier["ours_runs"][0]["train_s"] == 100.0
+    assert earlier["references"]["airbench94_muon"]["runs"][0]["train_s"] == 200.0
+    with pytest.raises(SystemExit, match="epochs: None there, 4 now"):
+        tta.earlier_runs(tmp_path / "report.json", dict(setup, epochs=4))
+    assert tta.earlier_runs(tmp_path / "missing.json", setup) is None
+
+
 def test_export_airbench_data_is_what_airbench_reads(cifar_tensor_slice, tmp_path):
     from fasttrain.data.tensor_format import load_split, read_meta
 
