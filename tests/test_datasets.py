@@ -232,6 +232,21 @@ def test_cars196_annos_layout(tmp_path):
     assert any("4 classes" in n for n in notes)
 
 
+@pytest.mark.parametrize("header, message", [
+    (b"MATLAB 7.3 MAT-file".ljust(124, b" ") + bytes([0, 2]) + b"IM" + bytes(64), "MATLAB 7.3 .HDF5."),
+    (bytes(40), "not a readable MATLAB file"),  # truncated / zeroed: scipy's MatReadError
+    (b"garbage" * 30, "not a readable MATLAB file"),
+])
+def test_cars196_unreadable_annotations_are_named(tmp_path, header, message):
+    pytest.importorskip("scipy")
+    src, _ = make_cars_annos(tmp_path / "cars", np.random.default_rng(3))
+    (src / "cars_annos.mat").write_bytes(header)
+    with pytest.raises(SourceError, match=message) as e:
+        convert("cars196", source=src, out=tmp_path / "out", size=16)
+    assert "cars_annos.mat" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cars196_devkit_layout_with_tgz(tmp_path):
     pytest.importorskip("scipy")
     rng = np.random.default_rng(4)

@@ -52,9 +52,15 @@ def _loadmat(tree: SourceTree, name: str) -> dict:
         import scipy.io
     except ImportError as e:
         raise ImportError("reading Stanford Cars .mat annotations needs scipy: pip install 'fasttrain[cars]'") from e
+    stream = io.BytesIO(tree.read(name))
     try:
-        return scipy.io.loadmat(io.BytesIO(tree.read(name)), squeeze_me=True, struct_as_record=False)
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:  # scipy raises NotImplementedError for v7.3
+        major, _ = scipy.io.matlab.matfile_version(stream)
+        if major == 2:  # MATLAB 7.3 files are HDF5, which loadmat cannot read
+            raise SourceError(f"{tree.path}:{name}: a MATLAB 7.3 (HDF5) file; the official Stanford Cars "
+                              "annotations are MATLAB 5 files: use the original devkit / cars_annos.mat")
+        stream.seek(0)
+        return scipy.io.loadmat(stream, squeeze_me=True, struct_as_record=False)
+    except (ValueError, TypeError, OSError, scipy.io.matlab.MatReadError) as e:
         raise SourceError(f"{tree.path}:{name}: not a readable MATLAB file ({type(e).__name__}: {e})") from e
 
 
