@@ -297,7 +297,8 @@ def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: d
             + ("not reached by every seed" if eq is None else f"**{eq['mean']:.2f}x{spread(eq, len(runs))}**") + ".")
     lines += [""] + notes
     lines.append("\nWarm-up before any clock (compile, cuDNN autotune, first calls): "
-                 + ", ".join(f"{k} {v:.1f} s" for k, v in meta["warmup_s"].items()) + ".")
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in meta["warmup_s"].items()
+                             if k == "ours" or refs.get(k)) + ".")  # a resumed report may hold others
     out_dir.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(result, indent=2)), (".md", "\n".join(lines) + "\n")):
         tmp = out_dir / f"{stem}{suffix}.tmp"
