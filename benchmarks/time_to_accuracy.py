@@ -206,7 +206,8 @@ def main() -> None:
             warmup_s[name] = reference.warmup(*ref_data, device=device, dtype=args.ref_dtype,
                                               batch_size=args.ref_batch_size)
             runners[name] = lambda seed: reference.run(*ref_data, device=device, seed=seed, dtype=args.ref_dtype,
-                                                       epochs=args.ref_epochs, batch_size=args.ref_batch_size)
+                                                       epochs=args.ref_epochs, batch_size=args.ref_batch_size,
+                                                       progress=print_progress("airbench94", seed))
         else:
             muon_ref = muon_reference.Reference(device, compile_mode=None if args.ref_compile_mode == "none"
                                                 else args.ref_compile_mode, batch_size=args.ref_batch_size)
