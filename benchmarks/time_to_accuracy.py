@@ -78,9 +78,30 @@ def export_airbench_data(data_dir: str, out_dir: str) -> None:
         tmp.replace(out / f"{split}.pt")
 
 
-def earlier_runs(report: Path, setup: dict) -> dict | None:
+def machine_probe_s(device: torch.device) -> float:
+    """Seconds for a fixed fp32 workload (20 matmuls of 1024x1024), the median of 5 tries: a resumed report
+    only mixes runs of machines this close in speed. Two cloud machines of the same CPU model (same name,
+    same core count) were seen to differ by 45% in speed, so the name alone cannot tell."""
+    a = torch.randn(1024, 1024, device=device, generator=torch.Generator(device).manual_seed(0))
+    times = []
+    for _ in range(5):
+        muon_reference.sync(device)
+        t = time.perf_counter()
+        for _ in range(20):
+            b = a @ a
+        muon_reference.sync(device)
+        times.append(time.perf_counter() - t)
+    del b
+    return statistics.median(times)
+
+
+PROBE_TOLERANCE = 0.10  # a resumed report's machine may be this much slower or faster (noise), no more
+
+
+def earlier_runs(report: Path, setup: dict, probe_s: float) -> dict | None:
     """The earlier report at `report` if it measured the same setup (recipe, device, torch, data, epochs,
-    precision, subsets...), else None with the reason printed: runs of another setup are never mixed in."""
+    precision, subsets...) on a machine of the same speed, else None with the reason printed: runs of
+    another setup or another machine are never mixed in."""
     if not report.exists():
         print(f"--resume: no earlier report at {report}; starting afresh", flush=True)
         return None
@@ -93,6 +114,13 @@ def earlier_runs(report: Path, setup: dict) -> dict | None:
     unrecorded = [k for k in setup if k not in earlier]
     if unrecorded:  # reports written before these were recorded ran with the defaults unless told otherwise
         print(f"--resume: {report.name} does not record {', '.join(unrecorded)}; assuming they match", flush=True)
+    if "probe_s" not in earlier:
+        print(f"--resume: {report.name} does not record its machine's speed (probe_s); its runs are assumed to "
+              "come from a machine as fast as this one", flush=True)
+    elif abs(probe_s / earlier["probe_s"] - 1) > PROBE_TOLERANCE:
+        sys.exit(f"--resume: {report} was measured on a machine {probe_s / earlier['probe_s']:.2f}x as fast as this "
+                 f"one (speed probe {earlier['probe_s']:.3f} s there, {probe_s:.3f} s here): its times are not "
+                 "comparable with this machine's; use another --tag, or --rerun the systems to measure again")
     return earlier
 
 
@@ -150,6 +178,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="reuse the runs an earlier report of the same setup (same --out and --tag) holds and run "
                          "only the missing ones (a CPU benchmark takes hours)")
+    ap.add_argument("--rerun", default="", metavar="SYSTEMS",
+                    help="with --resume: comma-separated systems (ours, airbench94, airbench94_muon) whose earlier "
+                         "runs are discarded and measured again")
     ap.add_argument("--export-airbench-data", default=None, metavar="DIR",
                     help="also write DIR/train.pt, DIR/test.pt for the PyPI airbench package")
     args = ap.parse_args()
@@ -159,6 +190,10 @@ def main() -> None:
     unknown = sorted(set(refs_wanted) - set(REFERENCES))
     if unknown:
         sys.exit(f"--references: unknown {', '.join(unknown)}; choose from {', '.join(REFERENCES)} or none")
+    rerun = set(filter(None, args.rerun.split(",")))
+    if rerun - {"ours", *REFERENCES}:
+        sys.exit(f"--rerun: unknown {', '.join(sorted(rerun - {'ours', *REFERENCES}))}; choose from ours, "
+                 f"{', '.join(REFERENCES)}")
 
     from fasttrain.config import RECIPES
 
@@ -181,10 +216,11 @@ def main() -> None:
              "data": str(Path(args.data).resolve()), "epochs": args.epochs, "ref_epochs": args.ref_epochs,
              "ref_dtype": args.ref_dtype, "ref_batch_size": args.ref_batch_size, "train_subset": args.train_subset,
              "test_subset": args.test_subset, "compile": args.compile, "ref_compile_mode": args.ref_compile_mode}
-    earlier = earlier_runs(Path(args.out) / f"{stem}.json", setup) if args.resume else None
-    ours: list[dict] = list(earlier["ours_runs"]) if earlier else []
-    refs: dict[str, list[dict]] = {name: list(earlier["references"].get(name, {}).get("runs", [])) if earlier
-                                   else [] for name in refs_wanted}
+    probe_s = machine_probe_s(device)
+    earlier = earlier_runs(Path(args.out) / f"{stem}.json", setup, probe_s) if args.resume else None
+    ours: list[dict] = list(earlier["ours_runs"]) if earlier and "ours" not in rerun else []
+    refs: dict[str, list[dict]] = {name: list(earlier["references"].get(name, {}).get("runs", []))
+                                   if earlier and name not in rerun else [] for name in refs_wanted}
     if earlier:
         print(f"--resume: reusing {len(ours)} run(s) of ours and "
               + ", ".join(f"{len(runs)} of {name}" for name, runs in refs.items()) + f" from {stem}.json", flush=True)
@@ -216,7 +252,7 @@ def main() -> None:
                 *ref_data, seed=seed, epochs=args.ref_epochs, progress=print_progress(name, seed))
     print(f"warm-up (outside the clock): {', '.join(f'{k} {v:.1f} s' for k, v in warmup_s.items())}", flush=True)
 
-    meta = dict(setup, warmup_s=warmup_s, commit=commit(),
+    meta = dict(setup, probe_s=probe_s, warmup_s=warmup_s, commit=commit(),
                 earlier_commits=sorted({earlier["commit"], *earlier.get("earlier_commits", [])}) if earlier else [])
     lines = write_report(Path(args.out), stem, meta, ours, refs) if ours else []
     for seed in range(args.seeds):

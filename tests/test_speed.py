@@ -208,12 +208,28 @@ def test_report_of_a_partial_run_and_resume_only_of_the_same_setup(tmp_path):
     assert text.count("**1.91x**") == 2  # at equal accuracy too: our curve reached 0.895 at 100 s
     assert "vs airbench94 " not in text and "vs airbench94:" not in text  # no runs, no ratio
 
-    earlier = tta.earlier_runs(tmp_path / "report.json", setup)
+    earlier = tta.earlier_runs(tmp_path / "report.json", setup, probe_s=1.0)
     assert earlier["ours_runs"][0]["train_s"] == 100.0
     assert earlier["references"]["airbench94_muon"]["runs"][0]["train_s"] == 200.0
     with pytest.raises(SystemExit, match="epochs: None there, 4 now"):
-        tta.earlier_runs(tmp_path / "report.json", dict(setup, epochs=4))
-    assert tta.earlier_runs(tmp_path / "missing.json", setup) is None
+        tta.earlier_runs(tmp_path / "report.json", dict(setup, epochs=4), probe_s=1.0)
+    assert tta.earlier_runs(tmp_path / "missing.json", setup, probe_s=1.0) is None
+
+
+def test_resume_refuses_the_runs_of_a_machine_of_another_speed(tmp_path):
+    """Two cloud machines with the same CPU name and core count differed by 45% in speed: a resumed report
+    mixes in only runs of a machine whose speed probe is within 10% of this one's."""
+    tta = load_benchmark("time_to_accuracy")
+    setup = {"recipe": "speed94-cpu", "device": "cpu (2 threads)", "data": str(tmp_path), "epochs": None}
+    ours = [{"acc_tta": 0.9, "acc": 0.89, "train_s": 100.0, "eval_s": 10.0, "curve": [{"epoch_s": 100.0,
+                                                                                       "test_acc": 0.89}]}]
+    meta = dict(setup, torch="2", commit="abc", train_subset=None, probe_s=0.50, warmup_s={"ours": 1.0})
+    tta.write_report(tmp_path, "report", meta, ours, {})
+    assert tta.earlier_runs(tmp_path / "report.json", setup, probe_s=0.53)["probe_s"] == 0.50  # noise
+    with pytest.raises(SystemExit, match=r"a machine 1\.40x as fast as this one.*0\.500 s there, 0\.700 s here"):
+        tta.earlier_runs(tmp_path / "report.json", setup, probe_s=0.70)
+    probe = tta.machine_probe_s(torch.device("cpu"))
+    assert 0 < probe < 60
 
 
 def test_export_airbench_data_is_what_airbench_reads(cifar_tensor_slice, tmp_path):
