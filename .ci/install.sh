@@ -34,7 +34,7 @@ quiet_step() {
   fi
 }
 
-apt_packages=(pkg-config libturbojpeg0-dev libopencv-dev g++ ninja-build)
+apt_packages=(pkg-config libturbojpeg0-dev libjpeg62-turbo-dev libopencv-dev g++ ninja-build)
 apt_install() {
   local sudo=""
   [[ $(id -u) == 0 ]] || sudo="sudo"
