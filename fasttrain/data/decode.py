@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +63,14 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_image(data: bytes, name: str, size: int | None = None) -> np.ndarray:
-    """Decode one image file to uint8 HWC RGB; with `size`, resize the short side and centre-crop."""
+@contextmanager
+def decoding(name: str) -> Iterator[None]:
+    """Decode images inside this block: a decompression bomb, an unreadable or truncated file becomes a
+    SourceError naming `name` (the one error mapping of every decoder of the data layer)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                rgb = to_rgb(img)
-            if size is None:
-                return rgb
-            return np.asarray(_resize_center_crop(Image.fromarray(rgb), size), dtype=np.uint8)
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise SourceError(f"{name}: refused as a possible decompression bomb ({e}); the limit is "
                           f"{MAX_IMAGE_PIXELS} pixels") from e
@@ -79,6 +78,16 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> np.ndarray:
         raise SourceError(f"{name}: cannot decode image (not a recognised image format)") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise SourceError(f"{name}: cannot decode image ({e})") from e
+
+
+def decode_image(data: bytes, name: str, size: int | None = None) -> np.ndarray:
+    """Decode one image file to uint8 HWC RGB; with `size`, resize the short side and centre-crop."""
+    with decoding(name):
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = to_rgb(img)
+        if size is None:
+            return rgb
+        return np.asarray(_resize_center_crop(Image.fromarray(rgb), size), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- worker processes

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .jpeg_store import check_shards, load_index
 from .tensor_format import META_FILE, WRITER, read_meta, sha256_file
 
-FORMATS = ("tensor", "ffcv", "dali")
+FORMATS = ("tensor", "ffcv", "dali", "jpeg")
 REQUIRED_SPLITS = ("train", "test")
 
 
@@ -46,6 +47,8 @@ def written_entries(meta: dict) -> set[str]:
             names.add(f"{split}_images.npy")
         elif fmt == "ffcv":
             names.add(info.get("file") or f"{split}.beton")
+        elif fmt == "jpeg":
+            names |= {f"{split}_index.npy", *(info.get("shards") or [])}
         else:
             names |= {info.get("list") or f"{split}_list.txt", split}
     return names
@@ -81,7 +84,7 @@ class _Checker:
         except (OSError, ValueError) as e:
             raise self.fail(f"{path}: not a readable .npy array ({e})") from e
         if dtype.kind not in kinds:
-            want = "uint8 images" if kinds == "u" else "integer labels"
+            want = {"u": "uint8 images", "V": "index rows"}.get(kinds, "integer labels")
             raise self.fail(f"{path}: holds {dtype} values, expected {want}"
                             + (" (float labels are refused, not truncated)" if dtype.kind == "f" else ""))
         if len(shape) != ndim or shape[0] != count:
@@ -121,6 +124,17 @@ class _Checker:
         elif fmt == "ffcv":
             self.sized_file(info.get("file") or f"{split}.beton",
                             records.get(info.get("file")) or {k: info[k] for k in ("bytes",) if k in info})
+        elif fmt == "jpeg":
+            shards = info.get("shards")
+            if not isinstance(shards, list) or not shards:
+                raise self.fail(f"{self.dir / META_FILE}: split {split!r} lists no 'shards'")
+            for name in shards:
+                self.sized_file(name, records.get(name))
+            self.npy(f"{split}_index.npy", kinds="V", ndim=1, count=count)
+            self.labels(split, count)
+            index = load_index(self.dir, split, len(shards))
+            if not np.array_equal(index["label"], np.load(self.dir / f"{split}_labels.npy", allow_pickle=False)):
+                raise self.fail(f"{self.dir / f'{split}_labels.npy'}: labels differ from {split}_index.npy's")
         else:
             name = info.get("list") or f"{split}_list.txt"
             self.sized_file(name, records.get(name))
@@ -135,6 +149,8 @@ class _Checker:
                                 f"{rec['bytes']} (truncated or replaced)")
         if full:
             self.checksums(split, info)
+            if fmt == "jpeg":  # the checksums cover the files; is every index row a JPEG member of its shard?
+                check_shards(self.dir, split, info["shards"], load_index(self.dir, split, len(info["shards"])))
             if fmt == "dali":  # the list's checksum covers the names; each JPEG must still be there
                 with open(self.dir / (info.get("list") or f"{split}_list.txt")) as f:
                     missing = [rel for rel, _, _ in (line.rpartition(" ") for line in f)
