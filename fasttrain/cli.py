@@ -397,8 +397,7 @@ def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], setti
         typer.echo(f"{cfg.model} has no recipe: RunConfig defaults plus your options ({cfg.optimizer} lr {cfg.lr:g}, "
                    f"batch {cfg.batch_size}, {cfg.schedule}, {cfg.epochs:g} epochs); `fasttrain recipes` lists "
                    f"recipes", err=True)
-    summary = _train_retrieval(cfg) if cfg.task == "retrieval" else _train(cfg)
-    _emit_json(stdout, summary)
+    _emit_json(stdout, _train(cfg))
 
 
 def _check_data_exists(data: str) -> None:
@@ -466,19 +465,18 @@ def _make_run_command():
 app.command("run", cls=RunCommand, help=RUN_HELP)(_make_run_command())
 
 
-# ---------------------------------------------------------------------------- retrieval, resume, failures
-def _train_retrieval(cfg: RunConfig) -> dict:
-    from .retrieval.trainer import train_retrieval
-
-    return train_retrieval(cfg)
-
-
+# ---------------------------------------------------------------------------- the one launch path, resume
 def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
-    """train(cfg), or with cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop
-    signal exits 130/143 with a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
+    """Every kind of run goes through here: the task's trainer (classification or retrieval), or with
+    cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop signal exits 130/143 with
+    a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
     from . import distributed
     from .resilience import NonFiniteLoss, RunInterrupted
-    from .train import train
+
+    if cfg.task == "retrieval":
+        from .retrieval.trainer import train_retrieval as train
+    else:
+        from .train import train
 
     if cfg.nproc > 1 and not distributed.in_torchrun():
         distributed.check_launch(cfg.nproc, cfg.device)

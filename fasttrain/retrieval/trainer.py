@@ -238,12 +238,15 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     precision = Precision(device, resolve_amp(cfg.amp, device))
     set_deterministic(cfg.deterministic, device)
     out_dir = Path(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
-    rundir.claim(out_dir, resume=resume, force=cfg.force, log=log)
+    folder = rundir.claim(out_dir, resume=resume, force=cfg.force, log=log)
     cfg.out = str(out_dir)
-    cfg.save(out_dir / "config.json")
+    meta = read_meta(cfg.data)
+    # config.json says what runs (as for classification): resolved choices, absolute paths, atomic write
+    rundir.resolve_config(cfg, meta, device, precision.dtype)
+    cfg.device = str(device)
+    rundir.save_config(folder, cfg)
 
     # --- data: train classes and held-out test classes, whole uint8 sets on the device
-    meta = read_meta(cfg.data)
     train_classes, test_classes = class_split(meta, opts)
     tr_x, tr_y = pooled_by_class(cfg.data, train_classes)
     te_x, te_y = pooled_by_class(cfg.data, test_classes)
