@@ -71,9 +71,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.sources import SourceError
     from .data.tensor_format import DatasetError
     from .models import ModelError
+    from .outputs import OutputError
     from .resilience import RunDirError
 
-    return (ConfigError, ModelError, SourceError, DatasetError, CheckpointError, RunDirError)
+    return (ConfigError, ModelError, SourceError, DatasetError, CheckpointError, RunDirError, OutputError)
 
 
 def _json_stdout() -> TextIO:
@@ -611,13 +612,19 @@ def zoo(
     out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
     markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, comparison with the "
                                             "published numbers, notes) to this file, e.g. docs/zoo.md."),
+    force: bool = typer.Option(False, "--force", help="Replace --out / --markdown files even if fasttrain did not "
+                               "write them (never a folder)."),
 ) -> None:
     """List the model zoo: params, params counting BN statistics, FLOPs at 32x32, and with --measure
     training/inference imgs/sec (bf16, channels_last, compiled where faster) against eager fp32."""
     from . import zoo_cmd
 
+    from .outputs import claim, write_json, write_markdown
+
     stdout = _json_stdout() if json_out else None
     log = (lambda s: typer.echo(s, err=True)) if measure else (lambda s: None)
+    out_target = claim(out, option="--out", force=force) if out is not None else None
+    markdown_target = claim(markdown, option="--markdown", force=force) if markdown is not None else None
     try:
         names = zoo_cmd.select(models)
         rows = zoo_cmd.zoo_rows(names, measure, device, batch_size, steps, warmup, compile, baseline, log)
@@ -628,14 +635,10 @@ def zoo(
         note = (f"Measured on {zoo_cmd.device_description(device)}, batch {batch_size}, 32x32 random inputs, "
                 f"{steps} timed steps after {warmup} warm-up steps, torch {__import__('torch').__version__}.")
     payload = {"note": note, "rows": [zoo_cmd.row_dict(r) for r in rows]}
-    if out is not None:
-        from .runio import write_json
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, payload)
-    if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(zoo_cmd.zoo_doc(rows, note))
+    if out_target is not None:
+        write_json(out_target, payload)
+    if markdown_target is not None:
+        write_markdown(markdown_target, zoo_cmd.zoo_doc(rows, note))
     if stdout is not None:
         _emit_json(stdout, payload)
     else:
@@ -643,6 +646,9 @@ def zoo(
 
 
 # ============================================================================ eval, predict, report
+EVAL_OUTPUTS = ("metrics.json", "confusion.json", "confusion.png")  # what eval --out writes
+
+
 @app.command("eval")
 def eval_cmd(
     target: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT",
@@ -658,12 +664,16 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(500, help="Evaluation batch size (>= 1)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png here."),
+    out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png into "
+                                       "this folder (created if missing)."),
+    force: bool = typer.Option(False, "--force", help="Replace those three files in --out even if fasttrain did "
+                               "not write them."),
     json_out: bool = typer.Option(False, "--json", help="Print all metrics as one JSON document on stdout."),
 ) -> None:
     """Loss, top-1/top-5, macro precision/recall/F1, per-class accuracy and the confusion matrix of a
     checkpoint on a split."""
     from .inference import checkpoint_path, evaluate_checkpoint
+    from .outputs import claim_in_folder
 
     stdout = _json_stdout() if json_out else None
     if batch_size < 1:
@@ -674,19 +684,19 @@ def eval_cmd(
         _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
         _fail(f"--checkpoint: must be best or last, got {checkpoint!r}")
+    targets = claim_in_folder(out, EVAL_OUTPUTS, option="--out", force=force) if out is not None else None
     try:
         path = checkpoint_path(target, checkpoint)
         m = evaluate_checkpoint(path, data, split=split, tta=tta, device=device, batch_size=batch_size, use_ema=ema)
     except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
         _fail(str(e))
-    if out is not None:
+    if targets is not None:
+        from .outputs import write_json
         from .plots import plot_confusion
-        from .runio import write_json
 
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion"})
-        write_json(out / "confusion.json", {"classes": m["classes"], "matrix": m["confusion"]})
-        plot_confusion(m["confusion"], m["classes"], out / "confusion.png",
+        write_json(targets["metrics.json"], {k: v for k, v in m.items() if k != "confusion"})
+        write_json(targets["confusion.json"], {"classes": m["classes"], "matrix": m["confusion"]})
+        plot_confusion(m["confusion"], m["classes"], targets["confusion.png"],
                        title=f"{path}: {split} (acc {100 * m['acc']:.2f}%)")
     if stdout is not None:
         _emit_json(stdout, m)
@@ -738,6 +748,8 @@ def report(
     plot: Optional[Path] = typer.Option(None, help=f"Write an overlay plot of the runs' accuracy against epochs and "
                                         f"wall-clock time here ({', '.join('.' + f for f in PLOT_FORMATS)})."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace --plot / --json files even if fasttrain did not "
+                               "write them (never a folder)."),
 ) -> None:
     """Comparison table of runs (best test accuracy first) and, with --plot, their accuracy curves."""
     from .report import ReportError, report as do_report
@@ -746,7 +758,8 @@ def report(
         _fail(f"--plot {plot}: the file name must end in {', '.join('.' + f for f in PLOT_FORMATS)} (the picture's "
               f"format), e.g. --plot report.png")
     try:
-        do_report(run_dirs, plot, json_path=json_path, warn=lambda s: typer.echo(f"warning: {s}", err=True))
+        do_report(run_dirs, plot, json_path=json_path, force=force,
+                  warn=lambda s: typer.echo(f"warning: {s}", err=True))
     except ReportError as e:
         _fail(str(e))
     if plot is not None:

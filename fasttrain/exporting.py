@@ -7,8 +7,9 @@ normalisation is then the consumer's: float (N, C, H, W) = (pixels / 255 - mean)
 Every file carries a "fasttrain" metadata entry (JSON: model, model_kwargs, classes, mean, std,
 image_size, input layout) — ONNX metadata_props, a TorchScript extra file, safetensors metadata.
 
-A file is written to a temporary name beside its destination and renamed into place when complete. An
-existing file is overwritten only if fasttrain wrote it (its metadata says so) or with force=True.
+A file is written under the output rule (outputs.py): to a temporary name beside its destination, renamed
+into place when complete; an existing file is replaced only if fasttrain wrote it (its metadata says so)
+or with force=True (OutputError otherwise).
 Each format's library is imported only when that format is asked for, with an install hint.
 """
 
@@ -27,7 +28,7 @@ import torch
 
 from . import __version__
 from .api import Classifier, FitResult, load
-from .runio import _UMASK  # the user's umask, read once at import
+from .outputs import claim, temp_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 METADATA_KEY = "fasttrain"
@@ -55,15 +56,10 @@ def export(model_or_run: Classifier | FitResult | str | os.PathLike, format: str
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {format!r}")
     classifier = _classifier(model_or_run, checkpoint, model)
     out = Path(out) if out is not None else _default_out(classifier, format)
-    if out.is_dir():
-        raise ExportError(f"--out {out}: is a directory; name the file to write, e.g. {out / ('model' + FORMATS[format])}")
-    if out.exists() and not force and not written_by_fasttrain(out, format):
-        raise ExportError(f"--out {out}: exists and is not a file fasttrain exported as {format}; pass --force "
-                          f"(force=True) to overwrite it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    target = claim(out, option="--out", force=force, ours=lambda path: written_by_fasttrain(path, format))
     # exported on the CPU in fp32, from a copy: the caller's model keeps its device and mode
     classifier = copy.deepcopy(classifier).cpu().float().eval()
-    with _atomic_path(out) as tmp:
+    with temp_path(target) as tmp:
         WRITERS[format](classifier, tmp, json.dumps(metadata(classifier)))
     return out
 
@@ -96,21 +92,6 @@ def _default_out(classifier: Classifier, format: str) -> Path:
 def _example(classifier: Classifier, n: int = 2) -> torch.Tensor:
     h, w = classifier.image_size
     return torch.zeros(n, h, w, len(classifier.mean), dtype=torch.uint8)
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` for an exporter to write; renamed onto `path` once complete and on
-    disk (fsync), removed on any failure, so `path` is never half written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # some writers (safetensors) create 0600 files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ============================================================================ writers

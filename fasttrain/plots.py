@@ -9,8 +9,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .outputs import PLOT_METADATA, Target, publish  # noqa: E402
 
-def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+
+def _save(fig, path: str | Path | Target) -> None:
+    """Written atomically and signed (outputs.py); a `Target` follows the output rule, a plain path (a run
+    folder's own plot) is replaced. The format is the file name's suffix."""
+    fmt = Path(path.path if isinstance(path, Target) else path).suffix.lower().lstrip(".") or "png"
+    try:
+        publish(path, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=PLOT_METADATA.get(fmt)))
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: str | Path | Target, title: str = "") -> None:
     """Loss (left) and accuracy (right) per epoch: train, and val / test where evaluated."""
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -28,22 +40,20 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_lr(steps: list[int], lrs: list[float], path: str | Path, title: str = "") -> None:
+def plot_lr(steps: list[int], lrs: list[float], path: str | Path | Target, title: str = "") -> None:
     """The learning rate of every batch (the first param group's)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, lrs)
     ax.set(xlabel="step (batch)", ylabel="learning rate", title=title or "learning rate")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path | Target, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted); counts written in the
     cells up to 20 classes, tick labels up to 50."""
     import numpy as np
@@ -66,11 +76,10 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path, title: str = "") -> None:
+def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path | Target, title: str = "") -> None:
     """Accuracy of several runs against epochs (left) and against training wall-clock time, the running sum
     of each epoch's seconds (right): val (or test) solid, train dashed, one colour per run."""
     fig, (ax_epoch, ax_time) = plt.subplots(1, 2, figsize=(13, 5))
@@ -98,5 +107,4 @@ def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path, title: st
         ax.legend(fontsize=8)
     fig.suptitle(title or "accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .outputs import claim
+from .outputs import write_json as write_output_json
 from .runio import write_json
 
 
@@ -113,15 +115,20 @@ def _acc_key(row: dict) -> float:
 
 
 def report(run_dirs: list[str | Path], plot_path: str | Path | None = None, *,
-           json_path: str | Path | None = None, console=None, warn=lambda msg: None) -> list[dict]:
+           json_path: str | Path | None = None, force: bool = False, console=None,
+           warn=lambda msg: None) -> list[dict]:
     """Prints the comparison table (best test accuracy first) and, when `plot_path` is given, writes the
-    overlay plot (accuracy against epochs and against wall-clock time); returns the rows. Folders that are
-    not finished runs, or hold malformed files, are skipped with `warn(message)`."""
+    overlay plot (accuracy against epochs and against wall-clock time); with `json_path`, the rows as JSON
+    ({"writer": "fasttrain", "rows": [...]}); returns the rows. Folders that are not finished runs, or hold
+    malformed files, are skipped with `warn(message)`. Both files follow the output rule (outputs.py): a
+    file fasttrain did not write is replaced only with `force`."""
     from rich.console import Console
     from rich.table import Table
 
     from .plots import plot_overlay
 
+    plot_target = claim(plot_path, option="--plot", force=force) if plot_path is not None else None
+    json_target = claim(json_path, option="--json", force=force) if json_path is not None else None
     runs = []
     for d in run_dirs:
         try:
@@ -140,9 +147,9 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = None, *,
         table.add_row(*[_fmt(k, row[k]) for k in COLUMNS])
     # piped output (no terminal): wide enough that rich does not squeeze the columns to "…"
     (console or Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)).print(table)
-    if plot_path is not None:
-        plot_overlay([(r["dir"].name, r["history"]) for r in runs], plot_path,
+    if plot_target is not None:
+        plot_overlay([(r["dir"].name, r["history"]) for r in runs], plot_target,
                      title="accuracy (solid: val or test, dashed: train)")
-    if json_path is not None:
-        write_json(json_path, rows)
+    if json_target is not None:
+        write_output_json(json_target, {"rows": rows})
     return rows

@@ -82,7 +82,7 @@ def test_report_skips_non_runs_and_plots_only_where_asked(json_run, tmp_path, mo
     assert "skipping" in res.stderr and str(failed_start) in res.stderr
     assert str(damaged / "summary.json") in res.stderr  # the malformed file named, the run left out
     assert "airbench" in res.stdout and not list(tmp_path.glob("*.png"))  # no picture unasked
-    assert [r["run"] for r in json.loads((tmp_path / "rows.json").read_text())] == ["run"]
+    assert [r["run"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]] == ["run"]
     res = invoke("report", run_dir, "--plot", tmp_path / "acc.svg")
     assert res.exit_code == 0 and (tmp_path / "acc.svg").read_text().lstrip().startswith("<?xml")
     assert "wrote" in res.stderr

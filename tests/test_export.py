@@ -15,6 +15,7 @@ import torch
 import fasttrain
 from fasttrain.checkpoint import load as load_checkpoint_file
 from fasttrain.exporting import ExportError, onnx_by_torch_export, read_metadata
+from fasttrain.outputs import OutputError
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_export_never_overwrites_a_file_it_did_not_write(ema_run, tmp_path):
     pytest.importorskip("safetensors")
     theirs = tmp_path / "model.safetensors"
     theirs.write_text("someone's notes")
-    with pytest.raises(ExportError, match="not a file fasttrain exported.*--force"):
+    with pytest.raises(OutputError, match="fasttrain did not write it.*--force"):
         fasttrain.export(ema_run, "safetensors", theirs)
     assert theirs.read_text() == "someone's notes"
     fasttrain.export(ema_run, "safetensors", theirs, force=True)

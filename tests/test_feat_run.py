@@ -178,7 +178,7 @@ def test_cli_eval_predict_report(feature_run, cifar_tensor_slice, cifar_jpeg_sli
     # report: two runs compared, overlay plot written
     rep = fasttrain("report", out, out, "--plot", tmp_path / "overlay.png", "--json", tmp_path / "rows.json")
     assert "run" in rep.stdout and (tmp_path / "overlay.png").is_file()
-    rows = json.loads((tmp_path / "rows.json").read_text())
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert rows[0]["test_acc"] == pytest.approx(summary["test_acc"])
     bad = fasttrain("predict", out / "nope.pt", jpeg, check=False)
     assert bad.returncode == 2 and "nope.pt" in bad.stderr
