@@ -71,8 +71,19 @@ def _field(rec, name: str, mat: str):
         raise SourceError(f"{mat}: annotation has no field {name!r} (fields: {getattr(rec, '_fieldnames', '?')})")
 
 
+def _whole(rec, name: str, mat: str) -> int:
+    """An integer field of one annotation; NaN, inf, fractions and text are named, not a ValueError."""
+    value = _field(rec, name, mat)
+    value = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
+    number = value if isinstance(value, (int, float, np.integer, np.floating)) else None
+    if number is None or isinstance(number, (bool, np.bool_)) or not np.isfinite(number) or number != int(number):
+        raise SourceError(f"{mat}: an annotation's {name} is {value!r}, expected a whole number; the annotation "
+                          f"file is damaged or was edited: use the original Stanford Cars file")
+    return int(number)
+
+
 def _box(rec, mat: str) -> list[int]:
-    return [int(_field(rec, k, mat)) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
+    return [_whole(rec, k, mat) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
 
 
 def _class_names(mat: dict, name: str) -> list[str]:
@@ -97,10 +108,11 @@ def _read_annos_release(tree: SourceTree, mat_name: str) -> tuple[list[CarRecord
     classes = _class_names(mat, mat_name)
     root = _dir_of(mat_name)
     records = []
+    where = f"{tree.path}:{mat_name}"  # the archive (or folder) and the member
     for rec in _annotations(mat, mat_name):
-        path = str(_field(rec, "relative_im_path", mat_name)).strip()
-        records.append(CarRecord(root + path, int(_field(rec, "class", mat_name)) - 1, _box(rec, mat_name),
-                                 bool(int(_field(rec, "test", mat_name)))))
+        path = str(_field(rec, "relative_im_path", where)).strip()
+        records.append(CarRecord(root + path, _whole(rec, "class", where) - 1, _box(rec, where),
+                                 bool(_whole(rec, "test", where))))
     return records, classes
 
 
@@ -124,7 +136,8 @@ def _read_devkit_release(tree: SourceTree, meta_name: str) -> tuple[list[CarReco
             path = by_tail.get(f"{folder}/{fname}")
             if path is None:
                 raise SourceError(f"{tree.path}: {folder}/{fname} (listed in {mat_name}) not found")
-            records.append(CarRecord(path, int(_field(rec, "class", mat_name)) - 1, _box(rec, mat_name), is_test))
+            where = f"{tree.path}:{mat_name}"
+            records.append(CarRecord(path, _whole(rec, "class", where) - 1, _box(rec, where), is_test))
     return records, classes
 
 

@@ -83,8 +83,58 @@ def _key(d: dict, name: str):
     raise SourceError(f"expected key {name!r} in CIFAR batch, found {sorted(map(str, d))}")
 
 
-def _decode_names(names: Iterable) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+def _decode_names(names: Iterable, source: str) -> list[str]:
+    """Class names as text: UTF-8, else Latin-1 (every byte is a Latin-1 character, so an old archive's
+    accented names still read); anything but text is named."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise SourceError(f"{source}: expected a list of class names, got {type(names).__name__}")
+    decoded = []
+    for n in names:
+        if not isinstance(n, (str, bytes, np.str_, np.bytes_)):
+            raise SourceError(f"{source}: class names must be text, got {type(n).__name__} {n!r}")
+        decoded.append(decode_text(n) if isinstance(n, bytes) else str(n))
+    return decoded
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8, else Latin-1 (which decodes any bytes): names in old archives are often Latin-1."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _pixel_rows(rows, source: str) -> np.ndarray:
+    """The batch's pixel rows as uint8, refused rather than cast when they are not whole numbers 0..255:
+    float pixels (e.g. 0..1) would truncate to 0/1, so no scale is guessed."""
+    rows = np.asarray(rows)
+    if rows.dtype == np.uint8:
+        return rows
+    if rows.dtype.kind == "f":
+        low, high = (float(rows.min()), float(rows.max())) if rows.size else (0.0, 0.0)
+        raise SourceError(f"{source}: pixel data are {rows.dtype} (values {low:g}..{high:g}), expected uint8 "
+                          f"0..255 as in the official archive; fasttrain does not guess the scale: convert "
+                          f"the batch to uint8 (e.g. (x * 255).round() for values in 0..1) and pickle it again")
+    if rows.dtype.kind not in "iu":
+        raise SourceError(f"{source}: pixel data are {rows.dtype}, expected uint8 0..255 as in the official archive")
+    if rows.size and (rows.min() < 0 or rows.max() > 255):
+        raise SourceError(f"{source}: pixel values {rows.min()}..{rows.max()} are outside 0..255")
+    return rows.astype(np.uint8)
+
+
+def _labels(values, count: int, num_classes: int, source: str) -> np.ndarray:
+    """Integer class indices in 0..num_classes-1, one per image; text labels (b'cat') and floats named."""
+    labels = np.asarray(values) if not isinstance(values, (str, bytes)) else np.asarray([values])
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        shown = labels.ravel()[0] if labels.size else labels.dtype
+        raise SourceError(f"{source}: labels must be a list of integer class indices, got {labels.dtype} "
+                          f"(e.g. {shown!r})")
+    if len(labels) != count:
+        raise SourceError(f"{source}: {len(labels)} labels for {count} images")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise SourceError(f"{source}: label {bad[0]} is outside 0..{num_classes - 1} ({num_classes} classes)")
+    return labels.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- official CIFAR archives
@@ -114,7 +164,7 @@ def _read_member(tar: tarfile.TarFile, members: dict, name: str, archive: Path) 
 
 
 def _rows_to_nhwc(rows: np.ndarray, source: str) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.uint8)
+    rows = _pixel_rows(rows, source)
     if rows.ndim != 2 or rows.shape[1] != 3072:
         raise SourceError(f"{source}: expected image rows of 3072 bytes (3x32x32), got shape {rows.shape}")
     return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
@@ -132,22 +182,21 @@ def read_cifar_python(path: Path, dataset: str) -> tuple[dict[str, Split], list[
             return obj
 
         if dataset == "cifar10":
-            classes = _decode_names(_key(load("batches.meta"), "label_names"))
-            parts = [load(f"data_batch_{i}") for i in range(1, 6)]
-            test = load("test_batch")
-            label_key = "labels"
+            classes = _decode_names(_key(load("batches.meta"), "label_names"), f"{path}:batches.meta")
+            train_names, test_name, label_key = [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"
         else:
-            classes = _decode_names(_key(load("meta"), "fine_label_names"))
-            parts = [load("train")]
-            test = load("test")
-            label_key = "fine_labels"
+            classes = _decode_names(_key(load("meta"), "fine_label_names"), f"{path}:meta")
+            train_names, test_name, label_key = ["train"], "test", "fine_labels"
 
-        def to_split(batches: list[dict], name: str) -> Split:
-            images = np.concatenate([_rows_to_nhwc(_key(b, "data"), f"{path}:{name}") for b in batches])
-            labels = np.concatenate([np.asarray(_key(b, label_key), dtype=np.int64) for b in batches])
-            return Split(images, labels)
+        def to_split(names: list[str]) -> Split:
+            images, labels = [], []
+            for name in names:  # each batch checked before it is cast, named by archive and member
+                batch = load(name)
+                images.append(_rows_to_nhwc(_key(batch, "data"), f"{path}:{name}"))
+                labels.append(_labels(_key(batch, label_key), len(images[-1]), len(classes), f"{path}:{name}"))
+            return Split(np.concatenate(images), np.concatenate(labels))
 
-        return {"train": to_split(parts, "train"), "test": to_split([test], "test")}, classes
+        return {"train": to_split(train_names), "test": to_split([test_name])}, classes
 
 
 def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[str]]:
@@ -162,7 +211,7 @@ def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[
             names_file, label_bytes, label_index = "fine_label_names.txt", 2, 1
             train_files, test_files = ["train.bin"], ["test.bin"]
         classes = [
-            line.strip() for line in _read_member(tar, members, names_file, path).decode().splitlines()
+            line.strip() for line in decode_text(_read_member(tar, members, names_file, path)).splitlines()
             if line.strip()
         ]
         record = label_bytes + 3072
@@ -175,7 +224,7 @@ def read_cifar_binary(path: Path, dataset: str) -> tuple[dict[str, Split], list[
                     raise SourceError(f"{path}:{name}: size {raw.size} is not a multiple of the "
                                       f"{record}-byte record; the archive is truncated or not {dataset}")
                 raw = raw.reshape(-1, record)
-                labels.append(raw[:, label_index].astype(np.int64))
+                labels.append(_labels(raw[:, label_index], len(raw), len(classes), f"{path}:{name}"))
                 images.append(_rows_to_nhwc(raw[:, label_bytes:], f"{path}:{name}"))
             return Split(np.concatenate(images), np.concatenate(labels))
 
