@@ -1,19 +1,28 @@
 """Every atomic write of the project: files (temp file, fsync, rename) and directories (temp directory,
 fsync of every file in it, rename), so a crash or `kill -9` leaves either the old output or the new one.
 
-A temporary directory is a hidden sibling of its target, `.NAME.tmp-PID`, holding a marker file until it
-is renamed into place; the next writer on the same parent removes those whose process is gone.
+A temporary directory is a hidden sibling of its target, `.NAME.tmp-PID-TOKEN`, holding a marker file with
+the same random TOKEN, locked by its writer, until it is renamed into place; the next writer on the same
+parent removes those with both proofs that a dead fasttrain writer left them (never by name alone). The
+rename never replaces a folder fasttrain was not asked to replace (`atomic_directory`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -30,7 +39,6 @@ _UMASK = _read_umask()  # read once: os.umask can only be read by setting it
 # What a temporary directory holds until it is renamed: proof that a fasttrain writer made it, so the
 # clean-up of dead writers' directories never touches a user's folder that happens to match the name.
 PARTIAL_MARKER = ".fasttrain-partial"
-_TEMP_DIR = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
 # ----------------------------------------------------------------------------- files
@@ -77,6 +85,68 @@ def fsync_tree(root: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- directories
+class TargetExists(FileExistsError):
+    """A directory could not be published: its target path exists and may not be replaced (a folder that
+    appeared while the directory was written, or one the caller did not allow replacing). Nothing in it was
+    touched; `moved_to` is set only if it could not be put back after being moved aside (see the message)."""
+
+    def __init__(self, target: Path, moved_to: Path | None = None):
+        self.target, self.moved_to = target, moved_to
+        where = f"; it was moved to {moved_to} and could not be put back" if moved_to else ""
+        super().__init__(errno.EEXIST, f"{target} exists and was not written by this process{where}", str(target))
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path, *, use_renameat2: bool = True) -> None:
+    """Rename the directory `src` to `dst`, raising FileExistsError if `dst` exists, whatever it is.
+
+    Linux: one renameat2(RENAME_NOREPLACE) call, atomic. Elsewhere (or on a filesystem without the flag):
+    `dst` is first claimed with mkdir, which fails if anything is there, and `src` is renamed onto that
+    empty directory, which the kernel refuses if anything appeared inside it meanwhile.
+    """
+    if use_renameat2 and _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL/ENOSYS: no such flag on this filesystem/kernel
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))  # EEXIST: a FileExistsError
+    os.mkdir(dst)  # FileExistsError if anything is there
+    try:
+        os.rename(src, dst)  # replaces only the empty directory we just made
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # someone wrote into it: theirs now, left alone
+            raise FileExistsError(errno.EEXIST, f"{dst} appeared while publishing", str(dst)) from e
+        os.rmdir(dst)
+        raise
+
+
+# Temporary directories: `.NAME.tmp-PID-TOKEN` (being written) and `.NAME.old-PID-TOKEN` (a replaced
+# target on its way out), TOKEN random per write. Each holds PARTIAL_MARKER with the same TOKEN, locked
+# (flock) by the writer while it lives. The clean-up deletes a directory only with both proofs: the marker
+# names the token of the folder's name, and no live process holds its lock. The name alone proves nothing:
+# a user's `.ds.old-123` backup is left alone, and reported.
+_TEMP_DIR = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-(?P<token>[0-9a-f]{16}))?$")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,68 +157,185 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _ours(path: Path) -> bool:
-    """A leftover temp directory fasttrain wrote: it has the marker, or it is a swapped-out fasttrain
-    dataset (its meta.json names fasttrain), or it is empty."""
-    if (path / PARTIAL_MARKER).is_file():
-        return True
+def _claim_marker(folder: Path, token: str) -> int:
+    """Write PARTIAL_MARKER holding `token` into `folder` and hold an exclusive lock on it; returns its fd
+    (the lock lives as long as the fd, so a killed writer's lock is gone with it)."""
+    fd = os.open(folder / PARTIAL_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        return isinstance(meta, dict) and meta.get("writer") == "fasttrain"
-    except (OSError, ValueError):
-        return not any(path.iterdir())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, token.encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-def remove_stale_temp_dirs(parent: Path) -> list[Path]:
-    """Delete `.NAME.tmp-PID` / `.NAME.old-PID` directories in `parent` left by processes that are gone."""
-    removed = []
+def _lock_dead_writers_marker(folder: Path, token: str | None) -> int | None:
+    """The fd of `folder`'s marker, now locked by us, if it proves a dead fasttrain writer made `folder`:
+    it names `token` and nobody holds its lock. None if there is no such proof, or the writer is alive."""
+    if token is None:
+        return None
+    try:
+        fd = os.open(folder / PARTIAL_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 64).decode("ascii", "replace") == token:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: the writer is alive
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _remove_tree_marker_last(folder: Path) -> None:
+    """rmtree `folder`, its marker last: a clean-up cut short leaves a folder that is still provably ours."""
+    for entry in folder.iterdir():
+        if entry.name == PARTIAL_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / PARTIAL_MARKER).unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def remove_stale_temp_dirs(parent: Path) -> tuple[list[Path], list[Path]]:
+    """Delete the temp directories in `parent` that dead fasttrain writers left (see above).
+
+    Returns (removed, unproven): `unproven` are folders whose name looks like a temp directory of a dead
+    writer but that hold no proof fasttrain made them (a user's folder, or one from an older version):
+    they are left alone, for the caller to mention.
+    """
+    removed: list[Path] = []
+    unproven: list[Path] = []
     try:
         entries = list(Path(parent).iterdir())
     except OSError:
-        return removed
-    for path in entries:
+        return removed, unproven
+    for path in sorted(entries):
         m = _TEMP_DIR.match(path.name)
         if not m or path.is_symlink() or not path.is_dir():
             continue
-        pid = int(m["pid"])
-        if pid == os.getpid() or pid_alive(pid) or not _ours(path):
+        fd = _lock_dead_writers_marker(path, m["token"])
+        if fd is None:
+            alive = int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"]))
+            if m["token"] is None and not alive or m["token"] is not None and not _marker_locked(path):
+                unproven.append(path)
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+        try:
+            _remove_tree_marker_last(path)
+            removed.append(path)
+        except OSError:
+            unproven.append(path)
+        finally:
+            os.close(fd)
+    return removed, unproven
 
 
-def temp_dir_for(target: Path) -> Path:
-    return target.parent / f".{target.name}.tmp-{os.getpid()}"
+def _marker_locked(folder: Path) -> bool:
+    """Does a live process hold the lock of `folder`'s marker (a write in progress)?"""
+    try:
+        fd = os.open(folder / PARTIAL_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# Who may replace what at publish time: target (absolute) -> the caller's check of the folder found there.
+_REPLACEABLE: ContextVar[dict[Path, Callable[[Path], bool]]] = ContextVar("fasttrain_replaceable", default={})
+
+
+@contextmanager
+def replacing(target: str | Path, may_replace: Callable[[Path], bool]) -> Iterator[None]:
+    """Within this block, `atomic_directory(target)` may replace a non-empty `target` it finds at publish
+    time, if `may_replace(folder)` says so. The folder is moved aside first and checked there (so nothing
+    can be added to it between the check and the delete); if the check fails it is moved back untouched."""
+    key = Path(os.path.abspath(target))
+    reset = _REPLACEABLE.set({**_REPLACEABLE.get(), key: may_replace})
+    try:
+        yield
+    finally:
+        _REPLACEABLE.reset(reset)
+
+
+def _publish(tmp: Path, target: Path, token: str) -> None:
+    """Rename `tmp` to `target` without ever replacing what is not ours to replace (see atomic_directory)."""
+    try:
+        rename_noreplace(tmp, target)
+        return
+    except FileExistsError:
+        pass
+    if target.is_dir() and not target.is_symlink():
+        try:
+            os.rename(tmp, target)  # replaces an empty directory only; the kernel checks it atomically
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    may_replace = _REPLACEABLE.get().get(Path(os.path.abspath(target)))
+    if may_replace is None:
+        raise TargetExists(target)
+    old = target.parent / f".{target.name}.old-{os.getpid()}-{token}"
+    rename_noreplace(target, old)
+    if not (old.is_dir() and not old.is_symlink() and may_replace(old)):
+        try:
+            rename_noreplace(old, target)
+        except OSError:
+            raise TargetExists(target, moved_to=old) from None
+        raise TargetExists(target)
+    (old / PARTIAL_MARKER).unlink(missing_ok=True)  # a marker of an earlier write: `old` passed the check
+    fd = _claim_marker(old, token)  # from here on `old` is provably ours: a kill leaves it to the clean-up
+    try:
+        try:
+            rename_noreplace(tmp, target)
+        except FileExistsError:  # something appeared in the instant `target` was free: theirs, left alone
+            raise TargetExists(target) from None
+        fsync_path(target.parent)
+        _remove_tree_marker_last(old)
+    finally:
+        os.close(fd)
+
+
+def temp_dir_for(target: Path, token: str) -> Path:
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{token}"
 
 
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; when the block ends normally, fsync everything
-    in it and rename it to `target` (an existing `target` is swapped out, then deleted: the caller decides
-    whether that is allowed). On an exception the temporary directory is removed and `target` is untouched.
+    in it and rename it to `target`.
+
+    The rename never replaces a folder fasttrain was not asked to replace: a missing or empty `target` is
+    taken; a non-empty one (or a file, or a link) raises TargetExists, unless the caller allowed it with
+    `replacing(target, check)` and the check passes on the folder found there. So a folder a user creates
+    while the directory is written is never touched. On any exception the temporary directory is removed
+    and `target` is untouched.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(target.parent)
-    tmp = temp_dir_for(target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    token = secrets.token_hex(8)
+    tmp = temp_dir_for(target, token)
     tmp.mkdir()
-    marker = tmp / PARTIAL_MARKER
-    marker.write_text(str(os.getpid()))
+    fd = _claim_marker(tmp, token)
     try:
         yield tmp
         fsync_tree(tmp)
-        marker.unlink()
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            fsync_path(target.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        (tmp / PARTIAL_MARKER).unlink()
+        _publish(tmp, target, token)
         fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,21 +176,34 @@ def test_legacy_dataset_is_recognised_as_fasttrain(tmp_path):
     assert json.loads((out / "meta.json").read_text())["writer"] == "fasttrain"
 
 
+def killed_writer(target: Path) -> Path:
+    """The temp directory a writer killed by SIGKILL inside `runio.atomic_directory(target)` leaves."""
+    code = ("import os, signal, sys\nfrom fasttrain.runio import atomic_directory\n"
+            "with atomic_directory(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'train_images.npy').write_bytes(b'x' * 100)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    (left,) = target.parent.glob(f".{target.name}.tmp-{proc.pid}-*")
+    return left
+
+
 def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path):
+    """Only a folder with both proofs goes: the marker naming the token of its name, and no live lock."""
     src = image_folder(tmp_path / "src")
+    stale = killed_writer(tmp_path / "ds")
     pid = dead_pid()
-    stale = tmp_path / f".ds.tmp-{pid}"
-    stale.mkdir()
-    (stale / PARTIAL_MARKER).write_text(str(pid))
-    (stale / "train_images.npy").write_bytes(b"x" * 100)
-    users = tmp_path / f".mine.tmp-{pid}"  # same name pattern, but not ours: kept
+    users = tmp_path / f".mine.tmp-{pid}"  # the name pattern of an older version, but no proof: kept
     users.mkdir()
     (users / "keep.txt").write_text("keep")
-    alive = tmp_path / f".ds.tmp-{os.getppid()}"  # a live process's: kept
-    alive.mkdir()
-    (alive / PARTIAL_MARKER).write_text("")
-    convert("imagefolder", source=src, name="t", out=tmp_path / "ds", **QUIET)
-    assert not stale.exists() and users.exists() and (users / "keep.txt").read_text() == "keep" and alive.exists()
+    (users / PARTIAL_MARKER).write_text(str(pid))
+    copied = tmp_path / f"{stale.name[:-16]}{'0' * 16}"  # a look-alike name whose marker names another token
+    copied.mkdir()
+    (copied / PARTIAL_MARKER).write_text("f" * 16)
+    logs: list[str] = []
+    convert("imagefolder", source=src, name="t", out=tmp_path / "ds", log=logs.append)
+    assert not stale.exists() and copied.exists() and (users / "keep.txt").read_text() == "keep"
+    assert any(f"left {users} alone" in m for m in logs) and any(f"left {copied} alone" in m for m in logs)
 
 
 def test_cli_refusal_is_one_line_and_keeps_the_files(tmp_path):

@@ -11,9 +11,10 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
+from ..runio import TargetExists, replacing
 from .errors import DatasetError, SourceError
 from .formats import DEFAULT_TIMEOUT_S, import_optional, write_dali_dataset, write_ffcv_dataset
-from .outdir import plan_output
+from .outdir import holds_only_fasttrain_files, plan_output
 from .registry import READERS, Loaded, ProgressFactory
 from .tensor_format import write_tensor_dataset
 from .verify import FORMATS
@@ -102,7 +103,13 @@ def convert(
                   "tensor": {}}
     writer = {"tensor": write_tensor_dataset, "ffcv": write_ffcv_dataset, "dali": write_dali_dataset}[fmt]
     try:
-        writer(out_dir, loaded.splits, loaded.classes, **common, **options_of[fmt])
+        with replacing(out_dir, holds_only_fasttrain_files):
+            writer(out_dir, loaded.splits, loaded.classes, **common, **options_of[fmt])
+    except TargetExists as e:
+        moved = f" (it was moved to {e.moved_to}: move it back)" if e.moved_to else ""
+        raise DatasetError(f"--out {out_dir}: appeared or changed while the dataset was written and holds files "
+                           f"fasttrain did not write{moved}; they were left untouched and the new dataset was "
+                           "discarded: choose a new --out, or move that folder away and convert again") from e
     except OSError as e:
         raise DatasetError(f"--out {out_dir}: cannot write the dataset ({e.strerror or e}); nothing was left "
                            "behind: free space or choose another --out") from e

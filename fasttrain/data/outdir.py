@@ -51,6 +51,23 @@ def _check_path(out: Path, source: Path | None) -> None:
         raise _refuse(out, f"{existing} is not writable", "choose a directory you can write to")
 
 
+def _foreign_entries(entries: list[str], meta: dict) -> list[str]:
+    return [e for e in entries if e not in written_entries(meta) and e != PARTIAL_MARKER]
+
+
+def holds_only_fasttrain_files(folder: Path) -> bool:
+    """Is `folder` empty, or a fasttrain dataset holding nothing fasttrain did not write? The check made
+    again at the moment a dataset is replaced (`runio.replacing`), on the folder moved aside."""
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return True
+    try:
+        meta = read_meta(folder)
+    except DatasetError:
+        return False
+    return is_fasttrain_meta(meta) and not _foreign_entries(entries, meta)
+
+
 def _matches(meta: dict, request: dict) -> bool:
     """Was `meta`'s dataset converted from `request`? Unset (None) request fields match anything."""
     recorded = meta.get("request")
@@ -66,7 +83,10 @@ def plan_output(out: Path, *, source: Path | None, force: bool, request: dict,
     out = Path(out)
     _check_path(out, source)
     if out.parent.is_dir():
-        remove_stale_temp_dirs(out.parent)
+        _, unproven = remove_stale_temp_dirs(out.parent)
+        for folder in unproven:
+            log(f"note: left {folder} alone: its name looks like a temporary folder of an interrupted convert, "
+                "but nothing in it proves fasttrain made it; delete it yourself if it is not yours")
     if not out.exists():
         return "write"
     entries = sorted(p.name for p in out.iterdir())
@@ -80,7 +100,7 @@ def plan_output(out: Path, *, source: Path | None, force: bool, request: dict,
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise _refuse(out, f"is not empty and not a fasttrain dataset (it holds {shown})",
                       "fasttrain never deletes files it did not write: choose a new --out, or empty it yourself")
-    foreign = [e for e in entries if e not in written_entries(meta) and e != PARTIAL_MARKER]
+    foreign = _foreign_entries(entries, meta)
     if foreign:
         raise _refuse(out, f"holds a fasttrain dataset plus files fasttrain did not write ({', '.join(foreign[:5])})",
                       "move them away or choose a new --out (even --force never deletes them)")
