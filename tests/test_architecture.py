@@ -1,7 +1,7 @@
 """The package's import graph follows the layering in docs/architecture.md: every import (including those inside
 functions) points down or sideways within a layer, never up; there are no cycles; and the modules with a
-narrow job import only what that job needs (models: torch and models.*; pipelines: data; augment: the kernels;
-the kernels and the list of choices: nothing of the project)."""
+narrow job import only what that job needs (models: torch and models.*; pipelines: data and the kernels;
+augment: the kernels; the kernels and the list of choices: nothing of the project)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PACKAGES = {"fasttrain": REPO / "fasttrain", "fasttrain.pipelines": REPO / "pipe
 # Within a layer the graph must still be acyclic. Parts not listed here fail the test: place new ones.
 LAYERS: dict[str, int] = {
     "choices": 0,
-    "config": 1, "runio": 1, "outputs": 1,
+    "config": 1, "runio": 1, "resolution": 1, "recipes": 1, "outputs": 1,
     "data": 2,
     "models": 3, "cuda_ext": 3, "losses": 3, "runtime": 3, "reproducibility": 3, "runclock": 3,
     "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "resilience": 4,
@@ -36,7 +36,7 @@ ONLY = {
     "choices": set(),
     "cuda_ext": set(),
     "models": set(),
-    "pipelines": {"data", "choices"},
+    "pipelines": {"data", "choices", "cuda_ext"},  # cuda_ext: the GPU JPEG decoder's crop-resize kernel
     "augment": {"cuda_ext"},
 }
 NEVER = {"distributed": {"augment", "evaluate"}}
