@@ -135,6 +135,14 @@ class RunConfig:
     init_from: str | None = None  # start from these weights: a checkpoint.pt or a run folder (not a resume)
     data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
 
+    # --- resolution: progressive resizing and the test resolution (fasttrain.resolution)
+    min_res: int | None = None  # train at this many pixels square until start_ramp (FFCV's progressive resizing); none: the data's own size
+    max_res: int | None = None  # train at this size from end_ramp on; none: min_res
+    start_ramp: int = 0  # the last epoch, counted from 0, at min_res
+    end_ramp: int = 0  # the first epoch at max_res; epochs between: linear, rounded to a multiple of 32
+    val_res: int | None = None  # evaluate at this many pixels square (FFCV: 256 after a 160-192 ramp); none: the data's own size
+    lr_per_256: float | None = None  # peak lr per 256 images of an optimiser step: lr = lr_per_256 * batch_size * accum_steps / 256 (an --lr given later wins)
+
     def validate(self) -> RunConfig:
         """Checks every field's range, choice and consistency; raises ConfigError naming the option."""
 
@@ -172,7 +180,20 @@ class RunConfig:
         need(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         self._validate_training_features(need)
         self._validate_resilience(need)
+        self._validate_resolution(need)
         return self
+
+    def _validate_resolution(self, need) -> None:
+        for name in ("min_res", "max_res", "val_res"):
+            value = getattr(self, name)
+            need(value is None or value >= 8, name, f"must be >= 8 pixels, got {value}")
+        need(self.min_res is None or self.max_res is None or self.min_res <= self.max_res, "min_res",
+             f"{self.min_res} must be <= --max-res {self.max_res}")
+        need(0 <= self.start_ramp <= self.end_ramp, "start_ramp",
+             f"must lie in [0, --end-ramp {self.end_ramp}], got {self.start_ramp}")
+        need(self.lr_per_256 is None or self.lr_per_256 > 0, "lr_per_256", f"must be > 0, got {self.lr_per_256}")
+        if self.lr_per_256 is not None:  # the linear scaling rule: the lr follows the images per step
+            self.lr = self.lr_per_256 * self.batch_size * self.accum_steps / 256
 
     def _validate_resilience(self, need) -> None:
         import os  # only for WORLD_SIZE, read at validation time (torchrun sets it in each process)
@@ -599,6 +620,8 @@ def resolve(model: str | None, recipe: str | None, overrides: dict[str, Any], *,
     layers = [RECIPES[recipe_name(name)] if name else {}, file_values, given]
     values: dict[str, Any] = {}
     for layer in layers:
+        if layer.get("lr") is not None and "lr_per_256" not in layer:
+            values["lr_per_256"] = None  # an lr given after a recipe's lr per 256 images wins over it
         for key, value in layer.items():
             values[key] = {**values.get(key, {}), **value} if key in _MERGED and value is not None else value
     values["model"] = model

@@ -64,6 +64,10 @@ def compile_warmup(step_model, model: torch.nn.Module, shapes: list[tuple[int, .
     run itself is unchanged (the loop calls set_epoch itself). The largest batch goes first, so the full
     batches' graph is the first one compiled. Returns the seconds it took."""
     shapes = sorted(shapes, key=lambda s: s[0], reverse=True)
+    # each shape and variant is one static graph of the same code; past dynamo's limit (8) it would
+    # silently fall back to eager (progressive resizing x batch sizes can pass 8)
+    from torch._dynamo import config as dynamo_config
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, len(shapes) * len(epochs) + 1)
     t0 = time.perf_counter()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()

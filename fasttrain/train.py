@@ -38,6 +38,7 @@ from .pipelines import load_split_tensors, make_pipeline
 from .progress import EpochProgress
 from .regularizers import PatchUp
 from .report import finish_run
+from .resolution import ResolutionSchedule, schedule_from
 from .runio import write_json
 from .reproducibility import set_deterministic
 from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolved config.json
@@ -76,7 +77,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         extras.runlog.log(row)
     if resume and not quiet:
         print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
-    compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch)
+    schedule = schedule_from(cfg.min_res, cfg.max_res, cfg.start_ramp, cfg.end_ramp)  # progressive resizing
+    compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch, schedule=schedule)
     progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
     progress.header(run_header(cfg, data, rt, model))
     sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
@@ -90,7 +92,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     graphs_before = compiled_graphs()
     for epoch in range(pos.epoch, fit.n_epochs):
         # ----------------------------------------------------------------- one epoch (timed)
-        set_epoch(model, data.pipeline, epoch)
+        set_epoch(model, data.pipeline, epoch, schedule)
         mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
         sync(rt.device)
         tally = EpochTally.start(rt.device, pos, epoch)  # zeros, unless resuming inside this epoch
@@ -243,9 +245,9 @@ def build_data(cfg: RunConfig, rt: Runtime) -> RunData:
     train_idx = rt.dist.trim(train_idx)
     pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=rt.device, seed=cfg.seed, indices=train_idx,
                              **shard)
-    test = load_split_tensors(cfg.pipeline, cfg.data, "test", device=rt.device, indices=test_idx)
-    val = load_split_tensors(cfg.pipeline, cfg.data, "train", device=rt.device, indices=val_idx) if len(val_idx) \
-        else None
+    test = load_split_tensors(cfg.pipeline, cfg.data, "test", device=rt.device, indices=test_idx, res=cfg.val_res)
+    val = load_split_tensors(cfg.pipeline, cfg.data, "train", device=rt.device, indices=val_idx,
+                             res=cfg.val_res) if len(val_idx) else None
     scale, bias = norm_constants(meta["mean"], meta["std"], rt.device)
     return RunData(meta, pipeline, len(train_idx), test, val, train_idx, scale, bias)
 
@@ -347,19 +349,20 @@ def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunD
 
 
 def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData, fit: Optimisation,
-                    rt: Runtime, *, first_epoch: int) -> float:
+                    rt: Runtime, *, first_epoch: int, schedule: ResolutionSchedule | None = None) -> float:
     """Compiles before the clock starts (the seconds are reported as compile_s, not training): every batch
-    size the loop will see (a short last batch recompiles) and, for models whose trainable set changes with
-    the epoch (airbench freezes its whitening bias), the first and last epoch's variant."""
+    size the loop will see (a short last batch recompiles) at every resolution of the progressive-resizing
+    schedule from `first_epoch` on and, for models whose trainable set changes with the epoch (airbench
+    freezes its whitening bias), the first and last epoch's variant."""
     if not cfg.compile:
         return 0.0
-    h, w = data.hw
+    sides = [(r, r) for r in schedule.resolutions(first_epoch, fit.n_epochs)] if schedule else [data.hw]
     last = data.n_train % cfg.batch_size if not getattr(data.pipeline, "drop_last", False) else 0
     # the full batch first: compiled second, dynamo would mark the batch dimension dynamic
     sizes = sorted({len(range(b)[rt.dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b}, reverse=True)
     epochs = sorted({first_epoch, fit.n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
-    seconds = compile_warmup(forward, model, [(n, 3, h, w) for n in sizes], epochs, rt.precision.input_dtype,
-                             rt.precision.autocast, data.num_classes, rt.device)
+    seconds = compile_warmup(forward, model, [(n, 3, h, w) for h, w in sides for n in sizes], epochs,
+                             rt.precision.input_dtype, rt.precision.autocast, data.num_classes, rt.device)
     optimizer = fit.updater.optimizer
     if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
         seconds += optimizer.compile_newton_schulz()
@@ -375,18 +378,20 @@ def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> 
 
 
 # ============================================================================ per epoch
-def set_epoch(model: nn.Module, pipeline, epoch: int) -> None:
+def set_epoch(model: nn.Module, pipeline, epoch: int, schedule: ResolutionSchedule | None = None) -> None:
     model.train()
     if hasattr(model, "set_epoch"):  # e.g. airbench's whitening bias trains only in the first epochs
         model.set_epoch(epoch)
     pipeline.set_epoch(epoch)
+    if schedule is not None:  # progressive resizing: this epoch's batches at its resolution
+        pipeline.set_resolution(schedule.at(epoch))
 
 
 def augment(xb: torch.Tensor, yb: torch.Tensor, sampler: AugmentSampler, data: RunData, rt: Runtime, *,
             mix: bool, epoch: int) -> tuple[torch.Tensor, object, bool]:
     """(inputs, targets, whether mixup/cutmix mixed the batch): this rank's slice of the augmented global
     batch. The pipeline's batch_indices (tensor pipeline) key the alternating flip."""
-    params = sampler.sample(len(xb), *data.hw, mix=mix, epoch=epoch,
+    params = sampler.sample(len(xb), *xb.shape[1:3], mix=mix, epoch=epoch,
                             keys=getattr(data.pipeline, "batch_indices", None))
     inputs, targets = rt.dist.augment(augment_batch, xb, yb, params, data.scale, data.bias, rt.precision.input_dtype)
     return inputs, targets, params.has_mix
@@ -409,6 +414,8 @@ def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit
            "train_acc": correct.item() / max(seen, 1), "test_loss": None, "test_acc": None,
            "lr": fit.updater.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
            "imgs_per_s": round(seen / epoch_s, 1)}
+    if getattr(data.pipeline, "res", None) is not None:  # the epoch's training resolution (progressive resizing)
+        row["res"] = data.pipeline.res
     if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
         # with a val split only val is evaluated per epoch; test waits for the final eval
         split, images = ("val", data.val) if data.val is not None else ("test", data.test)

@@ -28,7 +28,7 @@ from ..data.errors import DatasetError
 from ..data.splits import keep_multiple
 from ..data.tensor_format import load_split, read_meta
 from ..data.verify import check_dataset
-from .tensor import TensorPipeline
+from .tensor import TensorPipeline, resize_images
 
 
 @dataclass(frozen=True)
@@ -114,20 +114,24 @@ def load_split_tensors(
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
     batch_size: int = 1000,
+    res: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split (or `indices` of it) as (uint8 NHWC, int64) tensors on `device`, in dataset order,
-    decoded by pipeline `name` (so evaluation sees exactly the pixels that pipeline trains on)."""
+    decoded by pipeline `name` (so evaluation sees exactly the pixels that pipeline trains on); with `res`,
+    res x res images (a pipeline with set_resolution decodes at res, the others are resized after)."""
     if name == "tensor":
         require_format(data_dir, "tensor")
         arrays = load_split(data_dir, split)
         sel = slice(None) if indices is None else np.asarray(indices)
-        return (torch.from_numpy(np.array(arrays.images[sel])).to(device),
+        return (resize_images(torch.from_numpy(np.array(arrays.images[sel])).to(device), res),
                 torch.from_numpy(np.array(arrays.labels[sel], dtype=np.int64)).to(device))
     pipe = make_pipeline(name, data_dir, split, batch_size, device=device, shuffle=False, indices=indices,
                          num_workers=0 if name == "torchvision" else None)
+    if res is not None and hasattr(pipe, "set_resolution"):
+        pipe.set_resolution(res)
     xs, ys = [], []
     for x, y in pipe:
-        xs.append(x.clone())  # some backends reuse their output buffers
+        xs.append(resize_images(x, res).clone())  # clone: some backends reuse their output buffers
         ys.append(y.clone())
     return torch.cat(xs), torch.cat(ys)
 

@@ -3,6 +3,9 @@
 Each epoch is one device-side random permutation; a batch is a gather (index_select on the GPU, numpy take on the CPU) of the resident tensor.
 No DataLoader, no worker processes, no per-batch host-to-device copy; the same code runs on the CPU.
 For DDP each rank takes a contiguous slice of the shared permutation (same seed on every rank).
+`set_resolution(res)` (progressive resizing) resizes each batch on the device after the gather: the stored
+images are one fixed size, so a smaller or larger training resolution is an antialiased bilinear resize of
+the whole image (`resize_images`, also used for evaluation at another resolution).
 """
 
 from __future__ import annotations
@@ -12,8 +15,23 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.splits import epoch_permutation
+
+
+def resize_images(images: torch.Tensor, res: int | None, chunk: int = 256) -> torch.Tensor:
+    """uint8 NHWC images resized to res x res (antialiased bilinear, as PIL and torchvision's antialias=True;
+    rounded to the nearest level), `chunk` images at a time so the float copy stays small. The images
+    themselves when they are res x res already or res is None."""
+    if res is None or tuple(images.shape[1:3]) == (res, res):
+        return images
+    out = torch.empty((len(images), res, res, images.shape[3]), dtype=torch.uint8, device=images.device)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = y.round_().clamp_(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+    return out
 
 
 class TensorPipeline:
@@ -53,9 +71,14 @@ class TensorPipeline:
         self.batch_indices: torch.Tensor | None = None
         # Each rank's share of the permutation: equal sizes so every rank runs the same number of steps.
         self.per_rank = len(self.images) // world_size if world_size > 1 else len(self.images)
+        self.res: int | None = None  # batches resized to res x res; None: the stored size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_resolution(self, res: int | None) -> None:
+        """The size of the batches from the next __iter__ on (None: the stored size)."""
+        self.res = res
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -81,9 +104,10 @@ class TensorPipeline:
             for b in range(len(self)):
                 sel = idx_np[b * self.batch_size : (b + 1) * self.batch_size]
                 self.batch_indices = torch.from_numpy(sel)
-                yield torch.from_numpy(np.take(images, sel, axis=0)), torch.from_numpy(np.take(labels, sel))
+                batch = resize_images(torch.from_numpy(np.take(images, sel, axis=0)), self.res)
+                yield batch, torch.from_numpy(np.take(labels, sel))
             return
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             self.batch_indices = sel
-            yield self.images.index_select(0, sel), self.labels.index_select(0, sel)
+            yield resize_images(self.images.index_select(0, sel), self.res), self.labels.index_select(0, sel)
