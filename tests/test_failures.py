@@ -147,10 +147,14 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(cifar_tensor_slice, t
     assert not (out / "summary.json").exists()
 
 
-def test_cli_divergence_exits_3_naming_the_step(cifar_tensor_slice, tmp_path):
+@pytest.mark.parametrize("task", ["classification", "retrieval"])
+def test_cli_divergence_exits_3_naming_the_step(cifar_tensor_slice, tmp_path, task):
+    """Both kinds of run take the one launch path: a diverged loss exits 3 with the same message."""
     args = [
         "run",
         "resnet9",
+        "--task",
+        task,
         "--data",
         cifar_tensor_slice,
         "--out",
@@ -179,6 +183,7 @@ def test_cli_divergence_exits_3_naming_the_step(cifar_tensor_slice, tmp_path):
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "training loss became" in proc.stderr and "at step" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "no checkpoint was saved" in proc.stderr
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,6 +302,9 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
         assert (out / f).is_file(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["classify"] * 4 + ["embed"] * 3
+    config = json.loads((out / "config.json").read_text())  # resolved as for classification: what ran
+    assert config["amp"] == "off" and config["threads"] == 2 and config["device"] == "cpu"
+    assert Path(config["data"]).is_absolute() and config["data_identity"]
 
 
 def test_tinyimagenet_and_retrieval_recipes_resolve():
