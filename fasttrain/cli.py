@@ -131,20 +131,25 @@ MAX_CONVERT_SIZE = 1024  # pixels; a tensor dataset of larger images belongs in 
 
 @app.command()
 def convert(
-    dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder"),
+    dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder | imagenet"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
     out: Optional[Path] = typer.Option(None, help=escape("Output directory [default: ./data/<dataset>]")),
-    format: str = typer.Option("tensor", "--format", help="Output format: tensor (default; uint8 arrays) | "
-                               "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Output format: tensor (default; uint8 arrays) | "
+                                         "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable) | jpeg (each "
+                                         "image at its own size in packed shards, streamed from disk; the only "
+                                         "format of imagenet)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
-    # --- ffcv/dali formats
+    # --- ffcv/dali/jpeg formats
     jpeg_quality: Optional[int] = typer.Option(None, help=escape("ffcv: store JPEG at this quality instead of raw "
-                                               "pixels; dali: JPEG quality [default: 95].")),
-    max_resolution: Optional[int] = typer.Option(None, help="ffcv/dali: shrink images whose longer side "
-                                                 "exceeds this (larger images, e.g. ImageNet-like folders)."),
+                                               "pixels; dali: JPEG quality [default: 95]; jpeg: quality of the "
+                                               "images that are encoded (not copied) [default: 90].")),
+    max_resolution: Optional[int] = typer.Option(None, "--max-side", "--max-resolution", help=escape(
+        "ffcv/dali/jpeg: shrink images whose longer side exceeds this [jpeg default: 512]; jpeg stores a JPEG "
+        "within it byte for byte.")),
     timeout: Optional[float] = typer.Option(None, help=escape("ffcv/dali: kill the writer after this many seconds "
                                             "[default: 3600]; nothing partial is left behind.")),
+    shard_mib: Optional[int] = typer.Option(None, help=escape("jpeg: size of each tar shard in MiB [default: 256].")),
     # --- tinyimagenet, cars196, imagefolder: reader options, passed on only when given
     name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
                                        "./data/<name>)."),
@@ -156,19 +161,20 @@ def convert(
                                   "(count and list) in meta.json, instead of stopping with an error."),
 ) -> None:
     """Convert a dataset once into a training-ready format (default ./data/<dataset>, or
-    ./data/<dataset>-<format> for ffcv/dali)."""
-    from .data.convert import READERS, convert as convert_dataset
+    ./data/<dataset>-<format> for ffcv/dali/jpeg)."""
+    from .data.convert import convert as convert_dataset, known_datasets
 
-    if dataset not in READERS:
-        _fail(f"DATASET: unknown dataset {dataset!r}{did_you_mean(dataset, READERS)}; known: "
-              f"{', '.join(sorted(READERS))}")
+    known = known_datasets()
+    if dataset not in known:
+        _fail(f"DATASET: unknown dataset {dataset!r}{did_you_mean(dataset, known)}; known: {', '.join(known)}")
     if size is not None and not 8 <= size <= MAX_CONVERT_SIZE:
         _fail(f"--size: must lie in [8, {MAX_CONVERT_SIZE}] pixels, got {size}; for larger images use "
-              f"--format ffcv or dali with --max-resolution")
+              f"--format jpeg (each image at its own size), or ffcv or dali with --max-resolution")
     reader_options = {k: v for k, v in dict(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad).items()
                       if v is not None and v is not False}
     convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,
-                    max_resolution=max_resolution, timeout_s=timeout, progress_factory=_progress_factory(),
+                    max_resolution=max_resolution, timeout_s=timeout, shard_mib=shard_mib,
+                    progress_factory=_progress_factory(),
                     log=typer.echo, **reader_options)
 
 

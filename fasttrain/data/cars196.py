@@ -16,8 +16,9 @@ file, the bounding box in original pixel coordinates (x1, y1, x2, y2, 1-based as
 original (width, height) and the official train/test flag; `box_in_image` maps a box into the stored image.
 
 Images are resized so the short side is `size` (default 224) and centre-cropped to size x size for the
-tensor format. The array-based ffcv/dali writers re-encode these crops as JPEG; keeping the original
-JPEG files for them would need a file-based writer (not done here).
+tensor format (the array-based ffcv/dali writers re-encode these crops as JPEG). `--format jpeg` keeps the
+original photos instead (`list_cars196`: shrunk only when the longer side exceeds --max-side), with the
+same splits and per-image records.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from PIL import Image
 from .archive import SourceTree
 from .imagefolder import decode_files, skipped_meta
 from .errors import SourceError
-from .registry import Loaded, ProgressFactory, register_dataset
+from .registry import Listed, Loaded, ProgressFactory, register_dataset, register_listing
 from .tensor_format import Split
 
 DEFAULT_SIZE = 224
@@ -167,39 +168,17 @@ def read_cars196(
     size: int | None = None,
     skip_bad: bool = False,
 ) -> Loaded:
-    if source is None:
-        raise SourceError("cars196: --source PATH is required (a folder or archive with cars_annos.mat and "
-                          "car_ims/, or the devkit layout)")
     size = DEFAULT_SIZE if size is None else size
     if size < 1:
         raise SourceError(f"--size must be >= 1, got {size}")
-    tree = SourceTree(source, skip_bad=skip_bad)
-    annos = tree.find("cars_annos.mat")
-    meta_mat = tree.find("cars_meta.mat")
-    if annos is not None:
-        records, classes = _read_annos_release(tree, annos)
-    elif meta_mat is not None:
-        records, classes = _read_devkit_release(tree, meta_mat)
-    else:
-        raise SourceError(f"{source}: neither cars_annos.mat nor devkit/cars_meta.mat found; expected the "
-                          "Stanford Cars layout")
-    for r in records:
-        if not 0 <= r.label < len(classes):
-            raise SourceError(f"{source}: {r.file} has class {r.label + 1}, outside 1..{len(classes)}")
-        if r.file not in tree:
-            raise SourceError(f"{source}: {r.file} is listed in the annotations but missing")
-    notes = []
-    if len(classes) != OFFICIAL_CLASSES:
-        notes.append(f"{len(classes)} classes (the official set has {OFFICIAL_CLASSES}); the retrieval split "
-                     "still puts the first half in train")
+    tree, records, classes, notes = _list_records(source, skip_bad)
     n_train_classes = len(classes) // 2
     train_classes, test_classes = list(range(n_train_classes)), list(range(n_train_classes, len(classes)))
 
     splits: dict[str, Split] = {}
     per_image: dict[str, dict] = {}
     bad_all = list(tree.skipped)
-    for split, wanted in (("train", set(train_classes)), ("test", set(test_classes))):
-        recs = sorted((r for r in records if r.label in wanted), key=lambda r: (r.label, r.file))
+    for split, recs in _retrieval_splits(records, len(classes)).items():
         images, kept, bad = decode_files(tree, [r.file for r in recs], size=size, skip_bad=skip_bad, label=split,
                                          progress_factory=progress_factory)
         bad_all.extend(bad)
@@ -220,3 +199,63 @@ def read_cars196(
         "images": per_image,
     }
     return Loaded(splits, classes, source=f"cars196:{Path(source).resolve()}", extra_meta=extra, notes=notes)
+
+
+def _retrieval_splits(records: list[CarRecord], n_classes: int) -> dict[str, list[CarRecord]]:
+    """The retrieval protocol: the first half of the classes in 'train', the rest in 'test', each split by
+    class then file."""
+    half = n_classes // 2
+    return {split: sorted((r for r in records if (r.label < half) == (split == "train")),
+                          key=lambda r: (r.label, r.file)) for split in ("train", "test")}
+
+
+def _list_records(source: Path | None, skip_bad: bool) -> tuple[SourceTree, list[CarRecord], list[str], list[str]]:
+    """(source tree, one record per annotated image, class names, notes) of either release."""
+    if source is None:
+        raise SourceError("cars196: --source PATH is required (a folder or archive with cars_annos.mat and "
+                          "car_ims/, or the devkit layout)")
+    tree = SourceTree(source, skip_bad=skip_bad)
+    annos = tree.find("cars_annos.mat")
+    meta_mat = tree.find("cars_meta.mat")
+    if annos is not None:
+        records, classes = _read_annos_release(tree, annos)
+    elif meta_mat is not None:
+        records, classes = _read_devkit_release(tree, meta_mat)
+    else:
+        raise SourceError(f"{source}: neither cars_annos.mat nor devkit/cars_meta.mat found; expected the "
+                          "Stanford Cars layout")
+    for r in records:
+        if not 0 <= r.label < len(classes):
+            raise SourceError(f"{source}: {r.file} has class {r.label + 1}, outside 1..{len(classes)}")
+        if r.file not in tree:
+            raise SourceError(f"{source}: {r.file} is listed in the annotations but missing")
+    notes = []
+    if len(classes) != OFFICIAL_CLASSES:
+        notes.append(f"{len(classes)} classes (the official set has {OFFICIAL_CLASSES}); the retrieval split "
+                     "still puts the first half in train")
+    return tree, records, classes, notes
+
+
+@register_listing("cars196")
+def list_cars196(source: Path | None, *, skip_bad: bool = False) -> Listed:
+    """The jpeg format's view: the original photos (shrunk only over --max-side), same splits and records as
+    `read_cars196`; boxes stay in original pixels, and "original_size" with the index's stored size maps
+    them (scale by stored / original: the whole photo is kept, nothing is cropped)."""
+    tree, records, classes, notes = _list_records(source, skip_bad)
+    recs = _retrieval_splits(records, len(classes))
+
+    def meta_for(result) -> dict:
+        images = {}
+        for split, kept in result.kept.items():
+            chosen = [recs[split][i] for i in kept.tolist()]
+            images[split] = {"files": [r.file for r in chosen], "boxes": [r.box for r in chosen],
+                             "original_size": result.source_sizes[split][:, ::-1].tolist(),  # (width, height)
+                             "official_test": [r.official_test for r in chosen]}
+        return {"images": images}
+
+    half = len(classes) // 2
+    extra = {**skipped_meta(tree.skipped),
+             "retrieval_split": {"train_classes": list(range(half)), "test_classes": list(range(half, len(classes)))}}
+    return Listed({split: [(r.file, r.label) for r in rs] for split, rs in recs.items()}, classes,
+                  source=f"cars196:{Path(source).resolve()}", read=tree.read, where=str(tree.path), extra_meta=extra,
+                  notes=notes, meta_for=meta_for)

@@ -21,6 +21,7 @@ shared by the Tiny ImageNet and Cars196 readers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from .archive import SourceTree
 from .decode import decode_many, split_bad
 from .errors import BadFile, SourceError
-from .registry import Loaded, ProgressFactory, register_dataset
+from .registry import Listed, Loaded, ProgressFactory, register_dataset, register_listing
 from .splits import stratified_holdout
 from .tensor_format import Split
 
@@ -36,7 +37,8 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "
 DEFAULT_VAL_FRACTION = 0.1
 DECODE_BLOCK = 4096  # images decoded per block: bounds the memory held as compressed bytes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
-RESIZE_HINT = "pass --size S to resize the short side to S and centre-crop"
+RESIZE_HINT = ("pass --size S to resize the short side to S and centre-crop, or --format jpeg to keep each "
+               "image at its own size (streamed from disk)")
 
 
 # ----------------------------------------------------------------------------- shared decode helpers
@@ -146,21 +148,23 @@ def scan_tree(tree: SourceTree, skip_bad: bool
     return grouped, has_splits, bad, ignored
 
 
-def read_image_tree(
-    source: Path,
-    progress_factory: ProgressFactory | None = None,
-    *,
-    size: int | None = None,
-    val_fraction: float | None = None,
-    skip_bad: bool = False,
-    seed: int = 0,
-    holdout: bool = True,
-    resize_hint: str = RESIZE_HINT,
-) -> tuple[dict[str, Split], list[str], dict, list[str]]:
-    """(splits, classes, extra meta, notes) of an image tree. Without `holdout`, a tree with no val/test
+@dataclass
+class TreeListing:
+    """An image tree's files per split, before decoding: what `read_image_tree` decodes and the jpeg
+    format stores as they are."""
+
+    tree: SourceTree
+    listings: dict[str, tuple[list[str], np.ndarray]]  # split -> (file names, labels), dataset order
+    classes: list[str]
+    bad_files: list[BadFile]
+    aliases: dict[str, str]  # split -> where it came from, when not its own folder
+    notes: list[str]
+
+
+def list_image_tree(source: Path, *, val_fraction: float | None = None, skip_bad: bool = False, seed: int = 0,
+                    holdout: bool = True) -> TreeListing:
+    """The files of an image tree per split (see the module doc). Without `holdout`, a tree with no val/test
     folder is an error (the dataset has an official test split that must not be replaced by a draw)."""
-    if size is not None and size < 1:
-        raise SourceError(f"--size must be >= 1, got {size}")
     tree = SourceTree(source, skip_bad=skip_bad)
     grouped, has_splits, bad_files, ignored = scan_tree(tree, skip_bad)
     bad_files = tree.skipped + bad_files
@@ -204,17 +208,35 @@ def read_image_tree(
         listings["test"] = listings.pop("val")
         aliases["test"] = "the 'val' folder"
         notes.append("no test folder: the 'val' folder is written as the 'test' split")
+    return TreeListing(tree, dict(sorted(listings.items())), classes, bad_files, aliases, notes)
 
+
+def read_image_tree(
+    source: Path,
+    progress_factory: ProgressFactory | None = None,
+    *,
+    size: int | None = None,
+    val_fraction: float | None = None,
+    skip_bad: bool = False,
+    seed: int = 0,
+    holdout: bool = True,
+    resize_hint: str = RESIZE_HINT,
+) -> tuple[dict[str, Split], list[str], dict, list[str]]:
+    """(splits, classes, extra meta, notes) of an image tree, decoded (`list_image_tree` says which files)."""
+    if size is not None and size < 1:
+        raise SourceError(f"--size must be >= 1, got {size}")
+    listed = list_image_tree(source, val_fraction=val_fraction, skip_bad=skip_bad, seed=seed, holdout=holdout)
+    bad_files, notes = listed.bad_files, listed.notes
     splits: dict[str, Split] = {}
-    for split, (names, labels) in sorted(listings.items()):
-        images, kept, bad = decode_files(tree, names, size=size, skip_bad=skip_bad, label=split,
+    for split, (names, labels) in listed.listings.items():
+        images, kept, bad = decode_files(listed.tree, names, size=size, skip_bad=skip_bad, label=split,
                                          progress_factory=progress_factory, resize_hint=resize_hint)
         bad_files.extend(bad)
         splits[split] = Split(images, labels[kept])
     if bad_files:
         notes.append(f"skipped {len(bad_files)} bad file(s) (--skip-bad); listed in meta.json under 'skipped'")
-    extra = {**skipped_meta(bad_files), "split_sources": aliases, "resize": size}
-    return splits, classes, extra, notes
+    extra = {**skipped_meta(bad_files), "split_sources": listed.aliases, "resize": size}
+    return splits, listed.classes, extra, notes
 
 
 # ----------------------------------------------------------------------------- the reader
@@ -236,3 +258,24 @@ def read_imagefolder(
     splits, classes, extra, notes = read_image_tree(source, progress_factory, size=size, val_fraction=val_fraction,
                                                     skip_bad=skip_bad, seed=seed)
     return Loaded(splits, classes, source=f"imagefolder:{Path(source).resolve()}", extra_meta=extra, notes=notes)
+
+
+@register_listing("imagefolder")
+def list_imagefolder(
+    source: Path | None,
+    *,
+    name: str | None = None,
+    val_fraction: float | None = None,
+    skip_bad: bool = False,
+    seed: int = 0,
+) -> Listed:
+    """The jpeg format's view of an image folder: the same splits as `read_imagefolder`, undecoded."""
+    if source is None:
+        raise SourceError("imagefolder: --source DIR_OR_ARCHIVE is required (a <split>/<class>/* or <class>/* tree)")
+    if not name:
+        raise SourceError("imagefolder: --name NAME is required (it names the dataset and its default --out)")
+    listed = list_image_tree(source, val_fraction=val_fraction, skip_bad=skip_bad, seed=seed)
+    splits = {split: list(zip(names, labels.tolist())) for split, (names, labels) in listed.listings.items()}
+    return Listed(splits, listed.classes, source=f"imagefolder:{Path(source).resolve()}", read=listed.tree.read,
+                  where=str(listed.tree.path), notes=listed.notes,
+                  extra_meta={**skipped_meta(listed.bad_files), "split_sources": listed.aliases})

@@ -349,8 +349,8 @@ class _Partial:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / _MARKER).touch()
         self._lock = open(self.dir / "lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # a POSIX lock: owned by this process only, so the forked workers never hold it after us
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             self._lock.close()
             raise DatasetError(f"--out {out_dir}: another convert is writing it now (its partial output "
@@ -532,8 +532,12 @@ def write_jpeg_store(
         raise
     if pool is not None:
         pool.shutdown()
-    result = _publish(partial, out_dir, lists, classes, name=name or out_dir.name, source=source,
-                      max_side=max_side, quality=quality, extra_meta=extra_meta, meta_for=meta_for)
+    try:
+        result = _publish(partial, out_dir, lists, classes, name=name or out_dir.name, source=source,
+                          max_side=max_side, quality=quality, extra_meta=extra_meta, meta_for=meta_for)
+    except BaseException:
+        partial.close()
+        raise
     partial.remove()
     return result
 
@@ -696,8 +700,11 @@ def _publish(partial: _Partial, out_dir: Path, lists: dict[str, list[Item]], cla
     if meta_for is not None:
         meta.update(meta_for(result))
     with atomic_directory(out_dir) as tmp:
-        for src, dst in moves:
-            os.replace(src, tmp / dst)
+        for src, dst in moves:  # linked, not moved: if publishing fails, the partial folder still has them
+            try:
+                os.link(src, tmp / dst)
+            except OSError:  # a filesystem without hard links
+                os.replace(src, tmp / dst)
         for split, info in split_meta.items():
             index = info.pop("_index")
             path = tmp / f"{split}_index.npy"

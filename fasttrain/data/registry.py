@@ -21,18 +21,46 @@ class Loaded:
     notes: list[str] = field(default_factory=list)  # things the user should hear about (e.g. a skipped split)
 
 
+@dataclass
+class Listed:
+    """What a listing reader returns for the jpeg format (`jpeg_store.write_jpeg_store`): per split the
+    source files, undecoded, as (name, label) with `read(name)` giving the bytes; the writer checks and
+    stores each file. `where` (the source) prefixes the messages about a file; `meta_for(result)` gives
+    meta.json entries that depend on which files were kept (e.g. per-image boxes)."""
+
+    splits: dict[str, list[tuple[str, int]]]
+    classes: list[str]
+    source: str
+    read: Callable[[str], bytes]
+    where: str
+    extra_meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    meta_for: Callable[..., dict] | None = None
+
+
 # A reader is `fn(source: Path | None, progress_factory, **options) -> Loaded`; its options (name, size,
-# val_fraction, skip_bad) are keyword-only and passed only when the user gave them.
+# val_fraction, skip_bad) are keyword-only and passed only when the user gave them. A listing reader is
+# `fn(source: Path | None, **options) -> Listed`, by the same rule (the jpeg format's input).
 Reader = Callable[..., Loaded]
+Lister = Callable[..., Listed]
 READERS: dict[str, Reader] = {}
+LISTERS: dict[str, Lister] = {}
 
 
-def register_dataset(name: str) -> Callable[[Reader], Reader]:
-    def wrap(fn: Reader) -> Reader:
-        if name in READERS:
+def _register(table: dict, name: str) -> Callable:
+    def wrap(fn):
+        if name in table:
             raise ValueError(f"dataset {name!r} is registered twice")
-        READERS[name] = fn
+        table[name] = fn
         return fn
 
     return wrap
+
+
+def register_dataset(name: str) -> Callable[[Reader], Reader]:
+    return _register(READERS, name)
+
+
+def register_listing(name: str) -> Callable[[Lister], Lister]:
+    return _register(LISTERS, name)
 

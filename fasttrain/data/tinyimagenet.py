@@ -12,6 +12,7 @@ Written splits: 'train' (official train) and 'test' (official val, the labelled 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from .archive import SourceTree
 from .imagefolder import bad_or_raise, decode_files, is_image_name, skipped_meta
 from .errors import BadFile, SourceError
-from .registry import Loaded, ProgressFactory, register_dataset
+from .registry import Listed, Loaded, ProgressFactory, register_dataset, register_listing
 from .tensor_format import Split
 
 EXPECTED_CLASSES = 200
@@ -45,14 +46,18 @@ def _class_names(tree: SourceTree, root: str, wnids: list[str]) -> list[str]:
     return [words.get(w, w) for w in wnids]
 
 
-@register_dataset("tinyimagenet")
-def read_tinyimagenet(
-    source: Path | None,
-    progress_factory: ProgressFactory | None = None,
-    *,
-    size: int | None = None,
-    skip_bad: bool = False,
-) -> Loaded:
+@dataclass
+class _Listing:
+    tree: SourceTree
+    root: str  # '' or 'tiny-imagenet-200/'
+    wnids: list[str]
+    splits: dict[str, tuple[list[str], list[int]]]  # train (official train), test (official val)
+    val_boxes: list[list[int] | None]  # per test image, in its order
+    bad: list[BadFile]
+    notes: list[str]
+
+
+def _list_files(source: Path | None, skip_bad: bool) -> _Listing:
     if source is None:
         raise SourceError("tinyimagenet: --source PATH is required (tiny-imagenet-200.zip or its unpacked "
                           "folder; download it from http://cs231n.stanford.edu/tiny-imagenet-200.zip)")
@@ -124,10 +129,27 @@ def read_tinyimagenet(
     train_names, train_labels = [train_names[i] for i in order], [train_labels[i] for i in order]
     order = sorted(range(len(val_names)), key=lambda i: (val_labels[i], val_names[i]))
     val_names, val_labels, val_boxes = ([v[i] for i in order] for v in (val_names, val_labels, val_boxes))
+    return _Listing(tree, root, wnids, {"train": (train_names, train_labels), "test": (val_names, val_labels)},
+                    val_boxes, bad, notes)
+
+
+SPLIT_SOURCES = {"train": "official train", "test": "official val (the official test has no labels)"}
+
+
+@register_dataset("tinyimagenet")
+def read_tinyimagenet(
+    source: Path | None,
+    progress_factory: ProgressFactory | None = None,
+    *,
+    size: int | None = None,
+    skip_bad: bool = False,
+) -> Loaded:
+    listed = _list_files(source, skip_bad)
+    tree, bad, notes = listed.tree, listed.bad, listed.notes
 
     splits: dict[str, Split] = {}
     kept_val: list[int] = []
-    for split, names, labels in (("train", train_names, train_labels), ("test", val_names, val_labels)):
+    for split, (names, labels) in listed.splits.items():
         images, kept, split_bad = decode_files(tree, names, size=size, skip_bad=skip_bad, label=split,
                                                progress_factory=progress_factory)
         bad.extend(split_bad)
@@ -138,11 +160,27 @@ def read_tinyimagenet(
         notes.append(f"skipped {len(bad)} bad file(s) (--skip-bad); listed in meta.json under 'skipped'")
     extra = {
         **skipped_meta(bad),
-        "wnids": wnids,
-        "class_names": _class_names(tree, root, wnids),
-        "split_sources": {"train": "official train", "test": "official val (the official test has no labels)"},
-        "test_boxes": [val_boxes[i] for i in kept_val],
+        "wnids": listed.wnids,
+        "class_names": _class_names(tree, listed.root, listed.wnids),
+        "split_sources": SPLIT_SOURCES,
+        "test_boxes": [listed.val_boxes[i] for i in kept_val],
         "resize": size,
     }
-    return Loaded(splits, list(wnids), source=f"tinyimagenet:{Path(source).resolve()}", extra_meta=extra,
+    return Loaded(splits, list(listed.wnids), source=f"tinyimagenet:{Path(source).resolve()}", extra_meta=extra,
                   notes=notes)
+
+
+@register_listing("tinyimagenet")
+def list_tinyimagenet(source: Path | None, *, skip_bad: bool = False) -> Listed:
+    """The jpeg format's view: the original JPEGs (64x64, stored byte for byte; grey ones as RGB)."""
+    listed = _list_files(source, skip_bad)
+
+    def meta_for(result) -> dict:
+        return {"test_boxes": [listed.val_boxes[i] for i in result.kept["test"].tolist()]}
+
+    splits = {split: list(zip(names, labels)) for split, (names, labels) in listed.splits.items()}
+    extra = {**skipped_meta(listed.bad), "wnids": listed.wnids,
+             "class_names": _class_names(listed.tree, listed.root, listed.wnids), "split_sources": SPLIT_SOURCES}
+    return Listed(splits, list(listed.wnids), source=f"tinyimagenet:{Path(source).resolve()}",
+                  read=listed.tree.read, where=str(listed.tree.path), extra_meta=extra, notes=listed.notes,
+                  meta_for=meta_for)
