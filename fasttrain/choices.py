@@ -2,15 +2,18 @@
 
 The config validates against these, the CLI shows them in its help, and the modules that implement a
 choice (optim, evaluate, monitor, regularizers, pipelines) take their names from here. This module imports
-nothing of the project, so anything may import it. Model-side choices (activations, attention blocks)
-belong to the models, which import only torch and each other.
+nothing of the project, so anything may import it (the models too, for `did_you_mean`). Model-side
+choices (activations, attention blocks) belong to the models.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Iterable
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N names one GPU by its index
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # auto: bf16 where it is fast (CUDA, CPUs with AMX), else off
-PIPELINES = ("tensor", "ffcv", "dali", "torchvision")
+PIPELINES = ("tensor", "ffcv", "dali", "torchvision", "stream")
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
 TTA_MODES = ("none", "flip", "flip_translate")
@@ -22,6 +25,14 @@ TASKS = ("classification", "retrieval")
 CHECKPOINTS = ("best", "last")  # `fasttrain eval RUN_DIR --checkpoint`: best.pt or checkpoint.pt
 EVAL_SPLITS = ("test", "train", "val")
 PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def did_you_mean(word: str, known: Iterable[str], *, cutoff: float = 0.6,
+                 show: Callable[[str], str] = str) -> str:
+    """'; did you mean x or y?' for the known names closest to a mistyped `word` (each written by `show`),
+    or '' when none is close: the one spelling of the hint after every unknown name, model or option."""
+    close = difflib.get_close_matches(word, list(known), n=3, cutoff=cutoff)
+    return f"; did you mean {' or '.join(show(c) for c in close)}?" if close else ""
 
 
 def is_device(name: str) -> bool:

@@ -11,6 +11,7 @@ chosen:
     ffcv         ffcv         ffcv.loader.Loader over a .beton
     dali         dali         DALI file reader + nvJPEG ("mixed") on a GPU, CPU decoder otherwise
     torchvision  dali|tensor  Dataset + DataLoader(num_workers=2), the baseline
+    stream       jpeg         jpeg store read per batch, crop + resize + flip inside the JPEG decode
 
 Sharding (DDP): every pipeline gives each rank the same number of samples, `n // world_size`.
 """
@@ -45,6 +46,8 @@ PIPELINES: dict[str, PipelineSpec] = {
     "dali": PipelineSpec("dali", "DALIPipeline", ("dali",), "NVIDIA DALI file reader + JPEG decoder"),
     "torchvision": PipelineSpec("torchvision", "TorchvisionPipeline", ("dali", "tensor"),
                                 "Dataset + DataLoader worker processes (baseline)"),
+    "stream": PipelineSpec("stream", "StreamPipeline", ("jpeg",),
+                           "JPEGs decoded per batch with the random-resized crop inside (no dataset in memory)"),
 }
 
 
@@ -87,8 +90,10 @@ def make_pipeline(
     world_size: int = 1,
     indices: np.ndarray | None = None,
     num_workers: int | None = None,
+    **options,
 ):
-    """Build pipeline `name` over `split` of the dataset at `data_dir` (see the registry above)."""
+    """Build pipeline `name` over `split` of the dataset at `data_dir` (see the registry above); `options`
+    go to that pipeline only (e.g. the stream pipeline's train=False for evaluation)."""
     if name not in PIPELINES:
         raise ValueError(f"--pipeline: unknown pipeline {name!r}; available: {', '.join(PIPELINES)}")
     if batch_size < 1:
@@ -103,7 +108,7 @@ def make_pipeline(
     spec = PIPELINES[name]
     cls = getattr(importlib.import_module(f"{__name__}.{spec.module}"), spec.cls)
     return cls(data_dir, split, batch_size, device=device, shuffle=shuffle, drop_last=drop_last, seed=seed,
-               rank=rank, world_size=world_size, indices=indices, num_workers=num_workers)
+               rank=rank, world_size=world_size, indices=indices, num_workers=num_workers, **options)
 
 
 def load_split_tensors(
