@@ -15,7 +15,6 @@ docs/python_api.md has the whole walk-through.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .augment import norm_constants, normalize
+from .choices import did_you_mean
 from .config import ConfigError, RunConfig, resolve
 from .data.decode import decode_image_file
 from .data.tensor_format import Split, read_meta, write_tensor_dataset
@@ -155,9 +155,8 @@ def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, **fields: A
 def _check_fields(fields: dict) -> None:
     known = {f.name for f in dataclasses.fields(RunConfig)} - {"model", "data"}
     for key in sorted(set(fields) - known):
-        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.7)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ConfigError(f"fit: unknown option {key!r}; {hint}fit takes the RunConfig fields "
+        raise ConfigError(f"fit: unknown option {key!r}{did_you_mean(key, sorted(known), cutoff=0.7)}; fit takes "
+                          f"the RunConfig fields "
                           f"(fasttrain.config.RunConfig), e.g. epochs, batch_size, lr, device, out")
 
 

@@ -415,8 +415,7 @@ def _check_data_exists(data: str) -> None:
         return
     parent = path.parent if path.parent.is_dir() else None
     siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
-    close = did_you_mean(path.name, siblings)
-    hint = close.replace("; did you mean ", "; did you mean " + (f"{parent}/" if str(parent) != "." else ""))
+    hint = did_you_mean(path.name, siblings, show=lambda c: f"{parent}/{c}" if str(parent) != "." else c)
     raise ConfigError(f"--data {data}: no such directory{hint + ' Or c' if hint else '; c'}onvert a dataset there: `fasttrain convert "
                       f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
 

@@ -12,7 +12,6 @@ the reading of values from text and files.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import json
 import math
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .choices import (AMP_MODES, CLIP_MODES, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES, PIPELINES,
-                      SCHEDULES, TASKS, TTA_MODES, is_device)
+                      SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
 
 __all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPES", "resolve", "parse_value",
            "coerce", "field_help", "did_you_mean", "recipe_name", "load_config_file", "check_against_data",
@@ -32,12 +31,6 @@ __all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_REC
 
 class ConfigError(ValueError):
     """An option is out of range or contradicts another; the message names the option."""
-
-
-def did_you_mean(word: str, known: typing.Iterable[str]) -> str:
-    """' (did you mean x?)' for the closest known names, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 @dataclass

@@ -14,7 +14,6 @@ TF32 for convolutions). Warm-up steps (and compilation) are excluded.
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .choices import did_you_mean
 from .models import create_model, get_entry, list_models
 
 
@@ -324,8 +324,7 @@ def select(spec: str | None) -> list[str]:
         matches = [item] if item in names else [n for n in names if get_entry(n).family == item]
         if not matches:
             families = sorted({get_entry(n).family for n in names})
-            close = difflib.get_close_matches(item, [*names, *families], n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(close)}? " if close else ""
-            raise KeyError(f"--models: {item!r} is neither a model nor a family; {hint}families: {', '.join(families)}")
+            raise KeyError(f"--models: {item!r} is neither a model nor a family{did_you_mean(item, [*names, *families])}; "
+                           f"families: {', '.join(families)}")
         chosen += [m for m in matches if m not in chosen]
     return table_order(chosen)

@@ -1,6 +1,6 @@
 """The package's import graph follows the layering in docs/architecture.md: every import (including those inside
 functions) points down or sideways within a layer, never up; there are no cycles; and the modules with a
-narrow job import only what that job needs (models: torch and models.*; pipelines: data and the kernels;
+narrow job import only what that job needs (models: torch, models.* and the choices; pipelines: data and the kernels;
 augment: the kernels; the kernels and the list of choices: nothing of the project)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
 ONLY = {
     "choices": set(),
     "cuda_ext": set(),
-    "models": set(),
+    "models": {"choices"},  # the one did-you-mean hint
     "pipelines": {"data", "choices", "cuda_ext"},  # cuda_ext: the GPU JPEG decoder's crop-resize kernel
     "augment": {"cuda_ext"},
 }

@@ -16,7 +16,6 @@ timm is an optional dependency, imported only when a `timm/` model is asked for.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import itertools
 from collections.abc import Iterator
@@ -24,11 +23,13 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from .registry import MODELS, ModelEntry, UnknownModelError, register_resolver
+from ..choices import did_you_mean
+from .registry import MODELS, ModelEntry, ModelError, UnknownModelError, register_resolver
 
 TIMM_PREFIX = "timm/"
 MODULE_PREFIX = "module/"
 TIMM_INSTALL_HINT = "pip install timm  (or pip install 'fasttrain[timm]')"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub weights are named, preferred first
 
 
 # ============================================================================ timm
@@ -44,24 +45,49 @@ def _timm_entry(name: str) -> ModelEntry:
     timm = _import_timm(name)
     arch = name[len(TIMM_PREFIX):]
     if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
-        raise UnknownModelError(f"unknown timm model {arch!r} (timm {timm.__version__}).{hint} List timm's models with: "
+        hint = did_you_mean(arch, timm.list_models(), show=lambda c: TIMM_PREFIX + c)
+        raise UnknownModelError(f"unknown timm model {arch!r} (timm {timm.__version__}){hint}; list timm's models with: "
                        f"python -c \"import timm; print(timm.list_models('*{arch[:4]}*'))\"")
     return ModelEntry(name, "timm", functools.partial(build_timm, arch))
 
 
-def build_timm(arch: str, num_classes: int, small_input: bool = True, **timm_kwargs) -> nn.Module:
-    """timm's `arch`, untrained, with `num_classes` outputs; `small_input`: stride-1 stem (module doc)."""
+def build_timm(arch: str, num_classes: int, small_input: bool = True, pretrained: bool = False,
+               **timm_kwargs) -> nn.Module:
+    """timm's `arch` with `num_classes` outputs, untrained or with timm's pretrained weights from the local
+    cache; `small_input`: stride-1 stem (module doc)."""
     timm = _import_timm(TIMM_PREFIX + arch)
-    if timm_kwargs.get("pretrained"):
-        raise ValueError(f"model {TIMM_PREFIX + arch}: pretrained weights need a download, and fasttrain "
-                         f"builds timm models untrained; drop pretrained from model_kwargs")
-    timm_kwargs.pop("pretrained", None)
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    if pretrained:
+        timm_kwargs["pretrained_cfg_overlay"] = {"file": cached_pretrained_file(timm, arch)}
+    model = timm.create_model(arch, pretrained=bool(pretrained), num_classes=num_classes, **timm_kwargs)
     if small_input:
         small_input_stem(model)
     return model
+
+
+def cached_pretrained_file(timm, arch: str) -> str:
+    """The file of timm's pretrained weights for `arch` (its default tag, or the one named, e.g.
+    resnet18.tv_in1k) in the local Hugging Face cache; ModelError saying where they belong otherwise."""
+    name = TIMM_PREFIX + arch
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ModelError(f"model {name}: timm has no pretrained weights for it on the Hugging Face hub; start from "
+                         f"a weight file instead: --init-from FILE")
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache  # timm's own dependency
+    except ImportError:
+        raise ModelError(f"model {name} --pretrained: timm reads its weights through huggingface_hub, which is not "
+                         f"installed here: pip install huggingface_hub") from None
+    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES
+    for filename in files:
+        found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(found, str):
+            return found
+    tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    raise ModelError(
+        f"model {name} --pretrained: timm's weights {cfg.hf_hub_id} are not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}; set HF_HUB_CACHE to use another) and fasttrain never downloads; fetch them "
+        f"where there is a network with python -c \"import timm; timm.create_model('{tag}', pretrained=True)\" "
+        f"and copy that cache folder here, or pass a weight file with --init-from FILE")
 
 
 def small_input_stem(model: nn.Module) -> bool:

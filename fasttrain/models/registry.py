@@ -6,12 +6,13 @@ registers itself here, as timm does. Errors are ModelError (a ValueError); the C
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
+
+from ..choices import did_you_mean
 
 
 class ModelError(ValueError):
@@ -65,9 +66,8 @@ def get_entry(name: str) -> ModelEntry:
     if name not in MODELS and prefix in RESOLVERS:
         return RESOLVERS[prefix](name)
     if name not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise UnknownModelError(f"unknown model {name!r}; {hint}(`fasttrain zoo` lists all {len(MODELS)})")
+        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, MODELS)} (`fasttrain zoo` lists all "
+                                f"{len(MODELS)})")
     return MODELS[name]
 
 
