@@ -3,7 +3,8 @@
 First use compiles csrc/*.cu with nvcc through `torch.utils.cpp_extension.load` (about a minute) into
 a cache directory keyed by the torch, CUDA and Python versions, so later runs only load the .so; a
 change in the sources or flags triggers a rebuild (torch hashes both). Loading registers the CUDA
-kernels of `torch.ops.fasttrain.augment` / `augment_out` (schemas in ops.py, beside this file).
+kernels of `torch.ops.fasttrain.augment` / `augment_out` and `crop_resize` (schemas in ops.py, beside
+this file).
 
 Environment:
   FASTTRAIN_EXT_DIR      where to build (default: $XDG_CACHE_HOME or ~/.cache, /fasttrain/cuda_ext/<tag>)
@@ -30,12 +31,13 @@ from . import ops  # noqa: F401  (declares the op schemas the kernels register a
 
 NAME = "fasttrain_augment_ext"
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("augment_cuda.cu", "augment_emulate.cu")
-HEADERS = ("augment.cuh", "checks.h")
+SOURCES = ("augment_cuda.cu", "augment_emulate.cu", "crop_resize_cuda.cu", "crop_resize_emulate.cpp")
+HEADERS = ("augment.cuh", "checks.h", "crop_resize.h", "crop_resize_kernel.h", "crop_resize_table.h")
 # torch adds the C++ standard it needs (C++20 from torch 2.13 on). No --use_fast_math: it flushes
-# subnormals to zero, which would change results.
-NVCC_FLAGS = ["-O3", "-lineinfo"]
-CXX_FLAGS = ["-O3"]
+# subnormals to zero, which would change results. -ffp-contract=off: the host compiler must not fuse
+# a * b + c into an FMA in the emulations (crop_resize.h's rule rounds every operation on its own).
+NVCC_FLAGS = ["-O3", "-lineinfo", "-Xcompiler", "-ffp-contract=off"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off"]
 
 # torch's builder holds `<build dir>/lock` while it compiles and waits, forever, while it exists. A build
 # killed mid-way (a timeout, Ctrl-C at the wrong moment) leaves it behind; one older than any real build

@@ -11,9 +11,7 @@ test here (skips without a GPU).
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,42 +19,14 @@ import pytest
 import torch
 
 from fasttrain.augment.crop_reference import resized_crop_reference
-
-CSRC = Path(__file__).resolve().parents[1] / "cuda_ext" / "csrc"
+from fasttrain.cuda_ext.crop_host import build_host_library, host_crop_resize
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # 512x512, 400x600, 300x451, 427x640
 
 
-def compile_host(out_dir: Path, *flags: str) -> ctypes.CDLL:
-    """crop_resize_host.cpp (a C ABI over crop_resize.h) compiled by g++ with `flags` into out_dir."""
-    gxx = shutil.which("g++")
-    if gxx is None:
+def compile_host(out_dir: Path, *flags: str):
+    if shutil.which("g++") is None:
         pytest.skip("no g++ on this machine")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / "libcrop_host.so"
-    cmd = [gxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", *flags, f"-I{CSRC}",
-           str(CSRC / "crop_resize_host.cpp"), "-o", str(lib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    dll = ctypes.CDLL(str(lib))
-    dll.fasttrain_crop_resize_host.restype = ctypes.c_int64
-    return dll
-
-
-def host_crop_resize(dll: ctypes.CDLL, images: list[torch.Tensor], boxes, flips, size: int) -> torch.Tensor:
-    """The header's host path on B uint8 (3, H, W) tensors of any strides -> (B, S, S, 3) uint8."""
-    n = len(images)
-    ptrs = (ctypes.c_void_p * n)(*[im.data_ptr() for im in images])
-    sizes = np.array([[im.shape[1], im.shape[2]] for im in images], np.int32)
-    strides = np.array([[im.stride(1), im.stride(2), im.stride(0)] for im in images], np.int64)
-    b = np.ascontiguousarray(np.asarray(boxes, np.float32).reshape(n, 4))
-    f = np.ascontiguousarray(np.asarray(flips, np.uint8).reshape(n))
-    out = torch.full((n, size, size, 3), 7, dtype=torch.uint8)
-    bad = dll.fasttrain_crop_resize_host(ptrs, sizes.ctypes.data_as(ctypes.c_void_p),
-                                         strides.ctypes.data_as(ctypes.c_void_p), b.ctypes.data_as(ctypes.c_void_p),
-                                         f.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n), ctypes.c_int32(size),
-                                         ctypes.c_void_p(out.data_ptr()))
-    assert bad == -1, f"box {bad} was rejected"
-    return out
+    return build_host_library(out_dir, *flags)
 
 
 def photos() -> list[torch.Tensor]:
@@ -99,7 +69,7 @@ def integer_cases(images: list[torch.Tensor], seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory) -> ctypes.CDLL:
+def host(tmp_path_factory):
     return compile_host(tmp_path_factory.mktemp("crop_host"))
 
 

@@ -200,10 +200,19 @@ struct Image {
 // Output pixel (oy, ox) of the resized crop (before the flip), all 3 channels, computed directly: the
 // horizontal pass of each vertical tap row, then the vertical sum, in the order of THE RULE above.
 // This is what one CUDA thread does; a separable host implementation gives the same floats.
+// The column weights are computed once (up to kCachedTaps of them; beyond that, recomputed per row:
+// the same values either way).
+constexpr int32_t kCachedTaps = 16;
+
 FT_CR_HD inline void resize_pixel(const Image& im, const Axis& ay, const Axis& ax, int32_t oy, int32_t ox,
                                   float out[3]) {
   const Taps ty = taps(ay, oy);
   const Taps tx = taps(ax, ox);
+  float wxs[kCachedTaps];
+  const bool cached = tx.count <= kCachedTaps;
+  if (cached) {
+    for (int32_t kx = 0; kx < tx.count; ++kx) wxs[kx] = weight(ax, tx, kx);
+  }
   float acc[3] = {0.f, 0.f, 0.f};
   for (int32_t ky = 0; ky < ty.count; ++ky) {
     const float wy = weight(ay, ty, ky);
@@ -211,7 +220,7 @@ FT_CR_HD inline void resize_pixel(const Image& im, const Axis& ay, const Axis& a
                          static_cast<int64_t>(ax.origin + tx.first) * im.sx;
     float hsum[3] = {0.f, 0.f, 0.f};
     for (int32_t kx = 0; kx < tx.count; ++kx) {
-      const float wx = weight(ax, tx, kx);
+      const float wx = cached ? wxs[kx] : weight(ax, tx, kx);
       const uint8_t* px = row + static_cast<int64_t>(kx) * im.sx;
       for (int c = 0; c < 3; ++c) hsum[c] = fadd(hsum[c], fmul(wx, static_cast<float>(px[c * im.sc])));
     }
