@@ -103,6 +103,15 @@ def load(path: str | Path) -> dict:
             f"no checkpoint at {path}: the run saved none yet (it stopped before the end of "
             f"its first epoch) or this is not a run directory"
         )
+    obj = read_torch_file(path)
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path} is not a fasttrain checkpoint (expected a dict with a 'model' entry)")
+    return obj
+
+
+def read_torch_file(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a file that would run code, or is not a torch file,
+    raises CheckpointError naming it (any torch weight file: fasttrain's, a state dict, timm's, torchvision's)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -117,8 +126,6 @@ def load(path: str | Path) -> dict:
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e} (truncated or not a torch file)") from None
-    if not isinstance(obj, dict) or "model" not in obj:
-        raise CheckpointError(f"{path} is not a fasttrain checkpoint (expected a dict with a 'model' entry)")
     return obj
 
 

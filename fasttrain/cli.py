@@ -232,8 +232,9 @@ def _field_option(name: str) -> inspect.Parameter:
 
 
 def _extra_option(name: str, tp: type, text: str, panel: str) -> inspect.Parameter:
-    option = typer.Option(None, "--" + name.replace("_", "-"), help=escape(text), rich_help_panel=panel,
-                          show_default=False)
+    flag = "--" + name.replace("_", "-")
+    decl = f"{flag}/--no-{flag[2:]}" if tp is bool else flag  # a bool is a flag: --pretrained
+    option = typer.Option(None, decl, help=escape(text), rich_help_panel=panel, show_default=False)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[tp])
 
 

@@ -125,7 +125,7 @@ class RunConfig:
     # --- the run folder and where training starts (fasttrain.rundir, fasttrain.init_weights)
     force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
     verify: bool = False  # check the sha256 of every dataset file before training (reads it all once)
-    init_from: str | None = None  # start from these weights: a checkpoint.pt or a run folder (not a resume)
+    init_from: str | None = None  # start from these weights (not a resume): a run folder or checkpoint, a safetensors file, a torch state dict, a timm or torchvision checkpoint
     data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
 
     # --- resolution: progressive resizing and the test resolution (fasttrain.resolution)

@@ -1,11 +1,19 @@
-"""Trained weights as a starting point (`fasttrain run MODEL --init-from CHECKPOINT|RUN_DIR`), and a
-checkpoint's model config checked against its own weights before any memory is allocated.
+"""Trained weights as a starting point (`fasttrain run MODEL --init-from SOURCE`), and a checkpoint's model
+config checked against its own weights before any memory is allocated.
 
-`--init-from` takes weights only (the EMA weights when the checkpoint has them, as `fasttrain eval` does):
-optimiser state, schedule position and history start fresh, so this is fine-tuning or a new schedule, not a
-resume. It is strict about the architecture: every parameter and buffer must exist on both sides with the
-same shape, except the classifier head when the class count differs, which keeps its fresh initialisation
-(the log says so). Anything else names the first differing entry.
+SOURCE is a fasttrain run folder or checkpoint, a safetensors file, a torch state dict, or a timm /
+torchvision checkpoint (fasttrain.weight_files reads them; no code in a file runs). `--init-from` takes
+weights only (a fasttrain run's EMA weights when it kept them, as `fasttrain eval` does): optimiser state,
+schedule position and history start fresh, so this is fine-tuning or a new schedule, not a resume.
+
+It is strict about the architecture: every parameter and buffer of the model gets a tensor of the same shape,
+except the classifier head when the class count differs, which keeps its fresh initialisation (the log says
+so). Tensors are matched by name (after dropping a wrapper's prefix such as DDP's `module.`); weights saved
+from another library's copy of the same network, whose names differ (torchvision's ResNet-18 for the zoo's
+`resnet18` with stem=imagenet: `layer1.0.downsample` there, `stages.0.0.shortcut` here), are matched by their
+order, as timm's `remap` does, only when the two have the same number of tensors and every shape agrees. A
+timm model saved by timm (or torchvision's ResNets, which timm's copy names alike) matches by name. Anything
+else names the first differing entry.
 
 `check_model_config` builds the model a checkpoint describes on PyTorch's meta device (shapes only, no
 memory) and compares it with the weights the checkpoint carries, so a config edited to `width=200` is
@@ -20,21 +28,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load
+from .checkpoint import CheckpointError
 from .models import create_model
+from .weight_files import WeightFile, read_weights
 
-
-def checkpoint_path(source: str | Path, option: str = "--init-from") -> Path:
-    """A checkpoint file, or a run folder's checkpoint.pt."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{option} {source}: no {CHECKPOINT_NAME} in this folder; pass a run folder "
-                                  f"that saved one, or a checkpoint file")
-    elif not path.is_file():
-        raise CheckpointError(f"{option} {source}: no such file or folder; pass a checkpoint.pt or a run folder")
-    return path
+# a wrapper's prefix on every key: DistributedDataParallel, torch.compile, Lightning, fasttrain's Classifier
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 
 
 def check_model_config(name: str, num_classes: int, model_kwargs: dict, state: dict, source: str | Path) -> None:
@@ -53,42 +52,66 @@ def check_model_config(name: str, num_classes: int, model_kwargs: dict, state: d
 def load_init_weights(model: nn.Module, source: str | Path, num_classes: int,
                       log: Callable[[str], None] | None = None) -> None:
     """Copies the weights of `source` into `model`; a head of another class count keeps its initialisation."""
-    path = checkpoint_path(source)
-    ckpt = load(path)
-    use_ema = isinstance(ckpt.get("model_ema"), dict) and bool(ckpt["model_ema"])
-    state = ckpt["model_ema"] if use_ema else ckpt["model"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"--init-from {path}: its 'model' entry is not a state dict")
-    own, theirs = _shapes(model.state_dict()), _shapes(state)
-    classes = ckpt.get("classes")
-    head = _head_keys(own, theirs, num_classes, len(classes)) if isinstance(classes, list) else set()
+    weights = read_weights(source)
+    path, own = weights.path, _shapes(model.state_dict())
+    state = _strip_wrapper(weights.state, own)
+    theirs = _shapes(state)
+    pairs = [(k, k) for k in own if k in theirs]  # by name
+    head = _head_keys(own, theirs, pairs, num_classes)
     problem = _first_difference(own, theirs, head=head)
+    by_order = False
+    if problem and not weights.fasttrain:  # another library's names for the same network?
+        order_pairs = list(zip(own, theirs))
+        order_head = _head_keys(own, theirs, order_pairs, num_classes)
+        if len(own) == len(theirs) and all(own[a] == theirs[b] or a in order_head for a, b in order_pairs):
+            pairs, head, problem, by_order = order_pairs, order_head, None, True
     if problem:
-        saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        raise CheckpointError(
-            f"--init-from {path}: the weights do not fit this model ({problem}); they come from model "
-            f"{saved.get('model', '?')} with {saved.get('model_kwargs') or 'no model options'}: pass the same "
-            f"model and model options")
-    model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
-    if log is not None:
-        note = ""
-        if head:
-            old = theirs[next(iter(head))][0]
-            note = f"; head re-initialised for {num_classes} classes (was {old}): {', '.join(sorted(head))}"
-        log(f"initial weights: {path} ({'EMA' if use_ema else 'model'} weights){note}")
+        raise CheckpointError(f"--init-from {path}: the weights do not fit this model ({problem}); "
+                              f"{_origin_hint(weights)}")
+    model.load_state_dict({a: state[b] for a, b in pairs if a not in head}, strict=False)
+    if log is None:
+        return
+    what = f"{weights.entry} weights" if weights.fasttrain else weights.kind + (f" '{weights.entry}'" if weights.entry
+                                                                                else "")
+    if by_order:
+        renamed = next(((b, a) for a, b in pairs if a != b), None)
+        what += f"; {len(pairs)} tensors matched by order" + (f", e.g. {renamed[0]} -> {renamed[1]}" if renamed else "")
+    note = ""
+    if head:
+        old = theirs[dict(pairs)[next(iter(sorted(head)))]][0]
+        note = f"; head re-initialised for {num_classes} classes (was {old}): {', '.join(sorted(head))}"
+    log(f"initial weights: {path} ({what}){note}")
+
+
+def _origin_hint(weights: WeightFile) -> str:
+    if weights.fasttrain:
+        saved = weights.config
+        return (f"they come from model {saved.get('model', '?')} with {saved.get('model_kwargs') or 'no model options'}: "
+                f"pass the same model and model options")
+    return ("nor do they by order (names aside, the shapes differ); pass the model they were saved from, with the "
+            "same options: a timm model as timm/<name>, torchvision's ResNets as timm/<name> or the zoo's "
+            "resnet18 / resnet50 with --set model_kwargs.stem=imagenet")
+
+
+def _strip_wrapper(state: dict, own: dict) -> dict:
+    """Drops a wrapper's prefix that every key of `state` has and the model's own names do not (repeatedly:
+    `module._orig_mod.` from DDP around torch.compile)."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in own):
+            return _strip_wrapper({k[len(prefix):]: v for k, v in state.items()}, own)
+    return state
 
 
 def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}
 
 
-def _head_keys(own: dict, theirs: dict, num_classes: int, saved_classes: int) -> set[str]:
-    """Entries whose first dimension is the class count, here and in the checkpoint (which differ), the rest
-    of the shape equal: the classifier's weight and bias."""
-    if num_classes == saved_classes:
-        return set()
-    return {k for k, shape in own.items() if k in theirs and shape[:1] == (num_classes,)
-            and theirs[k][:1] == (saved_classes,) and theirs[k][1:] == shape[1:]}
+def _head_keys(own: dict, theirs: dict, pairs: list[tuple[str, str]], num_classes: int) -> set[str]:
+    """The model's entries paired with a tensor that differs only in its first dimension, which is the class
+    count here and one other count there: the classifier's weight and bias."""
+    head = {a: theirs[b][0] for a, b in pairs if own[a] != theirs[b] and own[a][:1] == (num_classes,)
+            and theirs[b][:1] and own[a][1:] == theirs[b][1:]}
+    return set(head) if len(set(head.values())) == 1 else set()
 
 
 def _first_difference(own: dict, theirs: dict, *, head: set[str]) -> str | None:

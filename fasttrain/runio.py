@@ -17,9 +17,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -335,7 +337,28 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         _publish(tmp, target, token)
         fsync_path(target.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():  # a second Ctrl-C must not leave the temporary directory half removed
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         os.close(fd)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block are held and delivered (to the handlers in place
+    before) when it ends, so a clean-up or a last write finishes. Outside the main thread, where handlers
+    cannot be set, the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)

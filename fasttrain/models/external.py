@@ -1,9 +1,11 @@
 """Models defined outside the zoo: timm's (`timm/<name>`) and a user's own nn.Module given to fasttrain.fit
 (`module/<ClassName>`). Neither is registered one by one: each prefix has a resolver in the registry.
 
-timm models are built untrained (`pretrained=False`: fasttrain never downloads) with `num_classes` set
-and every other model keyword passed to `timm.create_model` (e.g. `drop_path_rate`, or `img_size` for a
-ViT). fasttrain's datasets are small images (CIFAR 32 px, Tiny ImageNet 64 px), where timm's ImageNet
+timm models are built untrained with `num_classes` set and every other model keyword passed to
+`timm.create_model` (e.g. `drop_path_rate`, or `img_size` for a ViT). With `pretrained=True` (`--pretrained`)
+timm loads its own pretrained weights, through its own mechanism (key filters, the classifier re-initialised
+for another class count), from the local Hugging Face cache, where timm's download puts them: fasttrain
+never downloads, so weights that are not there are one error saying where they belong. fasttrain's datasets are small images (CIFAR 32 px, Tiny ImageNet 64 px), where timm's ImageNet
 stems (stride 4 before the first stage) leave a 1x1 map at the last stage of a ResNet. So by default
 (`small_input=True`) a stem fasttrain knows is made stride 1, as CIFAR ResNets are:
   - ResNet family (`conv1` + a `maxpool`): the first stem convolution gets stride 1, the max-pool goes;

@@ -20,6 +20,8 @@ MODEL_OPTIONS: dict[str, tuple[type, str]] = {
     "image_size": (int, "Upscale inputs to this size inside the model (mobilenetv2, efficientnet_b0; e.g. 96)."),
     "attention": (str, f"resnet18_attn: {' | '.join(ATTENTION_BLOCKS)} (CBAM blocks)."),
     "placement": (str, f"resnet18_attn: {' | '.join(PLACEMENTS)} placement of the two attention blocks."),
+    "pretrained": (bool, "timm/<name> models: start from timm's pretrained weights, read from the local Hugging "
+                         "Face cache (never downloaded)."),
 }
 
 
@@ -38,6 +40,7 @@ def check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
         "width": (lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0"),
         "attention": (lambda v: v in ATTENTION_BLOCKS, f"must be one of {' | '.join(ATTENTION_BLOCKS)}"),
         "placement": (lambda v: v in PLACEMENTS, f"must be one of {' | '.join(PLACEMENTS)}"),
+        "pretrained": (lambda v: isinstance(v, bool), "must be true or false"),
     }
     for key, value in kwargs.items():
         if key in checks and value is not None and not checks[key][0](value):
