@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -366,19 +367,20 @@ def _build_config(model: str | None, config: Path | None, settings: list[str] | 
         from .retrieval.trainer import RetrievalOptions
 
         RetrievalOptions.from_dict(cfg.retrieval)
-        if cfg.nproc > 1:
-            raise ConfigError("--nproc: the retrieval task runs in one process")
+        if cfg.nproc > 1 or cfg.nnodes > 1:
+            raise ConfigError(f"--{'nproc' if cfg.nproc > 1 else 'nnodes'}: the retrieval task runs in one process")
     elif cfg.retrieval:
         given = [k for k in RETRIEVAL_OPTIONS if options.get(k) is not None] or ["retrieval"]
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only with --task retrieval")
-    meta_path = Path(cfg.data) / "meta.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            meta = {}  # a broken meta.json is reported by the data reader, with what to do
-        if isinstance(meta, dict) and len(meta.get("shape") or []) >= 2:
-            check_against_data(cfg, meta)
+    from .data.errors import DatasetError
+    from .data.tensor_format import read_meta
+
+    try:
+        meta = read_meta(cfg.data)
+    except DatasetError:
+        meta = {}  # a missing or broken meta.json is reported by the data reader, with what to do
+    if len(meta.get("shape") or []) >= 2:
+        check_against_data(cfg, meta)
     if cfg.amp == "fp16" and cfg.device == "auto":
         import torch
 
@@ -496,6 +498,7 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
     except RunInterrupted as e:
         if not distributed.is_main_process():
             raise typer.Exit(e.exit_code) from None
+        _ignore_further_stop_signals()
         typer.echo(f"interrupted by {e.signame} at step {e.step} (epoch {e.epoch + 1}); checkpoint saved in "
                    f"{e.run_dir}\nresume with: fasttrain run --resume {e.run_dir}", err=True)
         raise typer.Exit(e.exit_code) from None
@@ -834,6 +837,13 @@ def main() -> None:
         app(args=_unalias(args), prog_name="fasttrain")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+def _ignore_further_stop_signals() -> None:
+    """The command is ending on a stop signal: another Ctrl-C must not kill it on the way out (Python puts
+    back the default handler while it shuts down, which would end the process by the signal, not exit 130)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
         sys.exit(130)
     except Exception as e:  # user errors were answered by _Commands: this is a bug
         traceback.print_exc()
@@ -841,6 +851,7 @@ def main() -> None:
                    f"please report it with the command line and the traceback above", err=True)
         sys.exit(1)
 
+        _ignore_further_stop_signals()
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .outputs import claim
 from .outputs import write_json as write_output_json
-from .runio import write_json
+from .runio import UnreadableJson, read_json_object, write_json
 
 
 def finish_run(summary: dict, out_dir: Path, cfg, meta: dict, final: dict, monitor, runlog, *,
@@ -50,12 +50,11 @@ class ReportError(ValueError):
     """No run to report, or a file the report cannot use; the message names it."""
 
 
-def _read_json(path: Path) -> object:
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ReportError(f"{path}: not readable JSON ({str(e).splitlines()[0]}); the file is damaged or was "
-                          f"edited, so this run is left out") from None
+        return read_json_object(path)
+    except UnreadableJson as e:
+        raise ReportError(f"{e}; the file is damaged or was edited, so this run is left out") from None
 
 
 def load_run(run_dir: str | Path) -> dict:

@@ -44,7 +44,7 @@ from .config import FP16_ON_CPU, ConfigError, RunConfig
 from .data.verify import dataset_identity
 from .extend import check_extension
 from .resilience import RunDirError, check_run_dir
-from .runio import write_json
+from .runio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
 
 LOCK_NAME = "run.lock"
@@ -367,10 +367,9 @@ def _remove_outputs(path: Path) -> None:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_json_object(path)
+    except UnreadableJson:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def _read_run_config(path: Path) -> dict | None:
@@ -386,13 +385,10 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise RunDirError(f"--resume {run_dir}: no {CONFIG_NAME} there; pass the folder of a run started by "
                           f"`fasttrain run`")
     try:
-        values = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RunDirError(f"--resume {run_dir}: {path} is not valid JSON ({e}); it was edited or damaged. "
-                          f"Restore it, or start a new run with --out") from None
-    if not isinstance(values, dict):
-        raise RunDirError(f"--resume {run_dir}: {path} holds a {type(values).__name__}, expected the run's "
-                          f"settings as a JSON object; restore it, or start a new run with --out")
+        values = read_json_object(path)
+    except UnreadableJson as e:
+        raise RunDirError(f"--resume {run_dir}: {e}; it was edited or damaged. Restore it, or start a new run "
+                          f"with --out") from None
     try:
         return RunConfig.from_dict(values)
     except (ConfigError, TypeError) as e:

@@ -63,6 +63,24 @@ def write_json(path: str | Path, obj) -> None:
     _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+class UnreadableJson(ValueError):
+    """A JSON file that cannot be read, is not JSON, or does not hold an object; the message names it."""
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in `path`: the one reader of the project's JSON files (config.json, summary.json,
+    meta.json, reports), or UnreadableJson saying what is wrong with which file (callers add what to do)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UnreadableJson(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UnreadableJson(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UnreadableJson(f"{path}: holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 

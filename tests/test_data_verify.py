@@ -64,7 +64,7 @@ DAMAGE = {
     "missing_array": (lambda ds: (ds / "test_images.npy").unlink(), "test_images.npy is missing"),
     "count_differs": (lambda ds: _edit_meta(ds, lambda m: m["splits"]["train"].update(count=11)), "11 rows"),
     "meta_not_json": (lambda ds: (ds / "meta.json").write_text("{oops"), "not valid JSON"),
-    "meta_not_object": (lambda ds: (ds / "meta.json").write_text("[1, 2]"), "expected a JSON object"),
+    "meta_not_object": (lambda ds: (ds / "meta.json").write_text("[1, 2]"), "holds a JSON list, expected an object"),
 }
 
 

@@ -63,8 +63,8 @@ def test_resume_from_another_directory_uses_the_same_data_and_refuses_another(ci
 def test_damaged_config_on_resume_is_a_message(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    for text, expected in (('{"model": "resnet9", "epochs": ', "is not valid JSON"),
-                           ("[1, 2]", "holds a list, expected the run's settings"),
+    for text, expected in (('{"model": "resnet9", "epochs": ', "not valid JSON"),
+                           ("[1, 2]", "holds a JSON list, expected an object"),
                            ('{"model": "resnet9", "no_such_field": 1}', "is not a run config this fasttrain reads")):
         (run / "config.json").write_text(text)
         result = runner.invoke(app, ["run", "--resume", str(run)])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runio import atomic_directory
+from ..runio import UnreadableJson, atomic_directory, read_json_object
 from .archive import is_archive
 from .errors import DatasetError
 
@@ -189,13 +189,9 @@ def read_meta(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise DatasetError(not_a_dataset(Path(data_dir)))
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); re-run the conversion with --force") from e
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: expected a JSON object, got {type(meta).__name__}; re-run the conversion "
-                           "with --force")
-    return meta
+        return read_json_object(path)
+    except UnreadableJson as e:
+        raise DatasetError(f"{e}; re-run the conversion with --force") from None
 
 
 def load_split(data_dir: str | Path, split: str) -> Split:
