@@ -10,7 +10,10 @@ Readers (CIFAR image folders, Tiny ImageNet, Cars196, image folders) list `names
   taken (by a real file or another archive's member) is an error naming both: nothing is merged over.
 - Only regular files are read. Symbolic links, hard-link members, FIFOs, devices and sockets are never
   opened: they are an error naming them, or with `skip_bad` skipped and recorded in `skipped` (which the
-  readers write to meta.json). So are files over MAX_FILE_BYTES.
+  readers write to meta.json). So are files over their size cap (`size_cap`: MAX_IMAGE_FILE_BYTES for an
+  image file, MAX_FILE_BYTES for any other), checked on the size a header announces and again while
+  reading: a member is streamed and never more than its cap + 1 bytes are decompressed, so an archive
+  bomb (a small archive of huge members) is refused by name in bounded memory.
 - A truncated or corrupt archive is named as such.
 """
 
@@ -21,13 +24,16 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from .errors import BadFile, SourceError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARCHIVE_SUFFIXES = TAR_SUFFIXES + (".zip",)
-MAX_FILE_BYTES = 256 << 20  # per file: no image or annotation file of a supported dataset comes near it
+MAX_FILE_BYTES = 256 << 20  # per file: CIFAR-100's train pickle (155 MB) is the largest file of a dataset
+MAX_IMAGE_FILE_BYTES = 64 << 20  # per image file: 20x an ImageNet photo's largest JPEG; bounds the memory
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error)  # what a bad archive raises
 
 
@@ -38,6 +44,31 @@ def truncated_archive(path: Path, e: BaseException) -> SourceError:
 
 def is_archive(path: Path | str) -> bool:
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def size_cap(name: str) -> int:
+    """The most bytes a file of this name may hold (or decompress to)."""
+    return MAX_IMAGE_FILE_BYTES if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES else MAX_FILE_BYTES
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def _limit(cap: int) -> str:
+    return f"the limit of {_size(cap)} for one {'image ' if cap == MAX_IMAGE_FILE_BYTES else ''}file"
+
+
+def too_big(cap: int) -> str:
+    return f"decompresses past {_size(cap)} ({_limit(cap)})"
+
+
+def read_capped(f, cap: int, where: str) -> bytes:
+    """At most `cap` bytes from the file object `f`, streamed: a SourceError naming `where` if there are more."""
+    data = f.read(cap + 1)
+    if len(data) > cap:
+        raise SourceError(f"{where}: {too_big(cap)}, more than its header announced; remove it from the source")
+    return data
 
 
 def special_kind(mode: int) -> str | None:
@@ -60,19 +91,19 @@ def read_regular_file(path: Path, cap: int = MAX_FILE_BYTES) -> bytes:
     if kind is not None:
         raise SourceError(f"{path}: not a regular file (a {kind}); only regular files are read")
     if st.st_size > cap:
-        raise SourceError(f"{path}: {st.st_size} bytes, over the {cap}-byte limit per file")
+        raise SourceError(f"{path}: {_size(st.st_size)}, over {_limit(cap)}")
     try:
         with open(path, "rb") as f:
-            data = f.read(cap + 1)
+            return read_capped(f, cap, str(path))
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror or e})") from e
-    if len(data) > cap:
-        raise SourceError(f"{path}: over the {cap}-byte limit per file")
-    return data
+
+
+Skip = Callable[[str, str], None]  # (member, why it is not read): an error, or recorded with skip_bad
 
 
 class _Zip:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, skip: Skip):
         try:
             self.zf = zipfile.ZipFile(path)
             infos = [i for i in self.zf.infolist() if not i.is_dir()]
@@ -80,19 +111,19 @@ class _Zip:
             raise SourceError(f"{path}: not a readable zip archive, or truncated ({e})") from e
         self.path = path
         self.names: list[str] = []
-        self.special: dict[str, str] = {}  # member -> why it is not read
         for info in infos:
             kind = special_kind(info.external_attr >> 16) if info.external_attr >> 16 else None
             if kind is not None:
-                self.special[info.filename] = f"a {kind} member"
-            elif info.file_size > MAX_FILE_BYTES:
-                self.special[info.filename] = f"{info.file_size} bytes, over the {MAX_FILE_BYTES}-byte limit"
+                skip(info.filename, f"a {kind} member")
+            elif info.file_size > size_cap(info.filename):
+                skip(info.filename, too_big(size_cap(info.filename)))
             else:
                 self.names.append(info.filename)
 
     def read(self, name: str) -> bytes:
         try:
-            return self.zf.read(name)
+            with self.zf.open(name) as f:  # the announced size may lie: the read is capped too
+                return read_capped(f, size_cap(name), f"{self.path}:{name}")
         except (*ARCHIVE_ERRORS, KeyError) as e:
             raise SourceError(f"{self.path}:{name}: cannot read member; the archive is truncated or corrupt "
                               f"({e})") from e
@@ -102,25 +133,24 @@ class _Tar:
     """Members are read in one sequential pass on first access: random access into a gzip stream is
     quadratic, and the datasets this serves fit in memory as compressed bytes."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, skip: Skip):
         self.path = path
         try:
             tar = tarfile.open(path, "r:*")
         except ARCHIVE_ERRORS as e:
             raise SourceError(f"{path}: not a readable tar archive ({e})") from e
         self.names = []
-        self.special: dict[str, str] = {}
         try:
             with tar:
-                for m in tar.getmembers():
+                for m in tar:  # member by member: a refusal comes before the rest is decompressed
                     if m.isdir():
                         continue
                     if not m.isfile():
                         kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else
                                 "FIFO" if m.isfifo() else "device" if m.ischr() or m.isblk() else "special file")
-                        self.special[m.name] = f"a {kind} member"
-                    elif m.size > MAX_FILE_BYTES:
-                        self.special[m.name] = f"{m.size} bytes, over the {MAX_FILE_BYTES}-byte limit"
+                        skip(m.name, f"a {kind} member")
+                    elif m.size > size_cap(m.name):
+                        skip(m.name, too_big(size_cap(m.name)))
                     else:
                         self.names.append(m.name)
         except ARCHIVE_ERRORS as e:
@@ -137,15 +167,15 @@ class _Tar:
                         if m.name in wanted and m.isfile():
                             f = tar.extractfile(m)
                             assert f is not None
-                            self._data[m.name] = f.read()
+                            self._data[m.name] = read_capped(f, size_cap(m.name), f"{self.path}:{m.name}")
             except ARCHIVE_ERRORS as e:
                 self._data = None
                 raise truncated_archive(self.path, e) from e
         return self._data[name]
 
 
-def _open_archive(path: Path) -> _Zip | _Tar:
-    return _Zip(path) if path.name.lower().endswith(".zip") else _Tar(path)
+def _open_archive(path: Path, skip: Skip) -> _Zip | _Tar:
+    return (_Zip if path.name.lower().endswith(".zip") else _Tar)(path, skip)
 
 
 def _clean(name: str) -> str:
@@ -168,7 +198,7 @@ class SourceTree:
         if self.path.is_file():
             if not is_archive(self.path):
                 raise SourceError(f"{self.path}: expected a directory or a .zip/.tar/.tar.gz/.tgz archive")
-            self._add_archive(_open_archive(self.path))
+            self._add_archive(self.path)
         elif self.path.is_dir():
             self._add_folder()
         elif self.path.exists():
@@ -198,18 +228,17 @@ class SourceTree:
                 kind = special_kind(os.lstat(full).st_mode)
                 if kind is not None:
                     self._skip(rel, f"a {kind}")
-                elif os.lstat(full).st_size > MAX_FILE_BYTES:
-                    self._skip(rel, f"over the {MAX_FILE_BYTES}-byte limit per file")
+                elif os.lstat(full).st_size > size_cap(fname):
+                    self._skip(rel, f"{_size(os.lstat(full).st_size)}, over {_limit(size_cap(fname))}")
                 elif is_archive(fname) and root == str(self.path):
                     archives.append(full)
                 else:
                     self._where[rel] = (full, "")
         for full in archives:  # after the real files, so a member can never take a real file's place
-            self._add_archive(_open_archive(full))
+            self._add_archive(full)
 
-    def _add_archive(self, arc: _Zip | _Tar) -> None:
-        for inner, reason in arc.special.items():
-            self._skip(f"{arc.path.name}:{inner}", reason)
+    def _add_archive(self, path: Path) -> None:
+        arc = _open_archive(path, lambda inner, reason: self._skip(f"{path.name}:{inner}", reason))
         for inner in arc.names:
             name = _clean(inner)
             if name in self._where:
@@ -224,7 +253,7 @@ class SourceTree:
             raise SourceError(f"{self.path}: expected a file {name!r}; is this the right source?")
         where, inner = self._where[name]
         if isinstance(where, Path):
-            return read_regular_file(where)
+            return read_regular_file(where, size_cap(name))
         return where.read(inner)
 
     def find(self, filename: str) -> str | None:

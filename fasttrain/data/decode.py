@@ -18,6 +18,7 @@ import ctypes
 import io
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -72,8 +73,10 @@ def decoding(name: str) -> Iterator[None]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise SourceError(f"{name}: refused as a possible decompression bomb ({e}); the limit is "
-                          f"{MAX_IMAGE_PIXELS} pixels") from e
+        announced = re.search(r"\((\d+) pixels\)", str(e))  # PIL checks the header's size, before any decoding
+        size = f"{int(announced[1]) / 1e6:.0f} megapixels" if announced else "too many pixels"
+        raise SourceError(f"{name}: {size}, over the {MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit for one image: "
+                          "refused as a possible decompression bomb, not decoded") from e
     except UnidentifiedImageError as e:
         raise SourceError(f"{name}: cannot decode image (not a recognised image format)") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
