@@ -18,7 +18,11 @@ even when it fails, and the JSON is rewritten after every step:
                warm-up outside the clock for all (benchmarks/time_to_accuracy.py)
   5 augment    fused augmentation kernel vs unfused torch ops vs a device-to-device copy, 16384 images at
                32 and 64 px, in GB/s (benchmarks/augment_throughput.py)
-  6 zoo        `fasttrain zoo --measure` on resnet9, resnet18, wrn16_8, mobilenetv2, densenet100_k12:
+  6 crop_kernel the crop-resize kernel (GPU JPEG decoding) on a batch of decoded photos to 224 px, in GB/s
+               against a device-to-device copy (benchmarks/gpu_decode.py --what kernel)
+  7 nvjpeg     JPEG bytes -> decode_jpeg(device="cuda") -> crop-resize kernel -> (B, 224, 224, 3): img/s on
+               the photo set (benchmarks/gpu_decode.py --what nvjpeg); DALI too where installed
+  8 zoo        `fasttrain zoo --measure` on resnet9, resnet18, wrn16_8, mobilenetv2, densenet100_k12:
                img/s compiled bf16 channels_last vs eager fp32
 
 Results: benchmarks/results/gpu/<date>-<gpu name>.{json,md} (a dry run: <date>-cpu-dry-run.*), and a
@@ -66,6 +70,8 @@ STEPS = [
     Step("resnet9", "convert CIFAR-10 + fasttrain run resnet9 --epochs 24", 240, 400),
     Step("tta", "time to accuracy: speed94 vs airbench94 / airbench94_muon", 200, 700),
     Step("augment", "fused augmentation vs unfused vs copy (GB/s)", 90, 300),
+    Step("crop_kernel", "crop-resize kernel vs copy (GB/s)", 45, 180),
+    Step("nvjpeg", "nvJPEG decode + crop-resize kernel (img/s at 224 px)", 75, 180),
     Step("zoo", "fasttrain zoo --measure (compiled bf16 vs eager fp32)", 150, 300),
 ]
 
@@ -240,6 +246,13 @@ def step_augment(dry: bool) -> dict:
     return json.loads(out_file.read_text())
 
 
+def step_gpu_decode(what: str, dry: bool) -> dict:
+    out_file = ROOT / ".data" / f"gpu_check_{what}.json"
+    cmd = [sys.executable, "benchmarks/gpu_decode.py", "--what", what, "--out", str(out_file)]
+    must(sh(cmd + (["--dry-run"] if dry else []), dry), f"gpu_decode --what {what}")
+    return json.loads(out_file.read_text())
+
+
 def step_zoo(dry: bool) -> dict:
     out_file = ROOT / ".data" / "gpu_check_zoo.json"
     cmd = [sys.executable, "-m", "fasttrain", "zoo", "--measure", "--models", ZOO_MODELS, "--steps", "10",
@@ -253,7 +266,8 @@ def step_zoo(dry: bool) -> dict:
 
 STEP_FUNCS: dict[str, Callable[[bool], dict]] = {
     "versions": step_versions, "gpu_tests": step_gpu_tests, "resnet9": step_resnet9, "tta": step_tta,
-    "augment": step_augment, "zoo": step_zoo,
+    "augment": step_augment, "crop_kernel": lambda dry: step_gpu_decode("kernel", dry),
+    "nvjpeg": lambda dry: step_gpu_decode("nvjpeg", dry), "zoo": step_zoo,
 }
 
 
@@ -325,6 +339,13 @@ def summary_line(r: StepResult) -> str:
         return (f"fused up to {best['fused_gb_s']} GB/s ({best['scenario']} {best['size']}), "
                 f"{best['speedup']}x the unfused ops" + (f", {best['fused_vs_copy']:.0%} of a copy"
                                                          if "fused_vs_copy" in best else ""))
+    if r.name == "crop_kernel":
+        return (f"{d['kernel_gb_s']} GB/s ({d['kernel_vs_copy']:.0%} of a copy's {d['copy_gb_s']} GB/s), "
+                f"{d['kernel_imgs_per_s']:,} img/s at {d['res']} px ({d['what']})")
+    if r.name == "nvjpeg":
+        return (f"{d['imgs_per_s']:,} img/s bytes -> {d['res']} px batch (decode alone {d['decode_imgs_per_s']:,}; "
+                f"{d['what']}; {d['photos']})" + (f"; DALI {d['dali_imgs_per_s']:,} img/s" if "dali_imgs_per_s" in d
+                                                  else ""))
     if r.name == "zoo":
         rows = d.get("rows", [])
         speed = [f"{row['name']} " + (f"{row['speedup_vs_fp32']:.2f}x" if row.get("speedup_vs_fp32") else "-")

@@ -185,7 +185,7 @@ def bench_nvjpeg(args, jpegs: list[bytes]) -> dict:
     params = [crop_params([jpeg_size(j) for j in b], seed=k) for k, b in enumerate(batches)]
     timer = _Timer(gpu)
     if gpu:
-        from pipelines.stream_gpu import NvjpegCropDecoder
+        from fasttrain.pipelines.stream_gpu import NvjpegCropDecoder
 
         decoder = NvjpegCropDecoder("cuda")
 
@@ -219,7 +219,7 @@ def bench_nvjpeg(args, jpegs: list[bytes]) -> dict:
            "decode_imgs_per_s": round(n / t_decode), "imgs_per_s": round(n / t_all)}
     if gpu:
         try:
-            from pipelines.stream_gpu import DaliCropDecoder
+            from fasttrain.pipelines.stream_gpu import DaliCropDecoder
 
             dali = DaliCropDecoder("cuda")
             out["dali_imgs_per_s"] = round(n / timer(

@@ -156,3 +156,44 @@ def test_cuda_op_equals_its_emulation_bit_for_bit():
         got = torch.ops.fasttrain.crop_resize([im.cuda() for im in ims], boxes, flips, size)
         assert got.is_cuda and got.shape == (len(sel), size, size, 3)
         assert torch.equal(got.cpu(), want), f"size {size}: {(got.cpu().int() - want.int()).abs().max()}"
+
+
+def test_dali_back_end_takes_our_boxes_on_the_cpu():
+    """The DALI graph (image_slice with our boxes + resize + flip) on DALI's CPU back-end: the same crops as
+    the reference up to DALI's own resampling (its mixed back-end on a GPU runs the same graph)."""
+    pytest.importorskip("nvidia.dali")
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from fasttrain.pipelines.stream_gpu import DaliCropDecoder
+
+    images = photos()[:3]
+    jpegs = [encode_jpeg(im.contiguous(), quality=95).numpy().tobytes() for im in images]
+    decoded = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8)) for j in jpegs]
+    boxes = np.array([(10, 20, 300, 200), (0, 0, 400, 600), (100, 50, 50, 80)], np.float32)
+    flips = np.array([True, False, True])
+    got = DaliCropDecoder("cpu", num_threads=1)(jpegs, boxes, flips, 48)
+    want = resized_crop_reference(decoded, boxes, flips, 48)
+    diff = (got.int() - want.int()).abs()
+    assert got.shape == (3, 48, 48, 3) and diff.float().mean() < 0.5 and (diff > 2).float().mean() < 0.01, \
+        f"mean {diff.float().mean():.3f}, max {diff.max()}"
+    mirrored = DaliCropDecoder("cpu", num_threads=1)(jpegs, boxes, ~flips, 48)
+    assert (mirrored.flip(2).int() - got.int()).abs().max() <= 1  # the flip mirrors the columns
+
+
+@pytest.mark.gpu
+def test_nvjpeg_decoder_crops_exactly_as_the_emulation():
+    """NvjpegCropDecoder: nvJPEG's decoded images through the kernel give the emulation's bytes on the same
+    decoded pixels (the JPEG decoder's rounding is the only difference from the CPU path)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from fasttrain.pipelines.stream_gpu import NvjpegCropDecoder
+
+    images = photos()
+    jpegs = [encode_jpeg(im.contiguous(), quality=90).numpy().tobytes() for im in images]
+    boxes = np.array([(0, 0, 300, 300), (10, 20, 200, 100), (5, 5, 1, 1), (100, 200, 300, 400)], np.float32)
+    flips = np.array([False, True, False, True])
+    got = NvjpegCropDecoder("cuda")(jpegs, boxes, flips, 64)
+    on_gpu = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs], device="cuda")
+    want = torch.ops.fasttrain._crop_resize_emulated([im.cpu() for im in on_gpu], torch.from_numpy(boxes),
+                                                     torch.from_numpy(flips), 64)
+    assert got.is_cuda and torch.equal(got.cpu(), want)

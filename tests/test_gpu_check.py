@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 BLOCKER = REPO / "tests" / "hide_backends"  # a sitecustomize that makes ffcv and nvidia.dali unimportable
-STEPS = ["versions", "gpu_tests", "resnet9", "tta", "augment", "zoo"]
+STEPS = ["versions", "gpu_tests", "resnet9", "tta", "augment", "crop_kernel", "nvjpeg", "zoo"]
 
 
 def source_copy(dest: Path) -> Path:
@@ -63,6 +63,8 @@ def test_dry_run_runs_every_step_from_a_fresh_copy_without_optional_backends(cif
     assert run["augment_backend"] == "numba" and run["recompiles"] == 0 and 0 <= run["test_acc"] <= 1
     assert set(steps["tta"]["references"]) == {"airbench94", "airbench94_muon"}
     assert steps["augment"]["rows"] and steps["augment"]["rows"][0]["fused_gb_s"] > 0
+    assert steps["crop_kernel"]["kernel_gb_s"] > 0 and steps["crop_kernel"]["images"] > 0
+    assert steps["nvjpeg"]["imgs_per_s"] > 0 and steps["nvjpeg"]["res"] == 32
     assert [r["name"] for r in steps["zoo"]["rows"]] == ["resnet9"]
     md = reports[0].with_suffix(".md").read_text()
     assert all(f"| {name} | ok |" in md for name in STEPS)
