@@ -29,30 +29,51 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale
     if dist is not None and dist.enabled:
         return _evaluate_across_ranks(dist, model, images, labels, scale, bias, amp_dtype=amp_dtype,
                                       batch_size=batch_size, tta=tta, num_classes=num_classes, confusion=confusion)
+    batches = ((images[s : s + batch_size], labels[s : s + batch_size]) for s in range(0, len(images), batch_size))
+    return evaluate_batches(model, batches, scale, bias, amp_dtype=amp_dtype, tta=tta, num_classes=num_classes,
+                            confusion=confusion, device=images.device)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches, scale, bias, *, amp_dtype, tta: str = "none",
+                     num_classes: int | None = None, confusion: bool = False, dist=None,
+                     device: torch.device | str | None = None) -> dict:
+    """`evaluate` over an iterable of (uint8 NHWC images, labels) batches, e.g. a pipeline that decodes a
+    split batch by batch, so the split is never held whole. Under DDP each rank passes its own share of the
+    split and the sums are all-reduced."""
     if tta not in TTA_MODES:
         raise ValueError(f"--tta: must be one of {TTA_MODES}, got {tta!r}")
+    if dist is not None and dist.enabled:
+        if num_classes is None:
+            raise ValueError("distributed evaluation needs num_classes (every rank's confusion matrix must have "
+                             "the same shape)")
+        dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere
+        res = evaluate_batches(model, batches, scale, bias, amp_dtype=amp_dtype, tta=tta, num_classes=num_classes,
+                               confusion=True, device=dist.device)
+        return _reduce_across_ranks(dist, res, confusion)
     was_training = model.training
     model.eval()
-    dev = images.device
+    dev = torch.device(device) if device is not None else scale.device
     total_loss = torch.zeros((), device=dev)
     top5 = torch.zeros((), device=dev, dtype=torch.long)
-    preds = []
+    preds, seen = [], []
     ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with ctx:
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size], scale, bias, amp_dtype or torch.float32)
-            y = labels[start : start + batch_size]
+        for images, y in batches:
+            x = normalize(images, scale, bias, amp_dtype or torch.float32)
             logits = _tta_logits(model, x, tta).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             k = min(5, logits.shape[1])
             top5 += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
             preds.append(logits.argmax(1))
+            seen.append(y)
     model.train(was_training)
-    n = len(images)
+    labels = torch.cat(seen) if seen else torch.zeros(0, dtype=torch.long, device=dev)
+    n = len(labels)
     pred = torch.cat(preds) if preds else labels.new_zeros(0)
     c = num_classes or (int(torch.cat([labels, pred]).max().item()) + 1 if n else 1)
     cm = torch.bincount(labels * c + pred, minlength=c * c).reshape(c, c)
-    out = {"loss": total_loss.item() / max(n, 1), "top5": top5.item() / max(n, 1)}
+    out = {"loss": total_loss.item() / max(n, 1), "top5": top5.item() / max(n, 1), "samples": n}
     out.update(metrics_from_confusion(cm.cpu().numpy()))
     if not confusion:
         out.pop("per_class_acc")
@@ -62,21 +83,26 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale
 
 def _evaluate_across_ranks(dist, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale, bias, *,
                            num_classes: int | None, confusion: bool, **kw) -> dict:
-    """Each rank evaluates its slice; sums (samples, loss, top5, confusion matrix) are all-reduced and the
-    class metrics recomputed from the summed confusion matrix."""
+    """Each rank evaluates its slice of the tensors; see `_reduce_across_ranks`."""
     if num_classes is None:
         raise ValueError("distributed evaluation needs num_classes (every rank's confusion matrix must have "
                          "the same shape)")
     dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere
     sl = dist.eval_slice(len(images))
     res = evaluate(model, images[sl], labels[sl], scale, bias, confusion=True, num_classes=num_classes, **kw)
-    n = sl.stop - sl.start
+    return _reduce_across_ranks(dist, res, confusion)
+
+
+def _reduce_across_ranks(dist, res: dict, confusion: bool) -> dict:
+    """One rank's metrics (with its confusion matrix) -> the whole set's: sums (samples, loss, top5,
+    confusion matrix) all-reduced, the class metrics recomputed from the summed confusion matrix."""
+    n = res["samples"]
     means = [k for k, v in res.items() if isinstance(v, float)]
     sums = dist.all_reduce_(torch.tensor([float(n)] + [res[k] * n for k in means], dtype=torch.float64,
                                          device=dist.device))
     cm = dist.all_reduce_(torch.as_tensor(res["confusion"], dtype=torch.float64, device=dist.device))
     total = max(float(sums[0]), 1.0)
-    out = {**res, **{k: float(s) / total for k, s in zip(means, sums[1:])}}
+    out = {**res, **{k: float(s) / total for k, s in zip(means, sums[1:])}, "samples": int(round(float(sums[0])))}
     out.update(metrics_from_confusion(cm.round().long().cpu().numpy()))
     if not confusion:
         out.pop("per_class_acc")

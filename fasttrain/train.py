@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,11 @@ from .data.tensor_format import read_meta
 from .data.verify import check_dataset
 from .distributed import DistContext
 from .ema import ModelEma
-from .evaluate import evaluate, prefixed
+from .evaluate import evaluate, evaluate_batches, prefixed
 from .models import create_model
 from .monitor import ModelSelection, Monitor
 from .optim import Lookahead, build_optimizer
-from .pipelines import load_split_tensors, make_pipeline
+from .pipelines import PIPELINES, eval_split, load_split_tensors, make_pipeline
 from .progress import EpochProgress
 from .regularizers import PatchUp
 from .report import finish_run
@@ -97,7 +98,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         sync(rt.device)
         tally = EpochTally.start(rt.device, pos, epoch)  # zeros, unless resuming inside this epoch
         progress.start_epoch(epoch)
-        for batch_i, (xb, yb) in enumerate(data.pipeline):
+        for batch_i, (xb, yb) in enumerate(data.pipeline, start=start_at(data.pipeline, tally.skip)):
             if fit.updater.done:
                 break
             if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
@@ -217,14 +218,20 @@ class RunData:
     meta: dict
     pipeline: object  # yields uint8 NHWC (images, labels) batches on the device
     n_train: int
-    test: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor] | None  # carved from train; selection never sees test
+    # (images, labels) on the device, or a pipeline that decodes the split batch by batch (stream)
+    test: tuple[torch.Tensor, torch.Tensor] | object
+    val: tuple[torch.Tensor, torch.Tensor] | object | None  # carved from train; selection never sees test
     train_idx: np.ndarray
     scale: torch.Tensor  # normalisation: x * scale + bias
     bias: torch.Tensor
+    crops: bool = False  # the pipeline's decode does the random crop and flip (images of every size)
+    n_test: int = 0  # samples in test and val (a streamed split holds only this rank's share)
+    n_val: int = 0
 
     @property
     def hw(self) -> tuple[int, int]:
+        if self.crops:  # stored images of every size, decoded to the pipeline's resolution
+            return (self.pipeline.res, self.pipeline.res)
         return tuple(self.meta["shape"][:2])
 
     @property
@@ -243,13 +250,17 @@ def build_data(cfg: RunConfig, rt: Runtime) -> RunData:
     train_idx, val_idx = carve_val(all_train_labels, train_idx, cfg.val_split, cfg.seed)
     shard = rt.dist.pipeline_args(cfg.pipeline, cfg.batch_size)  # global batches (tensor) or shards
     train_idx = rt.dist.trim(train_idx)
+    crops = PIPELINES[cfg.pipeline].crops  # the decode crops and flips (stream); evaluation streams too
     pipeline = make_pipeline(cfg.pipeline, cfg.data, "train", device=rt.device, seed=cfg.seed, indices=train_idx,
-                             **shard)
-    test = load_split_tensors(cfg.pipeline, cfg.data, "test", device=rt.device, indices=test_idx, res=cfg.val_res)
-    val = load_split_tensors(cfg.pipeline, cfg.data, "train", device=rt.device, indices=val_idx,
-                             res=cfg.val_res) if len(val_idx) else None
+                             **shard, **({"flip": cfg.flip} if crops else {}))
+    # a streamed split is evaluated at val_res, else at the last training resolution
+    res = cfg.val_res or ((cfg.max_res or cfg.min_res) if crops else None)
+    split = partial(eval_split, cfg.pipeline, cfg.data, device=rt.device, res=res, batch_size=cfg.batch_size)
+    test = split("test", indices=test_idx, share=rt.dist.eval_slice(len(test_idx)))
+    val = split("train", indices=val_idx, share=rt.dist.eval_slice(len(val_idx))) if len(val_idx) else None
     scale, bias = norm_constants(meta["mean"], meta["std"], rt.device)
-    return RunData(meta, pipeline, len(train_idx), test, val, train_idx, scale, bias)
+    return RunData(meta, pipeline, len(train_idx), test, val, train_idx, scale, bias, crops, len(test_idx),
+                   len(val_idx))
 
 
 def build_model(cfg: RunConfig, data: RunData, rt: Runtime, out_dir: Path) -> tuple[nn.Module, nn.Module]:
@@ -321,7 +332,9 @@ class Extras:
 
 def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunData, rt: Runtime,
                  out_dir: Path, clock: RunClock) -> Extras:
-    aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip,
+    # a pipeline that crops in its decode has done the crop, translation and flip already
+    aug_cfg = AugmentConfig(crop_pad=0 if data.crops else cfg.crop_pad, pad_mode=cfg.pad_mode,
+                            flip=cfg.flip and not data.crops,
                             alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
                             cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
     sampler = AugmentSampler(aug_cfg, seed=rt.dist.sampler_seed(cfg.seed + 1), device=rt.device)
@@ -371,13 +384,22 @@ def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: 
 
 def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> str:
     h, w = data.hw
-    return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {len(data.test[1])} test, {h}x{w}) | "
+    return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {data.n_test} test, {h}x{w}) | "
             f"device {rt.device} | amp {rt.precision.name} | compile {cfg.compile} | "
             f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
             f"recipe {cfg.recipe or 'none (RunConfig defaults)'}")
 
 
 # ============================================================================ per epoch
+def start_at(pipeline, skip: int) -> int:
+    """The number of this epoch's first batch: a pipeline that can resume mid-epoch without decoding the
+    batches already trained on (start_at) starts at `skip`; the others start at 0 and the loop skips."""
+    if skip and hasattr(pipeline, "start_at"):
+        pipeline.start_at(skip)
+        return skip
+    return 0
+
+
 def set_epoch(model: nn.Module, pipeline, epoch: int, schedule: ResolutionSchedule | None = None) -> None:
     model.train()
     if hasattr(model, "set_epoch"):  # e.g. airbench's whitening bias trains only in the first epochs
@@ -397,9 +419,13 @@ def augment(xb: torch.Tensor, yb: torch.Tensor, sampler: AugmentSampler, data: R
     return inputs, targets, params.has_mix
 
 
-def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, torch.Tensor], rt: Runtime,
+def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, torch.Tensor] | object, rt: Runtime,
                  **kw) -> dict:
-    """`evaluate` on a split held on the device (under DDP each rank takes a slice; sums are all-reduced)."""
+    """`evaluate` on a split held on the device (under DDP each rank takes a slice; sums are all-reduced),
+    or on a streamed split batch by batch (each rank its own share)."""
+    if not isinstance(split, tuple):
+        return evaluate_batches(model, split, data.scale, data.bias, amp_dtype=rt.precision.dtype,
+                                num_classes=data.num_classes, dist=rt.dist, device=rt.device, **kw)
     images, labels = split
     return evaluate(model, images, labels, data.scale, data.bias, amp_dtype=rt.precision.dtype,
                     num_classes=data.num_classes, dist=rt.dist, **kw)
@@ -436,7 +462,7 @@ def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, 
         **throughput(history, warmup_epochs),  # train_imgs_per_s without the warm-up epochs, and theirs apart
         "device": device_name(rt.device), "amp": rt.precision.name, "compile": cfg.compile,
         "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": sum(p.numel() for p in model.parameters()),
-        "train_samples": data.n_train, "test_samples": len(data.test[1]), "batch_size": cfg.batch_size,
+        "train_samples": data.n_train, "test_samples": data.n_test, "batch_size": cfg.batch_size,
         "augment_backend": backend_for(rt.device), "torch": torch.__version__, "world_size": rt.dist.world_size,
     }
 
@@ -447,6 +473,6 @@ def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, ext
     from .plots import plot_curves  # matplotlib: loaded only when a run finishes
 
     finish_run(summary, out_dir, cfg, data.meta, final, extras.monitor, extras.runlog,
-               val_samples=len(data.val[1]) if data.val is not None else 0)
+               val_samples=data.n_val)
     write_json(out_dir / "summary.json", summary)
     plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {data.meta['name']}")

@@ -38,6 +38,9 @@ class PipelineSpec:
     cls: str
     formats: tuple[str, ...]  # dataset formats it reads
     help: str
+    # The decode does the random-resized crop and flip (its `flip` option), so the augmentation after it
+    # must not crop, translate or flip again; evaluation iterates it (train=False: the centre crop).
+    crops: bool = False
 
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -47,7 +50,8 @@ PIPELINES: dict[str, PipelineSpec] = {
     "torchvision": PipelineSpec("torchvision", "TorchvisionPipeline", ("dali", "tensor"),
                                 "Dataset + DataLoader worker processes (baseline)"),
     "stream": PipelineSpec("stream", "StreamPipeline", ("jpeg",),
-                           "JPEGs decoded per batch with the random-resized crop inside (no dataset in memory)"),
+                           "JPEGs decoded per batch with the random-resized crop inside (no dataset in memory)",
+                           crops=True),
 }
 
 
@@ -131,7 +135,8 @@ def load_split_tensors(
         return (resize_images(torch.from_numpy(np.array(arrays.images[sel])).to(device), res),
                 torch.from_numpy(np.array(arrays.labels[sel], dtype=np.int64)).to(device))
     pipe = make_pipeline(name, data_dir, split, batch_size, device=device, shuffle=False, indices=indices,
-                         num_workers=0 if name == "torchvision" else None)
+                         num_workers=0 if name == "torchvision" else None,
+                         **({"train": False} if PIPELINES[name].crops else {}))
     if res is not None and hasattr(pipe, "set_resolution"):
         pipe.set_resolution(res)
     xs, ys = [], []
@@ -140,3 +145,24 @@ def load_split_tensors(
         ys.append(y.clone())
     return torch.cat(xs), torch.cat(ys)
 
+
+def eval_split(
+    name: str,
+    data_dir: str | Path,
+    split: str,
+    *,
+    device: torch.device | str = "cpu",
+    indices: np.ndarray,
+    res: int | None = None,
+    share: slice = slice(None),
+    batch_size: int = 256,
+):
+    """What evaluation iterates over `indices` of a split: for a pipeline that crops in its decode (stream),
+    that pipeline itself over this rank's `share` of them, with the evaluation crop, decoding batch by
+    batch so the split is never held whole; for the others the (images, labels) tensors of
+    `load_split_tensors` (every rank holds them all and evaluates its slice)."""
+    if not PIPELINES[name].crops:
+        return load_split_tensors(name, data_dir, split, device=device, indices=indices, res=res)
+    options = {} if res is None else {"res": res}
+    return make_pipeline(name, data_dir, split, batch_size, device=device, shuffle=False,
+                         indices=np.asarray(indices)[share], train=False, **options)
