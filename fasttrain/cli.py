@@ -145,7 +145,7 @@ def convert(
     jpeg_quality: Optional[int] = typer.Option(None, help=escape("ffcv: store JPEG at this quality instead of raw "
                                                "pixels; dali: JPEG quality [default: 95]; jpeg: quality of the "
                                                "images that are encoded (not copied) [default: 90].")),
-    max_resolution: Optional[int] = typer.Option(None, "--max-side", "--max-resolution", help=escape(
+    max_resolution: Optional[int] = typer.Option(None, "--max-side", help=escape(
         "ffcv/dali/jpeg: shrink images whose longer side exceeds this [jpeg default: 512]; jpeg stores a JPEG "
         "within it byte for byte.")),
     timeout: Optional[float] = typer.Option(None, help=escape("ffcv/dali: kill the writer after this many seconds "
@@ -170,7 +170,7 @@ def convert(
         _fail(f"DATASET: unknown dataset {dataset!r}{did_you_mean(dataset, known)}; known: {', '.join(known)}")
     if size is not None and not 8 <= size <= MAX_CONVERT_SIZE:
         _fail(f"--size: must lie in [8, {MAX_CONVERT_SIZE}] pixels, got {size}; for larger images use "
-              f"--format jpeg (each image at its own size), or ffcv or dali with --max-resolution")
+              f"--format jpeg (each image at its own size), or ffcv or dali with --max-side")
     reader_options = {k: v for k, v in dict(name=name, size=size, val_fraction=val_fraction, skip_bad=skip_bad).items()
                       if v is not None and v is not False}
     convert_dataset(dataset, fmt=format, source=source, out=out, force=force, jpeg_quality=jpeg_quality,

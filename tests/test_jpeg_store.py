@@ -9,11 +9,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fasttrain.cli import app
-from fasttrain.data.jpeg_store import INDEX_DTYPE, JpegStore, capped_size
+from fasttrain.data.convert import convert
+from fasttrain.data.errors import DatasetError
+from fasttrain.data.jpeg_store import INDEX_DTYPE, JpegStore, capped_size, check_shards, load_index
+from fasttrain.data.verify import check_dataset
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -54,9 +60,10 @@ def _image_file(rng: np.random.Generator, photo: np.ndarray, kind: str, lo: int 
     return buf.getvalue()
 
 
-def build_ilsvrc(root: Path, *, flat_val: bool, seed: int = 0, per_class: int = 4) -> dict[str, bytes]:
-    """A miniature ILSVRC-2012 layout; returns {relative path: bytes} of every image. Some images are PNGs
-    and grey or CMYK JPEGs named .JPEG (as a few of ImageNet's are); sizes straddle the cap."""
+def build_ilsvrc(root: Path, *, flat_val: bool, seed: int = 0, per_class: int = 4, data_dir: str = "") -> dict[str, bytes]:
+    """A miniature ILSVRC-2012 layout (images under `data_dir`, e.g. Kaggle's ILSVRC/Data/CLS-LOC/; the LOC
+    files at the top); returns {path under data_dir: bytes} of every image. Some images are PNGs and grey or
+    CMYK JPEGs named .JPEG (as a few of ImageNet's are); sizes straddle the cap."""
     rng = np.random.default_rng(seed)
     photos = _photos()
     kinds = ["jpeg", "jpeg", "png", "jpeg", "grey", "jpeg", "cmyk"]
@@ -75,8 +82,8 @@ def build_ilsvrc(root: Path, *, flat_val: bool, seed: int = 0, per_class: int = 
             solution.append(f"{image_id},{wnid} 1 2 30 40 {wnid} 5 6 20 20")
             n += 1
     for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+        (root / data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / data_dir / rel).write_bytes(data)
     if flat_val:
         (root / "LOC_val_solution.csv").write_text("\n".join(solution) + "\n")
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {t}\n" for w, t in zip(WNIDS, NAMES)))
@@ -142,15 +149,17 @@ def check_store(out: Path, files: dict[str, bytes]) -> None:
             assert names[:2] == ["000000000.jpg", "000000000.cls"]
             assert tar.extractfile("000000000.jpg").read() == got[0]
             assert int(tar.extractfile("000000000.cls").read()) == store.labels[0]
+        assert pickle.loads(pickle.dumps(store)).read([len(store) - 1, 0]) == [got[-1], got[0]]
     assert copied == meta["stored"]["copied"] and copied > 0
 
 
-@pytest.mark.parametrize("flat_val", [False, True], ids=["val_folders", "val_flat_csv"])
+@pytest.mark.parametrize("flat_val", [False, True], ids=["val_folders", "kaggle_val_flat_csv"])
 def test_imagenet_layout_converts_verifies_and_reads_back(tmp_path, flat_val):
     source = tmp_path / "ILSVRC"
-    files = build_ilsvrc(source, flat_val=flat_val)
-    (source / "test").mkdir()
-    (source / "test" / "ILSVRC2012_test_00000001.JPEG").write_bytes(next(iter(files.values())))
+    data_dir = "ILSVRC/Data/CLS-LOC/" if flat_val else ""  # Kaggle's layout, or the plain one
+    files = build_ilsvrc(source, flat_val=flat_val, data_dir=data_dir)
+    (source / data_dir / "test").mkdir()
+    (source / data_dir / "test" / "ILSVRC2012_test_00000001.JPEG").write_bytes(next(iter(files.values())))
     out = tmp_path / "imagenet"
     proc = cli("convert", "imagenet", "--source", str(source), "--out", str(out), "--max-side", str(CAP))
     assert "official test split (1 images) has no labels" in proc.output
@@ -168,6 +177,10 @@ def test_verify_names_a_damaged_shard_and_a_bad_index(tmp_path):
     build_ilsvrc(source, flat_val=False, per_class=2)
     out = tmp_path / "store"
     cli("convert", "imagenet", "--source", str(source), "--out", str(out), "--max-side", str(CAP))
+    index = load_index(out, "train", 1)
+    index[1]["offset"] = index[0]["offset"]  # a row pointing at another sample's member
+    with pytest.raises(DatasetError, match="expected 000000001.jpg"):
+        check_shards(out, "train", ["train-000000.tar"], index)
     shard = out / "train-000000.tar"
     data = bytearray(shard.read_bytes())
     data[2000] ^= 0xFF
@@ -179,19 +192,34 @@ def test_verify_names_a_damaged_shard_and_a_bad_index(tmp_path):
     assert proc.exit_code == 2 and "train-000000.tar" in proc.output
 
 
-def test_bad_file_is_named_or_skipped(tmp_path):
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header announces width x height pixels (a decompression-bomb header)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_bad_files_are_named_or_skipped(tmp_path):
+    """A corrupt file stops the convert with its name; with --skip-bad it, a symbolic link and a
+    decompression-bomb header are skipped and listed in meta.json."""
     source = tmp_path / "src"
     build_ilsvrc(source, flat_val=False, per_class=2)
-    bad = source / "train" / WNIDS[1] / "broken.JPEG"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    folder = source / "train" / WNIDS[1]
+    (folder / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "store"
     proc = cli("convert", "imagenet", "--source", str(source), "--out", str(out), check=False)
-    err = proc.output
-    assert proc.exit_code == 2 and "broken.JPEG" in err and "--skip-bad" in err and "Traceback" not in err
-    assert not out.exists()
-    proc = cli("convert", "imagenet", "--source", str(source), "--out", str(out), "--skip-bad")
+    assert proc.exit_code == 2 and "broken.JPEG" in proc.output and "--skip-bad" in proc.output
+    assert "Traceback" not in proc.output and not out.exists()
+    (folder / "link.JPEG").symlink_to(folder / f"{WNIDS[1]}_0.JPEG")
+    (folder / "bomb.JPEG").write_bytes(_png_header_claiming(40_000, 40_000))
+    cli("convert", "imagenet", "--source", str(source), "--out", str(out), "--skip-bad")
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["skipped"]["count"] == 1 and "broken.JPEG" in meta["skipped"]["files"][0]["file"]
+    skipped = {Path(f["file"]).name: f["error"] for f in meta["skipped"]["files"]}
+    assert sorted(skipped) == ["bomb.JPEG", "broken.JPEG", "link.JPEG"] and meta["skipped"]["count"] == 3
+    assert "decompression bomb" in skipped["bomb.JPEG"] and "symbolic link" in skipped["link.JPEG"]
     assert meta["splits"]["train"]["count"] == 6
     cli("verify", str(out))
 
@@ -220,6 +248,37 @@ def test_photo_folder_of_mixed_sizes(tmp_path):
     for data in store.read(range(len(store))):
         assert data in files.values() or max(Image.open(io.BytesIO(data)).size) == 400
     cli("verify", str(out))
+
+
+def test_tinyimagenet_and_cars196_originals(tmp_path):
+    """--format jpeg of Tiny ImageNet keeps its JPEGs byte for byte (the grey one as RGB); Cars196 keeps each
+    whole photo, with its box and original size, records in the stored order."""
+    from test_datasets import make_cars_annos, make_tiny_imagenet
+
+    root, expected = make_tiny_imagenet(tmp_path / "tiny", np.random.default_rng(0))
+    out = convert("tinyimagenet", source=root, out=tmp_path / "tiny-jpeg", fmt="jpeg", log=lambda s: None)
+    meta = check_dataset(out, full=True)
+    assert meta["stored"] == {"copied": 14, "encoded": 1, "of": 15} and len(meta["test_boxes"]) == 6
+    for split, (images, labels) in expected.items():
+        store = JpegStore(out, split)
+        assert store.labels.tolist() == labels.tolist()
+        decoded = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in store.read(range(len(store)))])
+        assert np.abs(decoded.astype(int) - images).max() <= 8  # the grey JPEG re-encoded once, others identical
+    originals = sorted((root / "train").rglob("*.JPEG"))
+    assert sum(b in {p.read_bytes() for p in originals} for b in JpegStore(out, "train").read(range(9))) == 8
+
+    pytest.importorskip("scipy")
+    src, rows = make_cars_annos(tmp_path / "cars", np.random.default_rng(3))
+    out = convert("cars196", source=src, out=tmp_path / "cars-jpeg", fmt="jpeg", log=lambda s: None)
+    meta = check_dataset(out, full=True)
+    by_name = {r["relative_im_path"]: r for r in rows}
+    for split in ("train", "test"):
+        store, records = JpegStore(out, split), meta["images"][split]
+        for k, (f, box, wh) in enumerate(zip(records["files"], records["boxes"], records["original_size"])):
+            r = by_name[f]
+            assert box == [r["bbox_x1"], r["bbox_y1"], r["bbox_x2"], r["bbox_y2"]] and tuple(wh) == r["size"]
+            assert (store.widths[k], store.heights[k]) == r["size"]  # small photos: whole, at their size
+            assert store.labels[k] == r["class"] - 1
 
 
 @pytest.mark.slow

@@ -120,9 +120,9 @@ def convert(
         raise DatasetError("--timeout applies to --format ffcv or dali, not jpeg (an interrupted jpeg convert "
                            "continues where it stopped when run again)")
     if fmt == "tensor" and (jpeg_quality is not None or max_resolution is not None):
-        raise DatasetError("--jpeg-quality/--max-resolution apply to --format ffcv or dali, not tensor")
+        raise DatasetError("--jpeg-quality/--max-side apply to --format ffcv, dali or jpeg, not tensor")
     if max_resolution is not None and max_resolution < 1:
-        raise DatasetError(f"--max-resolution must be >= 1, got {max_resolution}")
+        raise DatasetError(f"--max-side must be >= 1, got {max_resolution}")
     if fmt == "ffcv":
         import_optional("ffcv", "ffcv")  # fail before the (long) read of the source
     name = options.get("name") or dataset
