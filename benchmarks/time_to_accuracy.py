@@ -42,7 +42,7 @@ import airbench94_muon_reference as muon_reference  # noqa: E402
 import airbench94_reference as reference  # noqa: E402
 
 from fasttrain.config import resolve  # noqa: E402
-from fasttrain.runtime import sync  # noqa: E402
+from fasttrain.runtime import resolve_device, sync  # noqa: E402
 from fasttrain.train import train  # noqa: E402
 
 REFERENCES = {"airbench94": "airbench94 (re-implementation)", "airbench94_muon": "airbench94_muon (re-implementation)"}
@@ -199,8 +199,7 @@ def main() -> None:
     from fasttrain.config import RECIPES
 
     model = args.model or RECIPES[args.recipe]["model"]
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({torch.get_num_threads()} threads)"
     # run directories (checkpoints, curves) go to the git-ignored runs/, results to --out

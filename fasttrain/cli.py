@@ -381,12 +381,6 @@ def _build_config(model: str | None, config: Path | None, settings: list[str] | 
         meta = {}  # a missing or broken meta.json is reported by the data reader, with what to do
     if len(meta.get("shape") or []) >= 2:
         check_against_data(cfg, meta)
-    if cfg.amp == "fp16" and cfg.device == "auto":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--amp fp16: no CUDA device here, so --device auto trains on the CPU, where fp16 "
-                              "autocast is ~1000x slower; use --amp bf16 or off")
     return cfg
 
 

@@ -160,7 +160,6 @@ class RunConfig:
         need(0 <= self.warmup_frac <= 1, "warmup_frac", f"must lie in [0, 1], got {self.warmup_frac}")
         need(0 <= self.start_lr_frac <= 1, "start_lr_frac", f"must lie in [0, 1], got {self.start_lr_frac}")
         need(0 <= self.end_lr_frac <= 1, "end_lr_frac", f"must lie in [0, 1], got {self.end_lr_frac}")
-        need(not (self.amp == "fp16" and self.device == "cpu"), "amp", FP16_ON_CPU)
         need(self.crop_pad >= 0, "crop_pad", f"must be >= 0, got {self.crop_pad}")
         need(self.cutout >= 0, "cutout", f"must be >= 0, got {self.cutout}")
         need(self.mixup >= 0, "mixup", f"must be >= 0, got {self.mixup}")

@@ -40,9 +40,10 @@ from typing import Callable
 import torch
 
 from .checkpoint import CHECKPOINT_NAME
-from .config import FP16_ON_CPU, ConfigError, RunConfig
+from .config import ConfigError, RunConfig
 from .data.verify import dataset_identity
 from .extend import check_extension
+from .models.user_models import absolute_model_name, is_file_model
 from .resilience import RunDirError, check_run_dir
 from .runio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
@@ -227,12 +228,11 @@ def resolve_config(cfg: RunConfig, meta: dict, device: torch.device, amp_dtype: 
     """Replaces every choice made at run time by what was chosen, so config.json says what ran: amp as
     bf16 | fp16 | off, the thread count used, monitor None without a val split, the data and init paths
     absolute (a resume from another working directory finds the same files) and the dataset's identity."""
-    if amp_dtype == torch.float16 and device.type == "cpu":
-        raise ConfigError(f"--amp: {FP16_ON_CPU}")
     cfg.amp = amp_name(amp_dtype)
     cfg.threads = torch.get_num_threads()
     cfg.monitor = (cfg.monitor or "val_acc") if cfg.val_split else None
     cfg.data = os.path.abspath(cfg.data)
+    cfg.model = absolute_model_name(cfg.model)  # a model file's path, for a resume from elsewhere
     if cfg.init_from is not None:
         cfg.init_from = os.path.abspath(cfg.init_from)
     cfg.data_identity = dataset_identity(meta)

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .config import FP16_ON_CPU, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,6 +25,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     only with AMX tiles, because without them oneDNN's bf16 convolutions are slower than fp32 (measured here)."""
     if mode == "off":
         return None
+    if mode == "fp16" and device.type == "cpu":  # the one place the rule is checked: the device is known here
+        raise ConfigError(f"--amp: {FP16_ON_CPU}")
     if mode == "fp16":
         return torch.float16
     if mode == "bf16":

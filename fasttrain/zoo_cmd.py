@@ -23,6 +23,7 @@ from torch import nn
 
 from .choices import did_you_mean
 from .models import create_model, get_entry, list_models
+from .runtime import resolve_device
 
 
 @dataclass
@@ -176,9 +177,7 @@ def zoo_rows(names: Iterable[str] | None = None, measure_speed: bool = False, de
              baseline: bool = True, log: Callable[[str], None] = lambda s: None) -> list[ZooRow]:
     """The zoo table, one row per model (all registered models by default)."""
     names = list(names) if names is not None else select(None)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if measure_speed and dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here")
+    dev = resolve_device(device)
     rows = []
     for name in names:
         row = describe(name)
