@@ -343,7 +343,8 @@ class _Partial:
     def __init__(self, out_dir: Path, request: dict, log: Callable[[str], None]):
         self.dir = out_dir.parent / f".{out_dir.name}.partial"
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        if self.dir.is_symlink() or (self.dir.exists() and not (self.dir / _MARKER).is_file()):
+        if self.dir.is_symlink() or (self.dir.exists() and not (self.dir / _MARKER).is_file()
+                                     and any(self.dir.iterdir())):
             raise DatasetError(f"{self.dir}: exists but fasttrain did not write it; move it away (fasttrain "
                                "keeps an interrupted convert there)")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +392,7 @@ class _Partial:
         for line in lines:
             try:
                 e = json.loads(line)
-                ok = ((self.dir / e["file"]).stat().st_size == e["bytes"]
+                ok = ((e["file"] is None or (self.dir / e["file"]).stat().st_size == e["bytes"])
                       and (self.dir / e["rows"]).stat().st_size == e["rows_bytes"])
             except (ValueError, KeyError, TypeError, OSError):
                 ok = False
