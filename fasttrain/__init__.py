@@ -19,7 +19,7 @@ if not _os.path.isdir(_os.path.join(_here, "pipelines")) and _os.path.isfile(
 # it is loaded on first use (PEP 562 module __getattr__): `import fasttrain` and `python -m fasttrain --help`
 # stay cheap and import torch only when a command needs it. `from fasttrain import fit` works the same.
 _API = {"fit": "api", "load": "api", "predict": "api", "FitResult": "api", "Classifier": "api",
-        "Predictions": "api", "export": "exporting"}
+        "Predictions": "api", "export": "exporting", "create_model": "models", "list_models": "models"}
 __all__ = ["__version__", *_API]
 
 

@@ -31,7 +31,6 @@ from .choices import CHECKPOINTS, EVAL_SPLITS, PLOT_FORMATS, TTA_MODES
 from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError,
                      RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
                      parse_value, recipe_name, resolve)
-from .models import MODELS
 from .models.options import MODEL_OPTIONS
 from .rundir import load_run_config
 
@@ -276,8 +275,8 @@ class RunCommand(typer.core.TyperCommand):
                 origin = name if param.name in values else ""
                 text = HELP[param.name][0]
             param.help = _option_help(text, default, origin, FIELD_CHOICES.get(param.name, ()))
-        if model and model not in MODELS:
-            note = f"unknown model {model!r}{did_you_mean(model, MODELS)} (`fasttrain zoo` lists them)"
+        if model and _model_problem(model):
+            note = _model_problem(model)
         elif model and name:
             note = f"{model} gets recipe {name} (`fasttrain recipes {name}`); the defaults below are its values."
         elif model:
@@ -288,6 +287,18 @@ class RunCommand(typer.core.TyperCommand):
         else:
             note = ""
         self.help = RUN_HELP + (f"\n\n{escape(note)}" if note else "")
+
+
+def _model_problem(model: str) -> str | None:
+    """Why the registry cannot build `model` (a zoo name, timm/<name>, path/file.py:Class, an installed
+    package's model), or None when it can."""
+    from .models import ModelError, get_entry
+
+    try:
+        get_entry(model)
+    except ModelError as e:
+        return str(e)
+    return None
 
 
 def _peek_model_and_recipe(cmd: typer.core.TyperCommand, args: list[str]) -> tuple[str | None, str | None]:

@@ -44,6 +44,7 @@ from .config import ConfigError, RunConfig
 from .data.verify import dataset_identity
 from .extend import check_extension
 from .models.user_models import absolute_model_name, is_file_model
+from .models.user_models import absolute_model_name, is_file_model
 from .resilience import RunDirError, check_run_dir
 from .runio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
@@ -125,8 +126,10 @@ def _exit_on_sigterm():
 
 
 def new_run_path(model: str, parent: str | Path = "runs") -> Path:
-    """The default run folder, runs/<model>-<time>, with -2, -3 ... when a run started in the same second."""
-    base = Path(parent) / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """The default run folder, runs/<model>-<time>, with -2, -3 ... when a run started in the same second (a
+    model from a file: runs/<ClassName>-<time>)."""
+    label = model.rsplit(":", 1)[1] if is_file_model(model) else model
+    base = Path(parent) / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
         n += 1

@@ -3,7 +3,8 @@
 Importing this package imports every family below; each registers its models with `@register_model`
 (the registry itself imports no family, as in timm). A new family is one file plus one line here."""
 
-from .registry import MODELS, ModelError, create_model, get_entry, list_models, model_options, register_model
+from .registry import MODELS, ModelError, create_model, get_entry, model_options, register_model
+from .user_models import list_models  # the registry's names, after installed packages' entry points load
 
 from . import (  # noqa: F401
     airbench,
@@ -12,6 +13,7 @@ from . import (  # noqa: F401
     densenet,
     efficientnet,
     external,  # timm/<name> and modules given to fasttrain.fit, resolved on demand
+    user_models,  # path/file.py:ClassName and packages' fasttrain.models entry points, found on demand
     ibn,
     inception,
     mobilenetv2,

@@ -37,6 +37,10 @@ MODELS: dict[str, ModelEntry] = {}
 # Names under a prefix ("timm/resnet18") are resolved on demand instead of registered one by one:
 # prefix -> fn(name) -> ModelEntry, raising KeyError with the reason (models/external.py).
 RESOLVERS: dict[str, Callable[[str], ModelEntry]] = {}
+# Asked, in order, for a name that is neither registered nor under a prefix: a model file
+# (`path/file.py:ClassName`) and installed packages' `fasttrain.models` entry points (models/user_models.py);
+# fn(name) -> ModelEntry, or None when the name is not theirs.
+FINDERS: list[Callable[[str], ModelEntry | None]] = []
 
 
 def register_model(name: str | None = None, *, family: str = "misc"):
@@ -65,6 +69,10 @@ def get_entry(name: str) -> ModelEntry:
     prefix = name.split("/", 1)[0] + "/"
     if name not in MODELS and prefix in RESOLVERS:
         return RESOLVERS[prefix](name)
+    for find in FINDERS if name not in MODELS else ():
+        entry = find(name)
+        if entry is not None:
+            return entry
     if name not in MODELS:
         raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, MODELS)} (`fasttrain zoo` lists all "
                                 f"{len(MODELS)})")
