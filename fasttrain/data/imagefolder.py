@@ -9,7 +9,8 @@ in the source folder, e.g. one tarball per split, are read in place: see `archiv
 
 The trainer evaluates the 'test' split: with train + val but no test folder, 'val' is written as 'test'
 (recorded in meta.json); with train only, `val_fraction` of it is held out as 'test'. Images must share
-one size unless `size` is given (short side resized to `size`, then centre-cropped to size x size).
+one size unless `size` is given (short side resized to `size`, then centre-cropped to size x size), or the
+jpeg format keeps each at its own size (`list_imagefolder`: the same splits, files undecoded).
 Non-image files at the top of the source (README, checksums) are ignored, and a note says so.
 
 Bad files are never dropped silently: a file that does not decode (corrupt, truncated, not an image, a
