@@ -32,6 +32,7 @@ from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE
                      RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
                      parse_value, recipe_name, resolve)
 from .models.options import MODEL_OPTIONS
+from .retrieval.options import RETRIEVAL_OPTIONS
 from .rundir import load_run_config
 
 
@@ -181,14 +182,6 @@ def convert(
 # ============================================================================ run: options from RunConfig
 NOT_OPTIONS = ("model", "model_kwargs", "retrieval")  # the MODEL argument; dicts filled by the options below
 LIST_FIELDS = ("betas", "milestones")  # given as comma-separated numbers, parsed by the field's type
-# options of the retrieval task, stored in RunConfig.retrieval: name -> (type, help)
-RETRIEVAL_OPTIONS: dict[str, tuple[type, str]] = {
-    "cls_epochs": (float, "retrieval: classification epochs before the embedding head [default: epochs]."),
-    "embed_epochs": (float, "retrieval: epochs of the 512-d embedding with the multi-similarity loss "
-                            "[default: epochs]."),
-    "embed_lr": (float, "retrieval: peak lr of the embedding phase."),
-    "m_per_class": (int, "retrieval: images per class in a batch."),
-}
 CONFIG_PANEL, MODEL_PANEL, RETRIEVAL_PANEL = "config files and output", "model options", "retrieval task"
 HELP = field_help()
 

@@ -10,6 +10,17 @@ from ..config import ConfigError
 from .metrics import DEFAULT_KS
 
 
+# The options `fasttrain run` shows as flags (stored in RunConfig.retrieval; the others through
+# --set retrieval.KEY=VALUE or a config file): name -> (type, help)
+RETRIEVAL_OPTIONS: dict[str, tuple[type, str]] = {
+    "cls_epochs": (float, "retrieval: classification epochs before the embedding head [default: epochs]."),
+    "embed_epochs": (float, "retrieval: epochs of the 512-d embedding with the multi-similarity loss "
+                            "[default: epochs]."),
+    "embed_lr": (float, "retrieval: peak lr of the embedding phase."),
+    "m_per_class": (int, "retrieval: images per class in a batch."),
+}
+
+
 @dataclass
 class RetrievalOptions:
     embedding_dim: int = 512  # width of the embedding that replaces the classifier
@@ -48,3 +59,6 @@ class RetrievalOptions:
             if not ok:
                 raise ConfigError(f"retrieval.{name}: {msg}, got {getattr(opts, name)}")
         return opts
+
+
+assert set(RETRIEVAL_OPTIONS) <= {f.name for f in dataclasses.fields(RetrievalOptions)}, "a flag without a field"
