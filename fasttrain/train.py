@@ -4,9 +4,10 @@ Setup is a handful of builders (runtime, run directory, data, model, optimisatio
 loop: augment on the device, one `Updater` call per batch (lr, AMP forward + loss, backward, EMA, lookahead),
 evaluation outside the timed region, a checkpoint per epoch. A stop signal takes the one stop path at the end:
 save where the run stands, raise RunInterrupted. Then the final evaluation (TTA) and the run directory's
-summary, report and plots. Nothing imports this module: the pieces it uses live below it.
+summary, report and plots. Only the entry points import this module (cli's one launch path and the Python
+API, fasttrain.api); the pieces it uses live below it.
 
-About 440 lines: `train()` itself is ~100 lines; the rest are its builders, each a short function with one
+About 450 lines: `train()` itself is ~100 lines; the rest are its builders, each a short function with one
 job, kept in this file so the whole setup reads in order beside the loop that uses it.
 """
 
