@@ -347,8 +347,9 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     token = secrets.token_hex(8)
     tmp = temp_dir_for(target, token)
     tmp.mkdir()
-    fd = _claim_marker(tmp, token)
-    try:
+    fd = None
+    try:  # from here on, any exception (a Ctrl-C too) removes the temporary directory
+        fd = _claim_marker(tmp, token)
         yield tmp
         fsync_tree(tmp)
         (tmp / PARTIAL_MARKER).unlink()
@@ -359,7 +360,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 @contextmanager

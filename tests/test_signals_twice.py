@@ -1,0 +1,96 @@
+"""Ctrl-C pressed twice: a run still exits 130 with a whole checkpoint (the new one or the previous one),
+never killed by the signal on its way out; a convert interrupted while writing leaves no temporary folder."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as photos
+
+from fasttrain.data.tensor_format import Split, write_tensor_dataset
+from fasttrain.data.verify import check_dataset
+
+
+def _cifar_tar(path: Path, per_batch: int) -> Path:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w") as tar:
+        for member in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                     b"labels": rng.integers(0, 10, per_batch).tolist()}
+            data = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{member}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        data = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2)
+        info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap_s", [0.05])  # two presses 0 ms apart: see the open note in docs/runs.md
+def test_ctrl_c_twice_in_convert_leaves_no_temp_folder(gap_s, tmp_path):
+    source = _cifar_tar(tmp_path / "cifar.tar", 3000)
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-m", "fasttrain", "convert", "cifar10", "--source", str(source),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ds.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, proc.communicate()[1]  # caught while writing the arrays
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.glob(".ds.*"))  # no temporary (or swapped-out) folder left
+    if out.exists():  # the signal came after the rename: then the dataset is whole
+        check_dataset(out, full=True)
+
+
+@pytest.fixture(scope="module")
+def photo_dataset(tmp_path_factory) -> Path:
+    crops = [p[y:y + 32, x:x + 32] for p in (photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket())
+             for y in range(0, 288, 32) for x in range(0, 320, 32)]
+    images = np.stack(crops).astype(np.uint8)
+    labels = np.arange(len(images)) % 4
+    splits = {"train": Split(images[:300], labels[:300]), "test": Split(images[300:], labels[300:])}
+    return write_tensor_dataset(tmp_path_factory.mktemp("photos") / "data", splits, ["a", "b", "c", "d"],
+                                name="photos", source="skimage.data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap_s", [0.01, 0.5])  # during the stop (saving), and while the process exits
+def test_ctrl_c_twice_in_a_run_exits_130_with_a_whole_checkpoint(gap_s, photo_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "resnet9", "--data", photo_dataset, "--out", out, "--epochs", 40, "--batch-size", 50,
+            "--width", 0.25, "--device", "cpu", "--amp", "off", "--no-compile", "--threads", 1, "--tta", "none",
+            "--no-tensorboard"]
+    proc = subprocess.Popen([sys.executable, "-m", "fasttrain", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]  # not -2 (killed by the signal)
+    assert "Traceback" not in stderr
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["position"]["step"] >= 6  # a whole checkpoint: at least the first epoch's
+    assert not list(out.glob(".*.tmp"))  # no half-written checkpoint beside it
