@@ -279,6 +279,8 @@ def predict(model_or_run: Classifier | FitResult | str | os.PathLike, images: An
 
 def _as_classifier(model_or_run: Any) -> Classifier:
     if isinstance(model_or_run, FitResult):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
         return model_or_run.model
     if isinstance(model_or_run, Classifier):
         return model_or_run
@@ -290,14 +292,29 @@ def _as_classifier(model_or_run: Any) -> Classifier:
 
 def _as_image_batch(images: Any, classifier: Classifier) -> torch.Tensor:
     h, w = classifier.image_size
-    if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, os.PathLike)):
+    expected = f"uint8 images (N, {h}, {w}, C) or one (H, W, C) image (numpy or torch), or a list of image files"
+    if isinstance(images, (str, os.PathLike)):
+        raise TypeError(f"images: expected {expected}; got one path: pass a list, [{str(images)!r}]")
+    if not isinstance(images, (list, tuple, np.ndarray, torch.Tensor)):
+        raise TypeError(f"images: expected {expected}, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError(f"images: empty; expected at least one image ({expected})")
+    if isinstance(images, (list, tuple)) and any(isinstance(i, (str, os.PathLike)) for i in images):
+        if not all(isinstance(i, (str, os.PathLike)) for i in images):
+            raise TypeError("images: a list mixing file paths and other things; pass only paths, or one array")
         if h != w:
             raise ValueError(f"images: the model was trained on {h}x{w} images; files are resized to squares only")
         for p in map(Path, images):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: image not found")
         return torch.from_numpy(np.stack([decode_image_file(p, size=h) for p in images]))
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    try:
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    except (TypeError, ValueError) as e:  # ragged lists, objects numpy cannot hold as one array
+        raise TypeError(f"images: expected {expected}; cannot make one array of it ({e})") from None
+    if x.dtype != torch.uint8:
+        hint = "; floats in [0, 1] convert with (x * 255).round() cast to uint8" if x.is_floating_point() else ""
+        raise TypeError(f"images: expected {expected}, got dtype {x.dtype}{hint}")
     if x.ndim == 3:
         x = x[None]
     if x.ndim == 4 and tuple(x.shape[1:3]) != (h, w) and x.dtype == torch.uint8:

@@ -39,7 +39,7 @@ def _cifar_tar(path: Path, per_batch: int) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gap_s", [0.05])  # two presses 0 ms apart: see the open note in docs/runs.md
+@pytest.mark.parametrize("gap_s", [0.05])  # two presses 0 ms apart can still end -2: not fixed yet
 def test_ctrl_c_twice_in_convert_leaves_no_temp_folder(gap_s, tmp_path):
     source = _cifar_tar(tmp_path / "cifar.tar", 3000)
     out = tmp_path / "ds"
