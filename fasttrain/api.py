@@ -264,6 +264,8 @@ def predict(model_or_run: Classifier | FitResult | str | os.PathLike, images: An
     """
     if tta not in TTA_MODES:
         raise ValueError(f"tta: must be one of {TTA_MODES}, got {tta!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
     classifier = _as_classifier(model_or_run)
     device = classifier.scale.device
     x = _as_image_batch(images, classifier).to(device)
@@ -279,8 +281,6 @@ def predict(model_or_run: Classifier | FitResult | str | os.PathLike, images: An
 
 def _as_classifier(model_or_run: Any) -> Classifier:
     if isinstance(model_or_run, FitResult):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
         return model_or_run.model
     if isinstance(model_or_run, Classifier):
         return model_or_run
