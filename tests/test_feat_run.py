@@ -1,4 +1,4 @@
-"""Issue 7 end to end on the real CIFAR-10 slice: one short run with most features on, then `eval`,
+"""The training features end to end on the real CIFAR-10 slice: one short run with most features on, then `eval`,
 `predict` and `report` on its run directory; plus early stopping and mixing-off inside the loop."""
 
 from __future__ import annotations

@@ -44,18 +44,33 @@ def _run(data: Path, out: Path, resume: bool) -> subprocess.Popen:
 def test_kill_loop_leaves_a_whole_checkpoint_or_none_and_resume_finishes(cifar_tensor_slice, tmp_path):
     rng = np.random.default_rng(0)
     out = tmp_path / "run"
+    ckpt = out / "checkpoint.pt"
+    landed = after_a_save = 0  # kills that hit a live run; of those, kills after the run saved a checkpoint
     for k in range(KILLS):
-        proc = _run(cifar_tensor_slice, out, resume=(out / "checkpoint.pt").is_file())
-        time.sleep(float(rng.uniform(4.0, 12.0)))  # start-up (imports, numba) or inside an epoch
-        if proc.poll() is not None:  # finished before the kill: the loop has nothing more to prove
+        saved_before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+        proc = _run(cifar_tensor_slice, out, resume=ckpt.is_file())
+        if k % 2 == 0:  # start-up (imports, numba) or early in an epoch
+            time.sleep(float(rng.uniform(2.0, 8.0)))
+        else:  # after this process saved an epoch's checkpoint, somewhere inside the next epoch
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline and (
+                    not ckpt.is_file() or ckpt.stat().st_mtime_ns == saved_before):
+                time.sleep(0.05)
+            time.sleep(float(rng.uniform(0.0, 2.0)))
+        if proc.poll() is not None:  # finished before the kill: nothing left to kill
             break
+        saved = ckpt.is_file() and ckpt.stat().st_mtime_ns != saved_before
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         time.sleep(0.2)
         assert not _alive(proc.pid), f"kill {k}: the run survived"
-        if (out / "checkpoint.pt").is_file():
-            state = ckpt_io.load(out / "checkpoint.pt")  # whole: an atomic rename, never half a file
+        landed, after_a_save = landed + 1, after_a_save + saved
+        if ckpt.is_file():
+            state = ckpt_io.load(ckpt)  # whole: an atomic rename, never half a file
             assert "model" in state
+    # the loop proved something: most kills hit a live run, and at least one came after a save, so a
+    # --resume from a checkpoint written by a killed process is exercised below
+    assert landed >= KILLS - 1 and after_a_save >= 1, (landed, after_a_save)
     if not (out / "summary.json").is_file():  # a kill can land after the summary, while the process exits
         proc = _run(cifar_tensor_slice, out, resume=(out / "checkpoint.pt").is_file())
         _, err = proc.communicate(timeout=600)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 
 import pytest
 import torch
@@ -48,22 +47,30 @@ def test_config_json_records_what_ran_and_text_uses_percentages(cifar_tensor_sli
     assert json.loads((val / "config.json").read_text())["monitor"] == "val_loss"
 
 
-def test_live_bar_shows_warm_up_and_a_whole_run_eta():
+def test_live_bar_shows_warm_up_and_a_whole_run_eta(monkeypatch):
+    """The run ETA uses the last steady epoch's pace, never the warm-up epoch's. The progress clock is a
+    fake one the test advances, so the numbers are exact whatever the machine's load."""
+    import fasttrain.progress as progress_module
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
     progress = EpochProgress(3, 10)
     progress.console = Console(file=io.StringIO(), force_terminal=True, width=200)
     progress.live = True
     row = dict(epoch=1, train_loss=1.0, train_acc=0.5, test_acc=None, epoch_s=0.1, imgs_per_s=1000.0)
     progress.start_epoch(0)
+    now[0] += 5.0  # a slow warm-up: 1 s a step
     progress.update(5, 1.0, 0.5, 1000.0)
     first = progress.progress.tasks[0].fields
     assert "warming up" in first["stats"] and first["run_eta"].startswith("run ETA")
-    time.sleep(0.02)
+    assert progress.run_eta(5) == 25 * 1.0  # no steady epoch yet: the current pace, 25 steps left
+    now[0] += 5.0
     progress.end_epoch(row)
     progress.start_epoch(1)
-    time.sleep(0.1)
-    progress.end_epoch({**row, "epoch": 2})  # the steady pace: ~0.01 s a step
+    now[0] += 0.2  # the steady pace: 0.02 s a step
+    progress.end_epoch({**row, "epoch": 2})
     progress.start_epoch(2)
-    assert 0.03 < progress.run_eta(5) < 0.5  # 5 steps left at ~0.01 s (not the warm-up epoch's pace)
+    assert progress.run_eta(5) == pytest.approx(5 * 0.02)  # 5 steps left at the steady pace
     progress.update(5, 1.0, 0.5, 1000.0)
     assert "warming up" not in progress.progress.tasks[0].fields["stats"]
     assert "acc 50.0%" in progress.progress.tasks[0].fields["stats"]

@@ -1,4 +1,4 @@
-"""Issue 7 features, each held to a reference or to an effect that a no-op would not have: optimisers,
+"""The training features, each held to a reference or to an effect that a no-op would not have: optimisers,
 schedules, accumulation / clipping, EMA, PatchUp, metrics, val split, early stopping, logs and plots."""
 
 from __future__ import annotations
