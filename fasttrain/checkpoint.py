@@ -114,7 +114,12 @@ def read_torch_file(path: Path) -> Any:
     raises CheckpointError naming it (any torch weight file: fasttrain's, a state dict, timm's, torchvision's)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({e.strerror or e}); check the path and its "
+                              "permissions") from None
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a refusal of code: the pickle itself is broken
+            raise unreadable_checkpoint(path) from None
         first = str(e).strip().splitlines()
         detail = next(
             (ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else ""
@@ -124,9 +129,30 @@ def read_torch_file(path: Path) -> Any:
             f"loading would execute ({detail.strip()}). fasttrain loads checkpoints only with "
             f"torch.load(weights_only=True); re-save the weights as a plain state_dict if you trust the file"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e} (truncated or not a torch file)") from None
+    except Exception:  # noqa: BLE001 - torch's reader fails on a damaged file with any of a dozen types
+        raise unreadable_checkpoint(path) from None
     return obj
+
+
+def unreadable_checkpoint(path: Path) -> CheckpointError:
+    """What is wrong with a file torch.load cannot parse, told from its size and first bytes (torch's own
+    reasons name its zip reader's internals)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return CheckpointError(f"cannot read checkpoint {path} ({e.strerror or e})")
+    if size == 0:
+        why = "the file is empty (0 bytes)"
+    elif head.startswith(b"PK\x03\x04"):  # torch's zip container, cut short or damaged
+        why = f"its zip container ends early or is damaged ({size} bytes: a copy, download or write cut short?)"
+    elif head[:1] == b"\x80":  # a pickle (torch's legacy format)
+        why = f"its data ends early or is damaged ({size} bytes)"
+    else:
+        why = f"it does not start like a torch file ({size} bytes)"
+    return CheckpointError(f"{path} is truncated or not a fasttrain checkpoint: {why}; re-run the training that "
+                           "wrote it, or pick another checkpoint")
 
 
 # ============================================================================ live objects <-> state

@@ -385,13 +385,33 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as e:  # unreadable bytes, or the parsers' own errors (YAMLError, TOMLDecodeError, JSONDecodeError)
-        raise ConfigError(f"--config {path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(_parse_error(path, suffix, e)) from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings (field: value), got "
                           f"{type(values).__name__}")
     return {k: coerce(k, v, source=f"--config {path}") for k, v in values.items()}
+
+
+def _parse_error(path: Path, suffix: str, e: Exception) -> str:
+    """`--config FILE:LINE:COLUMN: not valid YAML: what the parser expected; what to do` from any parser's error."""
+    kind = suffix[1:].upper().replace("YML", "YAML")
+    if isinstance(e, UnicodeDecodeError):
+        return f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+    mark = getattr(e, "problem_mark", None)  # PyYAML: 0-based line and column, the problem and its context
+    if mark is not None:
+        where, what = (mark.line + 1, mark.column + 1), " ".join(filter(None, (getattr(e, "problem", None),
+                                                                              getattr(e, "context", None))))
+    elif getattr(e, "lineno", None) is not None and getattr(e, "colno", None) is not None:  # json (and tomllib >= 3.14)
+        where, what = (e.lineno, e.colno), getattr(e, "msg", None) or str(e)
+    else:  # tomllib < 3.14: "Invalid value (at line 2, column 10)"
+        found = re.search(r"\s*\(at line (\d+), column (\d+)\)", str(e))
+        where, what = ((int(found[1]), int(found[2])), str(e)[: found.start()]) if found else (None, str(e))
+    what = re.sub(r"\s*\(at line \d+, column \d+\)|:? line \d+ column \d+ \(char \d+\)", "", what.splitlines()[0])
+    at = f":{where[0]}:{where[1]}" if where else ""
+    return (f"--config {path}{at}: not valid {kind}: {what}; fix the file there (`fasttrain run MODEL --print-config` "
+            "prints a valid one)")
 
 
 def field_help() -> dict[str, tuple[str, str]]:

@@ -102,3 +102,50 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------- will the model fit?
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device`: a GPU's free memory; for the CPU the kernel's
+    MemAvailable, lowered to what a cgroup (container) limit leaves. None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        free = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f_limit, open(used) as f_used:
+                free = min(free, int(f_limit.read()) - int(f_used.read()))
+        except (OSError, ValueError):  # no such cgroup file, or "max" (no limit)
+            continue
+    return free
+
+
+def check_model_fits(name: str, num_classes: int, model_kwargs: dict, device: torch.device) -> None:
+    """Raises ConfigError, before anything is allocated, when the model's weights and gradients alone (fp32)
+    exceed the memory available on `device`: the model is built on PyTorch's meta device (shapes only) and
+    its parameters counted. A lower bound of what training needs, so it never refuses a model that fits."""
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes, **model_kwargs)
+    except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device: not estimated
+        return
+    count = sum(p.numel() for p in model.parameters())
+    need = count * 4 * 2
+    available = available_memory(device)
+    if available is None or need <= available:
+        return
+    options = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                       for k, v in model_kwargs.items() if v is not None) or "its default size"
+    raise ConfigError(f"{name} with {options}: {count:.3g} parameters need at least {need / 2**30:.3g} GiB for "
+                      f"weights and gradients (fp32), but the {device.type} has {available / 2**30:.3g} GiB "
+                      "available; choose a smaller model size (e.g. a smaller --width)")

@@ -47,8 +47,8 @@ from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolv
 from .init_weights import load_init_weights
 from .runclock import RunClock, throughput
 from .runlog import RunLog
-from .runtime import (compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp, resolve_compile,
-                      resolve_device, sync)
+from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp,
+                      resolve_compile, resolve_device, sync)
 from .steps import EpochTally, Precision, Updater
 from .tasks import ClassificationTask
 
@@ -267,6 +267,7 @@ def build_data(cfg: RunConfig, rt: Runtime) -> RunData:
 def build_model(cfg: RunConfig, data: RunData, rt: Runtime, out_dir: Path) -> tuple[nn.Module, nn.Module]:
     """(model, forward): the zoo model on the device, and what runs the batches: the same parameters
     under DDP and/or torch.compile. Checks the disk has room for its checkpoints before any training."""
+    check_model_fits(cfg.model, data.num_classes, cfg.model_kwargs, rt.device)
     model = create_model(cfg.model, data.num_classes, **cfg.model_kwargs).to(rt.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

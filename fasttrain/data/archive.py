@@ -20,6 +20,7 @@ Readers (CIFAR image folders, Tiny ImageNet, Cars196, image folders) list `names
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tarfile
 import zipfile
@@ -107,6 +108,7 @@ class _Zip:
         try:
             self.zf = zipfile.ZipFile(path)
             infos = [i for i in self.zf.infolist() if not i.is_dir()]
+            self.dirs = [i.filename for i in self.zf.infolist() if i.is_dir()]
         except ARCHIVE_ERRORS as e:
             raise SourceError(f"{path}: not a readable zip archive, or truncated ({e})") from e
         self.path = path
@@ -140,10 +142,12 @@ class _Tar:
         except ARCHIVE_ERRORS as e:
             raise SourceError(f"{path}: not a readable tar archive ({e})") from e
         self.names = []
+        self.dirs: list[str] = []
         try:
             with tar:
                 for m in tar:  # member by member: a refusal comes before the rest is decompressed
                     if m.isdir():
+                        self.dirs.append(m.name)
                         continue
                     if not m.isfile():
                         kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else
@@ -178,6 +182,11 @@ def _open_archive(path: Path, skip: Skip) -> _Zip | _Tar:
     return (_Zip if path.name.lower().endswith(".zip") else _Tar)(path, skip)
 
 
+def _escapes(name: str) -> bool:
+    """A member name that would land outside the folder an archive unpacks to (`../x`, `/etc/x`, `..\\x`)."""
+    return name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", name)
+
+
 def _clean(name: str) -> str:
     name = PurePosixPath(name).as_posix()
     while name.startswith("./"):
@@ -195,6 +204,8 @@ class SourceTree:
         self.skipped: list[BadFile] = []
         # name -> (where the bytes live, the name inside that container)
         self._where: dict[str, tuple[Path | _Zip | _Tar, str]] = {}
+        self._dirs: set[str] = set()  # every folder seen (archive members' folders too), relative
+        self._seen: set[str] = set()  # every file seen, read or not (a folder holding one is not empty)
         if self.path.is_file():
             if not is_archive(self.path):
                 raise SourceError(f"{self.path}: expected a directory or a .zip/.tar/.tar.gz/.tgz archive")
@@ -207,6 +218,8 @@ class SourceTree:
         else:
             raise SourceError(f"{self.path}: no such file or directory")
         self.names = sorted(self._where)
+        holding = {parent.as_posix() for name in self._seen for parent in PurePosixPath(name).parents}
+        self.empty_dirs = sorted(self._dirs - holding)  # folders with no file anywhere below them
 
     def _skip(self, name: str, reason: str) -> None:
         if not self.skip_bad:
@@ -218,6 +231,8 @@ class SourceTree:
         archives = []
         for root, dirs, files in os.walk(self.path):
             rel_root = Path(root).relative_to(self.path)
+            self._dirs.add(rel_root.as_posix())
+            self._seen.update((rel_root / f).as_posix() for f in files)
             for d in sorted(dirs):
                 if (Path(root) / d).is_symlink():  # os.walk lists it but does not descend: say so
                     self._skip((rel_root / d).as_posix(), "a symbolic link to a directory")
@@ -238,8 +253,18 @@ class SourceTree:
             self._add_archive(full)
 
     def _add_archive(self, path: Path) -> None:
-        arc = _open_archive(path, lambda inner, reason: self._skip(f"{path.name}:{inner}", reason))
+        def skip(inner: str, reason: str) -> None:
+            self._seen.add(_clean(inner))
+            self._skip(f"{path.name}:{inner}", reason)
+
+        arc = _open_archive(path, skip)
+        self._dirs.update(_clean(d).rstrip("/") for d in arc.dirs if not _escapes(d))
         for inner in arc.names:
+            if _escapes(inner):
+                skip(inner, "its path escapes the archive (it holds '..' or starts at '/'); such a member is never "
+                     "read")
+                continue
+            self._seen.add(_clean(inner))
             name = _clean(inner)
             if name in self._where:
                 where, other = self._where[name]

@@ -137,6 +137,9 @@ def convert(
     if plan_output(out_dir, source=source_path, force=force, request=request, log=log) == "reuse":
         log(f"{out_dir} already holds a complete {dataset} dataset{in_format}; reusing it (--force rebuilds)")
         return out_dir
+    if source_path is not None and not source_path.exists():
+        raise SourceError(f"--source {source}: no such file or directory; give the folder or archive of the "
+                          f"{dataset} dataset")
 
     if fmt == "jpeg":
         return _convert_jpeg(dataset, source, out_dir, dataset_name=name, request=request, jpeg_quality=jpeg_quality,

@@ -146,6 +146,12 @@ def scan_tree(tree: SourceTree, skip_bad: bool
         grouped.setdefault(split, {}).setdefault(cls, []).append(name)
     if has_splits and "train" not in grouped:
         raise SourceError(f"{tree.path}: split folders {sorted(grouped)} found but no 'train' folder")
+    for folder in tree.empty_dirs:  # refused, not dropped: it would silently remove a class the user meant
+        parts = PurePosixPath(folder).parts[top_depth:]
+        train_class = (len(parts) == 2 and SPLIT_ALIASES.get(parts[0].lower()) == "train") if has_splits else len(parts) == 1
+        if train_class and not parts[-1].startswith("."):
+            raise SourceError(f"{tree.path}: {folder}/ is an empty class folder (no image files); every class needs "
+                              "training images: add them, or remove the folder if the class is not wanted")
     return grouped, has_splits, bad, ignored
 
 

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .archive import ARCHIVE_ERRORS, truncated_archive
+from .archive import ARCHIVE_ERRORS, MAX_FILE_BYTES, read_capped, too_big, truncated_archive
 from .errors import SourceError
 from .tensor_format import Split
 
@@ -41,9 +41,13 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class _RefusedCall(ValueError):
+    """A call inside a pickle that is not plain data (named with its file by `safe_unpickle`)."""
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if encoding not in ("latin1", "latin-1"):
-        raise SourceError(f"refusing _codecs.encode with encoding {encoding!r} (only latin1 is plain data)")
+        raise _RefusedCall(f"refusing _codecs.encode with encoding {encoding!r} (only latin1 is plain data)")
     return text.encode("latin1")
 
 
@@ -70,6 +74,9 @@ def safe_unpickle(data: bytes, source_name: str) -> object:
         return RestrictedUnpickler(io.BytesIO(data), source_name=source_name).load()
     except SourceError:
         raise
+    except _RefusedCall as e:
+        raise SourceError(f"{source_name}: {e}: a CIFAR batch holds only plain data and numpy arrays (this file may "
+                          "be malicious or not a CIFAR batch); download the official archive again") from None
     except Exception as e:
         raise SourceError(f"{source_name}: not a readable pickle ({type(e).__name__}: {e})") from e
 
@@ -122,18 +129,22 @@ def _pixel_rows(rows, source: str) -> np.ndarray:
     return rows.astype(np.uint8)
 
 
+_DAMAGED = "the archive is damaged or not the official one: download it again"
+
+
 def _labels(values, count: int, num_classes: int, source: str) -> np.ndarray:
     """Integer class indices in 0..num_classes-1, one per image; text labels (b'cat') and floats named."""
     labels = np.asarray(values) if not isinstance(values, (str, bytes)) else np.asarray([values])
     if labels.dtype.kind not in "iu" or labels.ndim != 1:
         shown = labels.ravel()[0] if labels.size else labels.dtype
         raise SourceError(f"{source}: labels must be a list of integer class indices, got {labels.dtype} "
-                          f"(e.g. {shown!r})")
+                          f"(e.g. {shown!r}); {_DAMAGED}")
     if len(labels) != count:
-        raise SourceError(f"{source}: {len(labels)} labels for {count} images")
+        raise SourceError(f"{source}: {len(labels)} labels for {count} images; {_DAMAGED}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
-        raise SourceError(f"{source}: label {bad[0]} is outside 0..{num_classes - 1} ({num_classes} classes)")
+        raise SourceError(f"{source}: label {bad[0]} is outside 0..{num_classes - 1} ({num_classes} classes); "
+                          f"{_DAMAGED}")
     return labels.astype(np.int64)
 
 
@@ -155,10 +166,13 @@ def _tar_members_by_basename(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]
 def _read_member(tar: tarfile.TarFile, members: dict, name: str, archive: Path) -> bytes:
     if name not in members:
         raise SourceError(f"{archive}: expected a member named {name!r}; is this the right archive?")
+    member = members[name]
+    if member.size > MAX_FILE_BYTES:
+        raise SourceError(f"{archive}:{member.name}: {too_big(MAX_FILE_BYTES)}; is this the right archive?")
     try:
-        f = tar.extractfile(members[name])
+        f = tar.extractfile(member)
         assert f is not None
-        return f.read()
+        return read_capped(f, MAX_FILE_BYTES, f"{archive}:{member.name}")
     except ARCHIVE_ERRORS as e:
         raise truncated_archive(archive, e) from e
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import DatasetError
+
 # Multiplies the seed before the epoch is added, so (seed, epoch) pairs never collide for epochs < 100003.
 _EPOCH_STRIDE = 100_003
 # Offsets the val-split generator from the subset one, so carving a val split does not reshuffle the subset.
@@ -39,8 +41,8 @@ def val_split_indices(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.nda
     """(train_idx, val_idx): `n_val` samples carved from train, class proportions kept, seeded; sorted."""
     labels = np.asarray(labels)
     if not 0 < n_val < len(labels):
-        raise ValueError(f"--val-split: must lie in [1, {len(labels) - 1}] for {len(labels)} train samples, "
-                         f"got {n_val}")
+        raise DatasetError(f"--val-split: must lie in [1, {len(labels) - 1}] for {len(labels)} train samples, "
+                           f"got {n_val}; pass a smaller --val-split (0 for none)")
     val = np.sort(_interleaved(labels, np.random.default_rng(seed + _VAL_SEED_OFFSET))[:n_val])
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, val

@@ -50,7 +50,7 @@ from ..reproducibility import set_deterministic
 from ..resilience import LossGuard
 from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..runio import write_json
-from ..runtime import device_name, resolve_amp, resolve_device, sync
+from ..runtime import check_model_fits, device_name, resolve_amp, resolve_device, sync
 from ..steps import EpochTally, Precision, Updater
 from ..tasks import ClassificationTask
 from .loss import MetricLearningTask
@@ -261,6 +261,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
     h, w = train_images.shape[1:3]
 
+    check_model_fits(cfg.model, len(train_classes), cfg.model_kwargs, device)
     model = create_model(cfg.model, len(train_classes), **cfg.model_kwargs).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
