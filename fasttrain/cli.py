@@ -485,9 +485,10 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
     else:
         from .train import train
 
-    if cfg.nproc > 1 and not distributed.in_torchrun():
+    if (cfg.nproc > 1 or cfg.nnodes > 1) and not distributed.in_torchrun():
         distributed.check_launch(cfg.nproc, cfg.device)
-        distributed.launch(cfg.nproc, sys.argv[1:])  # replaces this process
+        nodes = distributed.Nodes(cfg.nnodes, cfg.node_rank, cfg.master_addr, cfg.master_port)
+        distributed.launch(cfg.nproc, sys.argv[1:], nodes)  # replaces this process
     try:
         summary = train(cfg, resume=resume)
         if not distributed.is_main_process():
@@ -505,10 +506,13 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
         raise typer.Exit(3) from None
 
 
+NODE_OPTIONS = ("nnodes", "node_rank", "master_addr", "master_port")  # where this process runs, not what
+
+
 def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int | None) -> dict:
-    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc, --json and --epochs excepted:
-    --epochs N extends the run where its schedule allows it, see fasttrain.extend)."""
-    allowed = {"resume", "nproc", "json_out", "model", "epochs"}
+    """--resume RUN_DIR: the run's own config.json and nothing else (--nproc, the node options, --json and
+    --epochs excepted: --epochs N extends the run where its schedule allows it, see fasttrain.extend)."""
+    allowed = {"resume", "nproc", "json_out", "model", "epochs", *NODE_OPTIONS}
     given = [p for p in ctx.params if p not in allowed and ctx.params[p] not in (None, False, [], ())
              and ctx.get_parameter_source(p).name != "DEFAULT"]
     if given:
@@ -523,6 +527,9 @@ def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int
     cfg.out = str(run_dir)
     if nproc is not None:
         cfg.nproc = nproc
+    for name in NODE_OPTIONS:  # where this node runs is this command's to say (a requeued job moves)
+        if ctx.params.get(name) is not None:
+            setattr(cfg, name, ctx.params[name])
     cfg.validate()
     return _train(cfg, resume=True)
 

@@ -117,6 +117,10 @@ class RunConfig:
     deterministic: bool = False  # deterministic kernels; with a fixed seed, CPU runs are bit-identical
     nproc: int = 1  # processes on this machine (DDP via torchrun); batch_size stays the global batch
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    nnodes: int = 1  # machines in the job; run the same command on each with its --node-rank (torchrun's static rendezvous)
+    node_rank: int = 0  # this machine's place, 0 .. nnodes-1; node 0 hosts the rendezvous and writes the run folder
+    master_addr: str | None = None  # node 0's address, reachable from every node (needed with --nnodes > 1)
+    master_port: int = 29500  # a free TCP port on node 0 for the rendezvous
 
     # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
     task: str = "classification"  # classification | retrieval (Recall@K on held-out classes)
@@ -193,12 +197,21 @@ class RunConfig:
         need(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
         need(self.batch_size % self.nproc == 0, "batch_size",
              f"{self.batch_size} must be divisible by --nproc {self.nproc} (it is the global batch, split evenly)")
+        need(self.nnodes >= 1, "nnodes", f"must be >= 1, got {self.nnodes}")
+        need(0 <= self.node_rank < self.nnodes, "node_rank", f"must lie in [0, {self.nnodes - 1}] (--nnodes "
+             f"{self.nnodes}), got {self.node_rank}")
+        need(self.nnodes == 1 or bool(self.master_addr), "master_addr",
+             f"needed with --nnodes {self.nnodes}: the address of node 0 (its hostname or IP), the same on every node")
+        need(1 <= self.master_port <= 65535, "master_port", f"must be a TCP port in [1, 65535], got {self.master_port}")
+        world = self.nproc * self.nnodes
+        need(self.batch_size % world == 0, "batch_size", f"{self.batch_size} must be divisible by the {world} "
+             f"processes (--nnodes {self.nnodes} x --nproc {self.nproc}; it is the global batch, split evenly)")
         need(not (self.nproc > 1 and self.device.startswith("cuda:")), "device",
              f"{self.device} contradicts --nproc {self.nproc}: each process uses cuda:LOCAL_RANK; pass --device cuda")
         need(not (self.sync_bn and self.device == "cpu"), "sync_bn",
              "SyncBatchNorm runs only on CUDA devices in PyTorch; drop it for --device cpu")
-        multi = self.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
-        need(not self.sync_bn or multi, "sync_bn", "needs several processes (--nproc N or torchrun)")
+        multi = self.nproc > 1 or self.nnodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        need(not self.sync_bn or multi, "sync_bn", "needs several processes (--nproc N, --nnodes N or torchrun)")
 
     def _validate_training_features(self, need) -> None:
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",

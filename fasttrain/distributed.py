@@ -1,10 +1,13 @@
 """Data-parallel training with PyTorch DDP, launched by torchrun.
 
 Launch: `fasttrain run MODEL --nproc N` re-executes the same command under
-`torchrun --standalone --nproc-per-node N` (one machine). For several machines run torchrun yourself
-with a rendezvous (README, "Multi-node"): `torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d
---rdzv-endpoint HOST:29500 -m fasttrain run MODEL ...`. Every process reads RANK / WORLD_SIZE /
-LOCAL_RANK from torchrun's environment; backend NCCL on GPUs (device cuda:LOCAL_RANK), gloo on CPUs.
+`torchrun --standalone --nproc-per-node N` (one machine). Several machines: the same command on each with
+`--nnodes M --node-rank R --master-addr HOST0 --master-port P` re-executes under torchrun's static
+rendezvous (`torchrun --nnodes M --node-rank R --master-addr HOST0 --master-port P --nproc-per-node N`);
+or run torchrun yourself with any rendezvous, e.g. `torchrun --nnodes 2 --nproc-per-node 8
+--rdzv-backend c10d --rdzv-endpoint HOST0:29500 -m fasttrain run MODEL ...` (docs/imagenet.md: plain and
+SLURM examples). Every process reads RANK / WORLD_SIZE / LOCAL_RANK from torchrun's environment; backend
+NCCL on GPUs (device cuda:LOCAL_RANK), gloo on CPUs. Only global rank 0 (on node 0) writes the run folder.
 
 Semantics: `--batch-size` is the global batch. Each of W processes runs batch_size / W samples per step
 and DDP averages the gradients, so a step equals one process's step on the whole global batch. Training
@@ -58,15 +61,32 @@ def is_main_process() -> bool:
     return not in_torchrun() or os.environ["RANK"] == "0"
 
 
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The command `--nproc N` runs: this same fasttrain command line under a single-node torchrun."""
+@dataclass(frozen=True)
+class Nodes:
+    """Where the job's processes run: `nnodes` machines, this one `node_rank`, node 0 at master_addr:port."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29500
+
+    def torchrun_args(self) -> list[str]:
+        """torchrun's rendezvous options: standalone on one machine, else the static rendezvous at node 0."""
+        if self.nnodes == 1:
+            return ["--standalone"]
+        return [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}", f"--master-addr={self.master_addr}",
+                f"--master-port={self.master_port}"]
+
+
+def torchrun_command(nproc: int, argv: list[str], nodes: Nodes = Nodes()) -> list[str]:
+    """The command `--nproc N` (and `--nnodes M ...`) runs: this same fasttrain command line under torchrun."""
     # "--" keeps torchrun's own parser off our options (it would read --nproc as an abbreviation of
     # --nproc-per-node, --monitor of --monitor-interval)
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *nodes.torchrun_args(),
         f"--nproc-per-node={nproc}",
         "-m",
         "fasttrain",
@@ -75,13 +95,14 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     ]
 
 
-def launch(nproc: int, argv: list[str]) -> None:
+def launch(nproc: int, argv: list[str], nodes: Nodes = Nodes()) -> None:
     """Replaces this process with torchrun (os.execv), so signals reach torchrun and its workers directly.
     The workers see RANK etc. and train instead of launching again."""
-    cmd = torchrun_command(nproc, argv)
+    cmd = torchrun_command(nproc, argv, nodes)
+    where = f" on node {nodes.node_rank} of {nodes.nnodes}" if nodes.nnodes > 1 else ""
     print(
-        f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m fasttrain -- "
-        f"{' '.join(argv)}",
+        f"launching {nproc} processes{where}: torchrun {' '.join(nodes.torchrun_args())} --nproc-per-node={nproc} "
+        f"-m fasttrain -- {' '.join(argv)}",
         file=sys.stderr,
         flush=True,
     )
