@@ -727,7 +727,8 @@ def eval_cmd(
 def predict(
     checkpoint: Path = typer.Argument(..., help="A run directory (its best.pt where it wrote one, else "
                                       "checkpoint.pt), or a checkpoint file.", metavar="RUN_OR_CHECKPOINT"),
-    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`)."),
+    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`), or "
+                                        "folders of them."),
     top_k: int = typer.Option(5, help="Classes to show per image."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     tta: str = typer.Option("none", help="none | flip | flip_translate"),
@@ -735,18 +736,30 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as one JSON document on stdout."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from .inference import checkpoint_path, predict_images
+    from .api import load, predict as predict_images  # the one prediction path (the Python API's)
+    from .data.archive import IMAGE_SUFFIXES
+    from .inference import checkpoint_path
 
     stdout = _json_stdout() if json_out else None
     if top_k < 1:
         _fail(f"--top-k: must be >= 1, got {top_k}")
     if tta not in TTA_MODES:
         _fail(f"--tta: must be one of {' | '.join(TTA_MODES)}, got {tta!r}{did_you_mean(tta, TTA_MODES)}")
+    files: list[Path] = []
+    for path in images:  # a folder stands for the image files directly inside it
+        inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        if not inside:
+            _fail(f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))}); pass image files "
+                  f"or a folder holding them")
+        files += inside
     try:
-        results = predict_images(checkpoint_path(checkpoint), images, top_k=top_k, device=device, tta=tta,
-                                 use_ema=ema)
-    except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
+        classifier = load(checkpoint_path(checkpoint), device=device, use_ema=ema)
+        found = predict_images(classifier, files, tta=tta)
+    except (FileNotFoundError, TypeError, ValueError) as e:  # what the API says about the user's files
         _fail(str(e))
+    values, indices = found.probs.topk(min(top_k, found.probs.shape[1]), dim=1)
+    results = [{"image": str(f), "top": [(found.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]}
+               for f, vs, ix in zip(files, values, indices)]
     if stdout is not None:
         _emit_json(stdout, results)
         return

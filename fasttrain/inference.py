@@ -1,6 +1,6 @@
-"""Using a trained checkpoint: `load_checkpoint` rebuilds the model, `evaluate_checkpoint` computes every
-metric on a split of a converted dataset (`fasttrain eval`), `predict_images` returns the top-k classes of
-image files of any size, resized exactly as `fasttrain convert` resizes (`fasttrain predict`)."""
+"""Using a trained checkpoint: `checkpoint_path` finds it in a run, `load_checkpoint` rebuilds the model and
+`evaluate_checkpoint` computes every metric on a split of a converted dataset (`fasttrain eval`). Prediction
+has one path, the Python API's `fasttrain.predict`, which `fasttrain predict` calls."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data.decode import decode_image_file
 from .init_weights import check_model_config
 from .models import create_model, get_entry
 from .models.options import check_model_kwargs
@@ -165,33 +164,3 @@ def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, spl
     out.update({"split": split, "samples": len(labels), "tta": tta, "weights": loaded.weights,
                 "classes": loaded.classes, "checkpoint": str(path), "data": str(data)})
     return out
-
-
-def predict_images(path: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto",
-                   tta: str = "none", use_ema: bool = True) -> list[dict]:
-    """[{'image': path, 'top': [(class, probability), ...]}] for each image file."""
-    from .augment import norm_constants, normalize
-    from .evaluate import _tta_logits
-    from .runtime import resolve_device
-
-    dev = resolve_device(device)
-    loaded = load_checkpoint(path, dev, use_ema=use_ema)
-    h, w = loaded.image_size
-    if h != w:
-        raise ValueError(f"{path}: trained on {h}x{w} images; predict resizes to squares only")
-    batch = []
-    for img in images:  # a missing path, a FIFO or a bomb: a SourceError naming it
-        if Path(img).is_dir():
-            raise ValueError(f"{img}: is a directory; pass image files, e.g. {img}/*.jpg")
-        arr = decode_image_file(img, size=h)  # as convert: short side to h, centre crop; bombs refused
-        batch.append(arr)
-    x = torch.from_numpy(np.stack(batch)).to(dev)
-    scale, bias = norm_constants(loaded.mean, loaded.std, dev)
-    with torch.no_grad():
-        logits = _tta_logits(loaded.model, normalize(x, scale, bias, torch.float32), tta)
-        probs = torch.softmax(logits.float(), 1)
-    k = min(top_k, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    return [{"image": str(img),
-             "top": [(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]}
-            for img, vs, ix in zip(images, values, indices)]

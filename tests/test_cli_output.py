@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -88,7 +89,16 @@ def test_report_skips_non_runs_and_plots_only_where_asked(json_run, tmp_path, mo
     assert "wrote" in res.stderr
 
 
-def test_predict_names_a_directory(json_run, tmp_path):
+def test_predict_takes_a_folder_of_images_and_names_one_without(json_run, tmp_path):
+    from PIL import Image
+
     run_dir, _ = json_run
     res = invoke("predict", run_dir / "checkpoint.pt", tmp_path)
-    assert res.exit_code == 2 and "is a directory" in res.stderr and "*.jpg" in res.stderr
+    assert res.exit_code == 2 and f"{tmp_path}: a folder without image files" in res.stderr
+    for name in ("b.png", "a.jpg"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    res = invoke("predict", run_dir / "checkpoint.pt", tmp_path, "--json", "--top-k", "2")
+    assert res.exit_code == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [Path(r["image"]).name for r in rows] == ["a.jpg", "b.png"] and all(len(r["top"]) == 2 for r in rows)

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .archive import SourceTree
+from .archive import IMAGE_SUFFIXES, SourceTree
 from .decode import decode_many, split_bad
 from .errors import BadFile, SourceError
 from .registry import Listed, Loaded, ProgressFactory, register_dataset, register_listing
@@ -37,7 +37,6 @@ from .tensor_format import Split
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DEFAULT_VAL_FRACTION = 0.1
 DECODE_BLOCK = 4096  # images decoded per block: bounds the memory held as compressed bytes
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
 RESIZE_HINT = ("pass --size S to resize the short side to S and centre-crop, or --format jpeg to keep each "
                "image at its own size (streamed from disk)")
 
