@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from .augment import norm_constants, normalize
+from .callbacks import check_callbacks
+from .loggers import check_logger_object
 from .choices import did_you_mean
 from .config import ConfigError, RunConfig, resolve
 from .data.decode import decode_image_file
@@ -106,7 +108,8 @@ class Predictions:
 
 
 # ============================================================================ fit
-def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, **fields: Any) -> FitResult:
+def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, callbacks: Any = None, logger: Any = None,
+        **fields: Any) -> FitResult:
     """Trains `model` on `data` and returns FitResult(model, summary, run_dir).
 
     model:  a zoo name (`fasttrain zoo` lists them), "timm/<name>" for a timm model, or an nn.Module of
@@ -121,8 +124,20 @@ def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, **fields: A
             Precedence as on the command line: RunConfig defaults < the recipe (named, else the
             model's own) < these keywords. An unknown keyword raises ConfigError with a suggestion.
     verbose: print the per-epoch progress (as `fasttrain run` does).
+    callbacks: objects with Lightning-named hooks (on_train_start, on_train_epoch_end, on_train_batch_end,
+            on_train_end, ...; fasttrain.callbacks); one may stop the run cleanly with state.should_stop = True.
+    logger: "mlflow", "wandb", "tensorboard", "csv" (comma-separated, as --logger), a logger object
+            (log_hyperparams, log_metrics, finalize: fasttrain.loggers), or a list of either.
     """
     _check_fields(fields)
+    callbacks = check_callbacks(callbacks)
+    logger_objects = []
+    for item in logger if isinstance(logger, (list, tuple)) else [logger] if logger is not None else []:
+        if isinstance(item, str):
+            fields["logger"] = ",".join(filter(None, [fields.get("logger"), item]))
+        else:
+            check_logger_object(item)
+            logger_objects.append(item)
     recipe = fields.pop("recipe", None)
     if not isinstance(model, (str, nn.Module)):
         raise ConfigError(f"model: expected a model name or an nn.Module, got {type(model).__name__}")
@@ -146,7 +161,7 @@ def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, **fields: A
         if cfg.nproc != 1:
             raise ConfigError("nproc: fit trains in this process; several processes need `fasttrain run "
                               "--nproc N` (torchrun)")
-        summary = train(cfg, quiet=not verbose)
+        summary = train(cfg, quiet=not verbose, callbacks=callbacks, loggers=logger_objects)
         run_dir = Path(cfg.out)
         trained = load(run_dir, model=model if isinstance(model, nn.Module) else None, device=cfg.device)
     return FitResult(trained, summary, run_dir)

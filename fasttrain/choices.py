@@ -25,6 +25,7 @@ TASKS = ("classification", "retrieval")
 CHECKPOINTS = ("best", "last")  # `fasttrain eval RUN_DIR --checkpoint`: best.pt or checkpoint.pt
 EVAL_SPLITS = ("test", "train", "val")
 PLOT_FORMATS = ("png", "pdf", "svg")
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")  # --logger: where metrics go besides metrics.jsonl
 
 
 def did_you_mean(word: str, known: Iterable[str], *, cutoff: float = 0.6,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import (AMP_MODES, CLIP_MODES, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES, PIPELINES,
-                      SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
+from .choices import (AMP_MODES, CLIP_MODES, LOGGERS, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES,
+                      PIPELINES, SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
 
 __all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPES", "resolve", "parse_value",
            "coerce", "field_help", "did_you_mean", "recipe_name", "load_config_file", "check_against_data",
@@ -112,6 +112,7 @@ class RunConfig:
     early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
     min_delta: float = 0.0  # an improvement must exceed this
     tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
+    logger: str = ""  # also log to these, comma-separated: tensorboard, csv, mlflow, wandb (metrics.jsonl and metrics.csv are always written)
 
     # --- runs that survive: determinism, multi-process
     deterministic: bool = False  # deterministic kernels; with a fixed seed, CPU runs are bit-identical
@@ -217,6 +218,9 @@ class RunConfig:
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
              f"must be two numbers in [0, 1), got {self.betas}")
         need(self.muon_lr > 0, "muon_lr", f"must be > 0, got {self.muon_lr}")
+        unknown = [n.strip() for n in self.logger.split(",") if n.strip() and n.strip() not in LOGGERS]
+        need(not unknown, "logger", f"must name some of {', '.join(LOGGERS)} (comma-separated), got "
+             f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], LOGGERS) if unknown else ''}")
         need(0 <= self.muon_momentum < 1, "muon_momentum", f"must lie in [0, 1), got {self.muon_momentum}")
         need(self.muon_ns_steps >= 1, "muon_ns_steps", f"must be >= 1, got {self.muon_ns_steps}")
         need(not (self.alternating_flip and self.task != "classification"), "alternating_flip",

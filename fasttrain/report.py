@@ -38,7 +38,7 @@ def finish_run(summary: dict, out_dir: Path, cfg, meta: dict, final: dict, monit
     if runlog.lrs:
         steps, lrs = zip(*runlog.lrs)
         plot_lr(list(steps), list(lrs), out_dir / "lr.png", title=f"learning rate ({cfg.schedule})")
-    runlog.close()
+    runlog.close(summary)
 
 
 # ============================================================================ fasttrain report

@@ -1,6 +1,7 @@
 """The run's metric log: one JSON line per epoch (metrics.jsonl), a CSV copy (metrics.csv, rewritten with
 the union of columns seen so far), TensorBoard event files under tb/ when tensorboard is installed, and
-the per-batch learning rate (lr.csv, plotted to lr.png at the end).
+the per-batch learning rate (lr.csv, plotted to lr.png at the end); and each row to the experiment trackers
+of `--logger` / `fit(logger=...)` (fasttrain.loggers), which get the summary's numbers when the log closes.
 
 A write that fails (a full disk, a folder made read-only mid-run) ends the run with a RunDirError that names
 the file and says the last checkpoint is intact, like a failed checkpoint write, never a raw OSError."""
@@ -21,8 +22,9 @@ from .runio import _atomic_write
 
 
 class RunLog:
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, loggers: list | tuple = ()):
         """Starts an empty log; a resumed run logs its checkpointed history rows again."""
+        self.loggers = list(loggers)  # fasttrain.loggers: log_metrics(row, step), finalize(status)
         self.dir = Path(out_dir)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
@@ -43,12 +45,22 @@ class RunLog:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
                     self.tb.add_scalar(_tb_tag(key), value, row.get("epoch", len(self.rows)))
             self.tb.flush()
+        for logger in self.loggers:
+            logger.log_metrics(row, step=row.get("epoch", len(self.rows)))
 
     def log_lr(self, step: int, lr: float) -> None:
         """Per batch; kept in memory (a float per step) and written by `close`."""
         self.lrs.append((step, lr))
 
-    def close(self) -> None:
+    def close(self, summary: dict | None = None) -> None:
+        """Writes lr.csv, closes TensorBoard; the trackers get `summary`'s numbers (as summary/<name>, at the
+        last epoch) and finish."""
+        for logger in self.loggers:
+            if summary is not None:
+                logger.log_metrics({f"summary/{k}": v for k, v in summary.items()},
+                                   step=self.rows[-1].get("epoch", len(self.rows)) if self.rows else 0)
+            logger.finalize("success")
+        self.loggers = []
         if self.lrs:
             text = "step,lr\n" + "".join(f"{s},{lr:.8g}\n" for s, lr in self.lrs)
             with self._writing(self.dir / "lr.csv"):

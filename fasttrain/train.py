@@ -47,6 +47,8 @@ from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolv
 from .init_weights import load_init_weights
 from .runclock import RunClock, throughput
 from .runlog import RunLog
+from .callbacks import Hooks, RunState
+from .loggers import open_loggers
 from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp,
                       resolve_compile, resolve_device, sync)
 from .steps import EpochTally, Precision, Updater
@@ -56,8 +58,10 @@ from .tasks import ClassificationTask
 # ============================================================================ the run
 @rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 @rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
-def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
-    """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint."""
+def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callbacks: list | tuple = (),
+          loggers: list | tuple = ()) -> dict:
+    """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint. `callbacks` and
+    `loggers` are objects given to fasttrain.fit (fasttrain.callbacks, fasttrain.loggers)."""
     cfg.validate()
     clock = RunClock()  # wall time across resumed segments; which epochs carry a warm-up
     rt = build_runtime(cfg)
@@ -70,7 +74,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     if cfg.init_from and not resume:  # weights only (after any data-based init); a resume restores its own
         load_init_weights(model, cfg.init_from, data.num_classes, log)
     fit = build_optimisation(cfg, model, forward, data, rt)
-    extras = build_extras(cfg, model, fit, data, rt, out_dir, clock)
+    extras = build_extras(cfg, model, fit, data, rt, out_dir, clock, loggers)
     pos = extras.state.restore() if resume else ckpt_io.Position()
     clock.start_segment(pos.epoch + 1)  # this segment's first epoch carries its warm-up
     fit.updater.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
@@ -83,6 +87,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
     compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch, schedule=schedule)
     progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
     progress.header(run_header(cfg, data, rt, model))
+    hooks = Hooks(callbacks, RunState(cfg, out_dir, model, fit.updater.optimizer, history))  # fit(callbacks=)
+    hooks("on_train_start", epoch=pos.epoch, step=fit.updater.step)
     sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
                                    steps_per_epoch=fit.steps_per_epoch)  # stop signals, NaN guard
 
@@ -99,6 +105,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         sync(rt.device)
         tally = EpochTally.start(rt.device, pos, epoch)  # zeros, unless resuming inside this epoch
         progress.start_epoch(epoch)
+        hooks("on_train_epoch_start", epoch=epoch)
         for batch_i, (xb, yb) in enumerate(data.pipeline, start=start_at(data.pipeline, tally.skip)):
             if fit.updater.done:
                 break
@@ -109,6 +116,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                               mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
             extras.runlog.log_lr(fit.updater.step - 1, out.lr)
             tally.add(out, len(inputs))
+            if hooks.on_batches:
+                hooks("on_train_batch_end", step=fit.updater.step, batch_idx=batch_i, loss=out.loss.detach())
             if progress.should_log(batch_i):
                 progress.update(batch_i + 1, *tally.means(), tally.rate())
             if sentinel.should_stop(out.loss, fit.updater.step, at_boundary=out.stepped):
@@ -125,7 +134,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
         history.append(row)
         extras.runlog.log(row)
         progress.end_epoch(row)
-        if extras.selection.should_stop(epoch):  # early stopping on the val metric
+        hooks("on_train_epoch_end", metrics=row)
+        if extras.selection.should_stop(epoch) or hooks.should_stop(epoch):  # early stopping; a callback's stop
             break
         if sentinel.requested_anywhere():
             stop_at = (epoch + 1, 0, None)
@@ -150,9 +160,11 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False) -> dict:
                             warmup_epochs=clock.warmup_epochs,
                             wall_s=clock.elapsed())
     summary["run_dir"] = str(out_dir)
+    summary.update(hooks.summary_fields())  # a callback's stop, recorded as early stopping's is
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
         write_outputs(summary, cfg, data, final, extras, history, out_dir)
         progress.footer(summary)
+    hooks("on_train_end", summary=summary)
     return summary
 
 
@@ -333,7 +345,7 @@ class Extras:
 
 
 def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunData, rt: Runtime,
-                 out_dir: Path, clock: RunClock) -> Extras:
+                 out_dir: Path, clock: RunClock, loggers: list | tuple = ()) -> Extras:
     # a pipeline that crops in its decode has done the crop, translation and flip already
     aug_cfg = AugmentConfig(crop_pad=0 if data.crops else cfg.crop_pad, pad_mode=cfg.pad_mode,
                             flip=cfg.flip and not data.crops,
@@ -349,7 +361,8 @@ def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunD
             image_size=list(data.hw)))
 
     selection = ModelSelection(monitor, eval_model, rt.dist.main_only_fn(save_best))  # only rank 0 writes
-    runlog = RunLog(out_dir, tensorboard=cfg.tensorboard) if rt.dist.is_main else distributed.Discard()
+    runlog = (RunLog(out_dir, tensorboard=cfg.tensorboard, loggers=open_loggers(cfg, out_dir, loggers))
+              if rt.dist.is_main else distributed.Discard())
     ema = fit.ema
     # everything a restart needs (these names are the checkpoint's keys)
     state = ckpt_io.TrainState(

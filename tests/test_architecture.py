@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "models": 3, "cuda_ext": 3, "losses": 3, "runtime": 3, "reproducibility": 3, "runclock": 3,
     "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "resilience": 4,
     "distributed": 4, "ema": 4, "monitor": 4, "regularizers": 4, "progress": 4, "runlog": 4, "plots": 4,
-    "rundir": 4, "init_weights": 4, "weight_files": 4, "tasks": 4, "extend": 4,
+    "rundir": 4, "init_weights": 4, "weight_files": 4, "callbacks": 4, "loggers": 4, "tasks": 4, "extend": 4,
     "steps": 5, "report": 5, "inference": 5,
     "train": 6, "retrieval": 6,
     "api": 7, "exporting": 7, "zoo_cmd": 7,

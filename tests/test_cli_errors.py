@@ -13,6 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from test_error_table import check_one_error_line
+
 from fasttrain.cli import app
 from fasttrain.models import create_model
 
@@ -99,10 +101,7 @@ CASES = [
 def test_user_errors_are_one_clear_line(files, args, words):
     args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
     res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    message = res.stderr.strip()
-    assert message.splitlines()[-1].startswith("error: ") and len(message.splitlines()) <= 2, message
-    assert "Traceback" not in res.output
+    message = check_one_error_line(res.exit_code, res.stderr, res.output)
     for word in words:
         assert word in message, (word, message)
 

@@ -179,13 +179,16 @@ CASES = [
 
 
 def check_one_error_line(exit_code: int, stderr: str, output: str) -> str:
-    """The message rule: exit 2, exactly one line on stderr and it starts with 'error: ', no internals."""
+    """The message rule: exit 2; on stderr exactly one line starting with 'error: ', the last (a 'warning:'
+    or 'note:' line may come before it); no library internals anywhere. Returns the error line."""
     assert exit_code == 2, (exit_code, output)
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert all(line.startswith(("warning: ", "note: ")) for line in lines[:-1]), stderr
     leaked = [word for word in INTERNALS if word in output or word in stderr]
     assert not leaked, (leaked, stderr)
-    return lines[0]
+    return errors[0]
 
 
 @pytest.mark.parametrize("args,words", CASES, ids=[" ".join(a[:2] + a[-1:]) for a, _ in CASES])
