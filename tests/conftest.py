@@ -22,7 +22,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Files whose tests compare floating-point results with a reference, a recording or another code path:
+# marked `numeric`, so CI runs them a second time with oneDNN limited to AVX2 (`make test-numeric`), which
+# proves they hold on a machine of another instruction set.
+NUMERIC_FILES = {"test_behaviour_fixture.py", "test_augment_reference.py", "test_fused_augment.py",
+                 "test_export.py", "test_resume.py", "test_crop_resize.py", "test_stream_decode.py",
+                 "test_api.py", "test_ddp.py"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in NUMERIC_FILES:
+            item.add_marker(pytest.mark.numeric)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
