@@ -13,7 +13,7 @@
 //     invscale = fl(1 / scale) if scale >= 1 else 1       (1/scale rounded once from double, as torch)
 //     origin   = floor(start), frac = start - origin      (frac = 0 for integer boxes)
 //     centre   = frac + fl(scale * (i + 0.5))             relative to origin; (i + 0.5) exact
-//     valid    = [lo, hi) = [max(0, floor(start)), min(size, ceil(start + length))) : the box's pixels
+//     valid    = [lo, hi) = [max(0, floor(start)), min(size, ceil(fl(start + length)))): the box's pixels
 //                clamped to the image (taps never read outside the box: as torch, which resizes the crop)
 //     taps     = k in [max(floor(fl(centre - support) + 0.5), lo - origin),
 //                      min(floor(fl(centre + support) + 0.5), hi - origin))   (+0.5 added exactly)
