@@ -561,6 +561,49 @@ def quickstart(
     _train(cfg)
 
 
+# ============================================================================ lr-find
+@app.command("lr-find")
+def lr_find_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="Model name, as for `fasttrain run`."),
+    data: Optional[str] = typer.Option(None, help="Converted dataset directory (as for `fasttrain run`)."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe whose optimiser and batch size the sweep uses."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Settings from a file, as for run."),
+    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE",
+                                                 help="Any run setting, as for run (repeatable)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step [default: the recipe's]."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | muon [default: the recipe's]."),
+    train_subset: Optional[int] = typer.Option(None, help="Sample the steps' batches from this many images."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    start_lr: float = typer.Option(1e-6, help="First learning rate of the sweep."),
+    end_lr: float = typer.Option(10.0, help="Last learning rate of the sweep (it stops early when the loss "
+                                            "diverges)."),
+    steps: int = typer.Option(100, help="Optimiser steps of the sweep."),
+    out: Optional[Path] = typer.Option(None, help=escape("Folder for lr_find.png and lr_find.json "
+                                                        "[default: runs/lr-find-MODEL].")),
+    force: bool = typer.Option(False, "--force", help="Replace lr_find.* files fasttrain did not write."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document on stdout."),
+) -> None:
+    """Learning-rate range test: an exponential lr sweep over a few steps, the smoothed loss, the steepest
+    descent and the minimum / 10; prints the --lr to pass to `fasttrain run` and plots the curve."""
+    from .lr_find import lr_find
+
+    stdout = _json_stdout() if json_out else None
+    options = dict(data=data, recipe=recipe, batch_size=batch_size, optimizer=optimizer,
+                   train_subset=train_subset, device=device)
+    cfg = _build_config(model, config, settings, options)
+    _check_data_exists(cfg.data)
+    result = lr_find(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, out=out, force=force,
+                     log=lambda s: typer.echo(s, err=stdout is not None))
+    if stdout is not None:
+        _emit_json(stdout, {k: v for k, v in result.items() if k not in ("lr", "loss", "smoothed")})
+        return
+    steepest = f"{result['steepest']:.3g}" if result["steepest"] is not None else "none found"
+    typer.echo(f"steepest descent at lr {steepest}; minimum loss at lr {result['min_loss_lr']:.3g} "
+               f"(/10: {result['min_over_10']:.3g}){'; stopped early: the loss diverged' if result['stopped_early'] else ''}")
+    typer.echo(f"wrote {result['out']}/lr_find.png and lr_find.json")
+    typer.echo(f"suggested: --lr {result['suggested']:.3g}")
+
+
 # ============================================================================ recipes
 RECIPE_COLUMNS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "schedule", "tta")
 

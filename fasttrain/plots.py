@@ -108,3 +108,19 @@ def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path | Target, 
     fig.suptitle(title or "accuracy")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_lr_range(lrs, losses, smoothed, found: dict, path: str | Path | Target, title: str = "") -> None:
+    """The lr range test (fasttrain.lr_find): loss against lr on a log axis, raw and smoothed, with the
+    steepest-descent and min/10 suggestions marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(lrs, losses, color="0.75", lw=1, label="loss")
+    ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed")
+    for key, color in (("steepest", "C3"), ("min_over_10", "C2")):
+        if found.get(key) is not None:
+            ax.axvline(found[key], color=color, ls="--", label=f"{key.replace('_over_', '/')} {found[key]:.2g}")
+    top = min(max(smoothed[0], min(smoothed)) * 1.5, max(losses))  # the divergence would hide the curve
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title=title, ylim=(min(losses) * 0.95, top))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)

@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "rundir": 4, "init_weights": 4, "weight_files": 4, "callbacks": 4, "loggers": 4, "tasks": 4, "extend": 4,
     "steps": 5, "report": 5, "inference": 5,
     "train": 6, "retrieval": 6,
-    "api": 7, "exporting": 7, "zoo_cmd": 7,
+    "api": 7, "lr_find": 7, "exporting": 7, "zoo_cmd": 7,
     "cli": 8,
     "__main__": 9, "__init__": 9,
 }
@@ -41,7 +41,7 @@ ONLY = {
 }
 NEVER = {"distributed": {"augment", "evaluate"}}
 # Entry points: nothing imports them but the layers that drive them.
-IMPORTED_ONLY_BY = {"cli": {"__main__"}, "train": {"cli", "api"}}
+IMPORTED_ONLY_BY = {"cli": {"__main__"}, "train": {"cli", "api", "lr_find"}}
 
 
 def _modules() -> dict[str, Path]:
