@@ -32,6 +32,7 @@ from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE
                      RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
                      parse_value, recipe_name, resolve)
 from .models.options import MODEL_OPTIONS
+from .recipes import recipe_source
 from .retrieval.options import RETRIEVAL_OPTIONS
 from .rundir import load_run_config
 
@@ -622,23 +623,24 @@ def recipes(
     aliases = {r: sorted(a for a, c in RECIPE_ALIASES.items() if c == r) for r in RECIPES}
     if name is None:
         rows = [{"recipe": r, **{k: RECIPES[r].get(k, FIELDS[k].default) for k in RECIPE_COLUMNS},
-                 "default_for": users[r]} for r in RECIPES]
+                 "default_for": users[r], "source": recipe_source(r)} for r in RECIPES]
         if json_out:
             typer.echo(json.dumps(rows))
             return
         table = Table(title=f"{len(rows)} recipes (`fasttrain recipes NAME` shows one; unset fields take the "
                             f"RunConfig defaults)")
-        for col in ("recipe", *RECIPE_COLUMNS, "default for"):
+        for col in ("recipe", *RECIPE_COLUMNS, "default for", "source"):
             table.add_column(col, justify="right" if col in ("epochs", "batch_size", "lr") else "left")
         for row in rows:
-            table.add_row(*[_show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]))
+            table.add_row(*[_show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]),
+                          row["source"])
         console.print(table)
         return
     canonical = recipe_name(name)
     recipe = RECIPES[canonical]
     if json_out:
         typer.echo(json.dumps({"recipe": canonical, "aliases": aliases[canonical], "default_for": users[canonical],
-                               "settings": recipe}))
+                               "source": recipe_source(canonical), "settings": recipe}))
         return
     table = Table(title=f"recipe {canonical}" + (f" (also: {', '.join(aliases[canonical])})" if aliases[canonical]
                                                   else ""))
@@ -648,6 +650,7 @@ def recipes(
         table.add_row(key, _show(value) if not isinstance(value, dict) else json.dumps(value),
                       _show(FIELDS[key].default) if not isinstance(value, dict) else "{}")
     console.print(table)
+    typer.echo(f"source: {recipe_source(canonical)}")
     if users[canonical]:
         typer.echo(f"default recipe of: {', '.join(users[canonical])}")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from .choices import (AMP_MODES, CLIP_MODES, LOGGERS, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES,
                       PIPELINES, SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
+from .recipes import IMAGENET_RECIPES
 
 __all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPES", "resolve", "parse_value",
            "coerce", "field_help", "did_you_mean", "recipe_name", "load_config_file", "check_against_data",
@@ -587,6 +588,8 @@ RECIPES["cars196-retrieval"] = dict(
     RECIPES["retrieval"], model="resnet18_attn", data="data/cars196", epochs=60, crop_pad=16,
     model_kwargs={"stem": "imagenet"}, retrieval=dict(RECIPES["retrieval"]["retrieval"], embed_epochs=40),
 )
+# ImageNet ResNet-18 / ResNet-50 after FFCV's configs, and every recipe's source: fasttrain/recipes.py.
+RECIPES.update(IMAGENET_RECIPES)
 
 # Earlier names, still accepted (older run folders, scripts and docs use them).
 RECIPE_ALIASES: dict[str, str] = {

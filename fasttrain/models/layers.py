@@ -93,18 +93,20 @@ class SqueezeExcite(nn.Module):
 
 class BlurPool(nn.Module):
     """Fixed 3x3 [1,2,1]x[1,2,1]/16 depthwise blur at stride 2 (anti-aliased downsampling, as in TResNet).
-    The filter is a buffer, not a parameter: it never trains and is not counted as a weight."""
+    The filter is a buffer, not a parameter: it never trains and is not counted as a weight. `pad` is
+    "reflect" (TResNet) or "zeros" (FFCV's BlurPoolConv2d, a stride-1 blur before each strided conv)."""
 
-    def __init__(self, channels: int, stride: int = 2):
+    def __init__(self, channels: int, stride: int = 2, pad: str = "reflect"):
         super().__init__()
         k = torch.tensor([1.0, 2.0, 1.0])
         k = (k[:, None] * k[None, :]) / 16
         self.register_buffer("kernel", k.expand(channels, 1, 3, 3).contiguous(), persistent=False)
         self.stride = stride
         self.channels = channels
+        self.pad = {"reflect": "reflect", "zeros": "constant"}[pad]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        x = F.pad(x, (1, 1, 1, 1), mode=self.pad)
         return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=self.channels)
 
 

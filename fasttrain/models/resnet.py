@@ -1,4 +1,10 @@
-"""The common CIFAR ResNet18 (kuangliu/pytorch-cifar: 3x3 stem, no max-pool) and PreAct-ResNet18.
+"""The common CIFAR ResNet18 (kuangliu/pytorch-cifar: 3x3 stem, no max-pool), PreAct-ResNet18, and the
+ImageNet ResNet-50 (torchvision's layout, v1.5: the stride on the 3x3 conv of the bottleneck).
+
+`stem='imagenet'` gives torchvision's 7x7/2 conv + 3x3/2 max-pool for 160-256 px inputs; with it and
+`init='torchvision'` (Kaiming-normal fan-out convs, as torchvision builds its ResNets) resnet18 is
+torchvision's ResNet-18. `blurpool=True` puts a fixed 3x3 blur before every strided conv that reads >= 16
+channels, exactly as FFCV's ImageNet recipes do (their BlurPoolConv2d: stride-1 blur, zero padding).
 
 `ResNet` is also the base other families build on: `post_block(channels) -> nn.Module` inserts a module
 after every residual block (resnet18_attn puts CBAM-style attention there), `forward_features` gives the
@@ -12,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .layers import DropPath, drop_path_rates, make_activation
+from .layers import BlurPool, DropPath, drop_path_rates, make_activation
 from .registry import register_model
 
 
@@ -38,6 +44,36 @@ class BasicBlock(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.act2(self.shortcut(x) + self.drop_path(out))
+
+
+class Bottleneck(nn.Module):
+    """conv1x1-BN-act-conv3x3(stride)-BN-act-conv1x1-BN + shortcut, then act; out = 4 x width (ResNet v1.5,
+    torchvision's Bottleneck)."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int = 1, activation: str = "relu", drop_path: float = 0.0):
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = make_activation(activation)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act2 = make_activation(activation)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.drop_path = DropPath(drop_path)
+        self.act3 = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(self.shortcut(x) + self.drop_path(out))
 
 
 class PreActBlock(nn.Module):
@@ -81,12 +117,33 @@ def make_stem(kind: str, width: int, activation: str, norm_act: bool = True) -> 
     return nn.Sequential(*layers)
 
 
+def add_blurpool(module: nn.Module) -> None:
+    """Every conv with stride > 1 reading >= 16 channels becomes blur (3x3, stride 1, zero padding) then
+    that conv: FFCV's apply_blurpool (libffcv/ffcv-imagenet train_imagenet.py). The RGB stem is left alone."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(module, name, nn.Sequential(BlurPool(child.in_channels, stride=1, pad="zeros"), child))
+        else:
+            add_blurpool(child)
+
+
+def init_torchvision(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation: Kaiming-normal (fan-out, ReLU) convs, BatchNorm 1 and 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ResNet(nn.Module):
     """stem -> 4 stages (strides 1,2,2,2; widths 64..512 x `width`) -> [final BN-act] -> avg-pool -> fc."""
 
     def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int = 10, width: float = 1.0,
                  activation: str = "relu", drop_path: float = 0.0, stem: str = "cifar",
-                 post_block: Callable[[int], nn.Module] | None = None):
+                 post_block: Callable[[int], nn.Module] | None = None, blurpool: bool = False,
+                 init: str = "pytorch"):
         super().__init__()
         widths = [max(8, round(w * width)) for w in (64, 128, 256, 512)]
         preact = block is PreActBlock
@@ -107,6 +164,12 @@ class ResNet(nn.Module):
         self.final = nn.Sequential(nn.BatchNorm2d(c_in), make_activation(activation)) if preact else nn.Identity()
         self.num_features = c_in
         self.fc = nn.Linear(c_in, num_classes)
+        if init not in ("pytorch", "torchvision"):
+            raise ValueError(f"init must be 'pytorch' (torch's layer defaults) or 'torchvision', got {init!r}")
+        if init == "torchvision":
+            init_torchvision(self)
+        if blurpool:
+            add_blurpool(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final(self.stages(self.stem(x)))
@@ -118,10 +181,21 @@ class ResNet(nn.Module):
 
 @register_model("resnet18", family="resnet")
 def resnet18(num_classes: int = 10, width: float = 1.0, activation: str = "relu", drop_path: float = 0.0,
-             stem: str = "cifar") -> nn.Module:
+             stem: str = "cifar", blurpool: bool = False, init: str = "pytorch") -> nn.Module:
     """The common CIFAR ResNet18 (11.2M params): 3x3 stem, no max-pool, [2,2,2,2] basic blocks.
-    `stem='imagenet'` gives the torchvision 7x7/2 + max-pool stem for large inputs."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width, activation, drop_path, stem)
+    `stem='imagenet'` gives the torchvision 7x7/2 + max-pool stem for large inputs (with init='torchvision':
+    torchvision's ResNet-18); `blurpool=True` blurs before each strided conv (FFCV's ImageNet recipes)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width, activation, drop_path, stem, blurpool=blurpool,
+                  init=init)
+
+
+@register_model("resnet50", family="resnet")
+def resnet50(num_classes: int = 1000, width: float = 1.0, activation: str = "relu", drop_path: float = 0.0,
+             stem: str = "imagenet", blurpool: bool = False, init: str = "torchvision") -> nn.Module:
+    """ImageNet ResNet-50 (25.6M params at 1000 classes): torchvision's resnet50 (v1.5), 7x7/2 stem + max-pool,
+    [3,4,6,3] bottlenecks; `blurpool=True` as FFCV's recipes. The CIFAR pre-activation one is resnet50b."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width, activation, drop_path, stem, blurpool=blurpool,
+                  init=init)
 
 
 @register_model("preact_resnet18", family="resnet")
