@@ -156,3 +156,38 @@ def test_look_alike_backup_folder_is_kept_and_reported(tmp_path):
     assert snapshot(backup) == before and not stale.exists()
     assert f"left {backup} alone" in done.stdout and "delete it yourself if it is not yours" in done.stdout
     assert sorted(p.name for p in parent.iterdir()) == [backup.name, "ds"]
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs remounted read-only: read-only even for root (a chmod is not). Skips where mounting is not
+    permitted (not root, or a container without CAP_SYS_ADMIN)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}): needs root with CAP_SYS_ADMIN")
+    try:
+        (mnt / "old").mkdir()
+        (mnt / "old" / "notes.txt").write_text("mine")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_read_only_out_is_refused_in_one_line_even_as_root(tmp_path, read_only_mount):
+    from test_error_table import check_one_error_line
+    from typer.testing import CliRunner
+
+    from fasttrain.cli import app
+
+    src = image_folder(tmp_path / "src")
+    before = snapshot(read_only_mount)
+    for out in (read_only_mount / "ds", read_only_mount / "old" / "ds"):
+        res = CliRunner().invoke(app, ["convert", "imagefolder", "--source", str(src), "--name", "t", "--out", str(out)])
+        line = check_one_error_line(res.exit_code, res.stderr, res.output)
+        assert f"--out {out}" in line and "is not writable" in line and "choose a directory you can write to" in line
+    assert snapshot(read_only_mount) == before
