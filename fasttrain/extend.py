@@ -6,7 +6,9 @@ planned length:
   - schedule constant, step or multistep: the lr of a step depends on its epoch, not on the run's length
     (onecycle, cosine, linear, piecewise and htd anneal towards the last step: more epochs would bend the
     curve already followed; start a new run from the weights with --init-from instead);
-  - warmup given in epochs (--warmup-epochs) or none: a warmup_frac is a share of the planned length;
+  - a warmup that ends within the epochs already planned: one given in epochs (--warmup-epochs), none, or
+    a warmup_frac (a share of the length, 0.2 by default) whose share of the new length still ends by the
+    old one, so every step to come is past it exactly as before (up to 5x the length with the default 0.2);
   - no lookahead: its averaging strength grows with step / planned steps.
 A finished run is also refused when it stopped early or ended inside an epoch (fasttrain.rundir).
 """
@@ -32,11 +34,14 @@ def check_extension(saved: dict, epochs: float) -> None:
             f"{head}: the run's {schedule} schedule anneals the learning rate towards its planned last step, so "
             f"more epochs would change the steps it already took; only {', '.join(EXTENSIBLE_SCHEDULES)} "
             f"schedules can be extended. Start a new run from its weights instead: --init-from RUN_DIR")
-    if saved.get("warmup_epochs") is None and (saved.get("warmup_frac") or 0) > 0:
+    frac = saved.get("warmup_frac") or 0
+    if saved.get("warmup_epochs") is None and frac * epochs > old:
+        # steps: int(ceil(epochs * spe) * frac) <= old * spe whenever frac * epochs <= old (old is whole epochs)
         raise ConfigError(
-            f"{head}: the run's warmup is a fraction of its planned length (warmup_frac "
-            f"{saved.get('warmup_frac')}), so more epochs would lengthen a warmup already done; runs with "
-            f"--warmup-epochs (or none) can be extended. Start a new run instead: --init-from RUN_DIR")
+            f"{head}: the run's warmup is a fraction of its planned length (warmup_frac {frac:g}): over "
+            f"{epochs:g} epochs it would run until epoch {frac * epochs:g}, past the {old:g} planned before, and "
+            f"change the learning rate of the steps to come; extend to at most {old / frac:g} epochs, or start a "
+            f"new run from its weights: --init-from RUN_DIR")
     if saved.get("lookahead"):
         raise ConfigError(
             f"{head}: the run uses lookahead, whose averaging grows with step / planned steps, so more "
