@@ -15,7 +15,8 @@ gradient average or a learning rate off by the world size moves the losses by 1e
 depends on the instruction set: float64 reductions reordered by AVX2 or AVX-512 kernels stay within the
 same 1e-11.
 
-This file is also the torchrun worker (`python -m torch.distributed.run ... test_multinode.py DATA OUT SHARDS`).
+This file is also the torchrun worker (`python -m torch.distributed.run ... test_multinode.py TENSOR_DATA
+JPEG_STORE OUT`): it trains on both, then writes each rank's samples per epoch.
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ def model_registered():
         MODELS.pop(MODEL, None)
 
 
-def run_config(data: str, out: str):
+def run_config(data: str, out: str, pipeline: str = "tensor"):
     from fasttrain.config import resolve
 
-    return resolve(MODEL, None, dict(
-        data=data, out=out, epochs=2, batch_size=40, train_subset=160, test_subset=100, lr=0.2, momentum=0.9,
-        schedule="linear", warmup_frac=0.25, crop_pad=2, flip=True, cutout=4, label_smoothing=0.1, tta="flip",
-        eval_every=1, amp="off", compile=False, device="cpu", threads=1, seed=3, deterministic=True,
-        tensorboard=False))
+    settings = dict(data=data, out=out, epochs=2, batch_size=40, train_subset=160, test_subset=100, lr=0.2,
+                    momentum=0.9, schedule="linear", warmup_frac=0.25, crop_pad=2, flip=True, cutout=4,
+                    label_smoothing=0.1, tta="flip", eval_every=1, amp="off", compile=False, device="cpu",
+                    threads=1, seed=3, deterministic=True, tensorboard=False)
+    if pipeline == "stream":  # a miniature jpeg store: 24 train images of every size, decoded at 32 px
+        settings.update(pipeline="stream", batch_size=8, train_subset=None, test_subset=None, min_res=32,
+                        val_res=32, crop_pad=0)
+    return resolve(MODEL, None, settings)
 
 
 def free_port() -> int:
@@ -136,28 +140,37 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[
     return out
 
 
+def check_shares(shards: dict, per_rank: int) -> None:
+    """Each epoch: the ranks' samples are disjoint and together the whole (trimmed) training set."""
+    assert shards["ranks"] == [0, 1] and len(shards["epochs"]) == 2
+    for r0, r1 in shards["epochs"]:
+        assert not set(r0) & set(r1)
+        assert sorted(r0 + r1) == sorted(shards["train_idx"]) and len(r0) == len(r1) == per_rank
+    assert shards["epochs"][0] != shards["epochs"][1]  # a new order each epoch
+
+
 @pytest.mark.slow
 def test_two_torchrun_nodes_shard_the_epoch_and_match_one_process(cifar_tensor_slice, tmp_path):
+    """One two-node job runs two trainings (a job costs its start-up): the tensor pipeline on CIFAR images,
+    compared with one process, then the streaming pipeline on a miniature jpeg store, which shards by rank
+    itself (each rank decodes only its contiguous share of the epoch's order)."""
+    from test_jpeg_store import build_ilsvrc, cli
+
     from fasttrain.train import train
 
-    single_dir, multi_dir, shards_path = tmp_path / "single", tmp_path / "two_nodes", tmp_path / "shards.json"
-    nodes = start_nodes(free_port(), [__file__, str(cifar_tensor_slice), str(multi_dir), str(shards_path)],
+    build_ilsvrc(tmp_path / "ilsvrc", flat_val=True, per_class=8)
+    store = tmp_path / "imagenet"
+    cli("convert", "imagenet", "--source", str(tmp_path / "ilsvrc"), "--out", str(store), "--max-side", "96")
+    nodes = start_nodes(free_port(), [__file__, str(cifar_tensor_slice), str(store), str(tmp_path)],
                         rendezvous="c10d")
-    with model_registered():  # the single process runs while the two nodes start
-        single = train(run_config(str(cifar_tensor_slice), str(single_dir)), quiet=True)
+    with model_registered():  # the single process runs while the two nodes work
+        single = train(run_config(str(cifar_tensor_slice), str(tmp_path / "single")), quiet=True)
     for code, _, stderr in wait_all(nodes):
         assert code == 0, stderr[-4000:]
 
-    # each epoch: the ranks' samples are disjoint and together the whole (trimmed) training set, every step
-    # taking world_size equal slices
-    shards = json.loads(shards_path.read_text())
-    assert len(shards["ranks"]) == 2 and len(shards["epochs"]) == 2
-    for epoch in shards["epochs"]:
-        r0, r1 = epoch
-        assert not set(r0) & set(r1)
-        assert sorted(r0 + r1) == sorted(shards["train_idx"]) and len(r0) == len(r1) == 80
-    assert shards["ranks"] == [0, 1]
-
+    # tensor: each rank trains on its slice of every global batch (80 of the 160 samples an epoch)
+    check_shares(json.loads((tmp_path / "tensor_shards.json").read_text()), per_rank=80)
+    multi_dir, single_dir = tmp_path / "tensor_two_nodes", tmp_path / "single"
     multi = json.loads((multi_dir / "summary.json").read_text())
     assert multi["world_size"] == 2 and single["world_size"] == 1
     assert multi["steps"] == single["steps"] == 8 and multi["train_samples"] == single["train_samples"] == 160
@@ -168,6 +181,11 @@ def test_two_torchrun_nodes_shard_the_epoch_and_match_one_process(cifar_tensor_s
         for key in ("train_loss", "test_loss", "lr"):
             assert close(r1[key], r2[key]), (r1["epoch"], key, r1[key], r2[key])
         assert r1["train_acc"] == r2["train_acc"] and r1["test_acc"] == r2["test_acc"]
+
+    # stream: 24 images, 4 per rank and step
+    check_shares(json.loads((tmp_path / "stream_shards.json").read_text()), per_rank=12)
+    streamed = json.loads((tmp_path / "stream_two_nodes" / "summary.json").read_text())
+    assert streamed["world_size"] == 2 and streamed["steps"] == 2 * 3 and math.isfinite(streamed["test_loss"])
 
 
 @pytest.mark.slow
@@ -232,6 +250,8 @@ if __name__ == "__main__":
     register_model()
     from fasttrain.train import train
 
-    config = run_config(sys.argv[1], sys.argv[2])
-    train(config, quiet=True)
-    record_shards(run_config(sys.argv[1], sys.argv[2]), sys.argv[3])
+    tensor_data, store, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    for pipeline, data in (("tensor", tensor_data), ("stream", store)):
+        run_dir = str(out / f"{pipeline}_two_nodes")
+        train(run_config(data, run_dir, pipeline), quiet=True)
+        record_shards(run_config(data, run_dir, pipeline), str(out / f"{pipeline}_shards.json"))
