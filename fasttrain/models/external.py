@@ -92,6 +92,23 @@ def cached_pretrained_file(timm, arch: str) -> str:
         f"and copy that cache folder here, or pass a weight file with --init-from FILE")
 
 
+def check_timm_kwargs(name: str, kwargs: dict, flag=str) -> None:
+    """timm hands model options to the model's class, where one it does not take (or a bad value) fails deep
+    inside with a TypeError: build the model on the meta device (no memory, no weights read) to refuse them
+    first, naming each option as `flag(key)` writes it."""
+    import torch
+
+    options = {k: v for k, v in kwargs.items() if k != "pretrained"}  # the weights are not read here
+    try:
+        with torch.device("meta"):
+            build_timm(name[len(TIMM_PREFIX):], num_classes=2, **options)
+    except (TypeError, ValueError, AssertionError) as e:
+        given = ", ".join(flag(k) for k in sorted(options)) or "no options"
+        raise ModelError(f"model {name!r}: timm's model refuses the options {given} ({type(e).__name__}: {e}); "
+                         f"timm/ models take timm.create_model's keyword arguments (e.g. drop_rate, "
+                         f"drop_path_rate) and fasttrain's small_input and pretrained") from None
+
+
 def small_input_stem(model: nn.Module) -> bool:
     """Makes a known ImageNet stem stride 1 (in place); False when the architecture has none we know."""
     if hasattr(model, "conv1") and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .layers import ACTIVATIONS
+from .external import TIMM_PREFIX, check_timm_kwargs
 from .registry import ModelError, model_options
 
 ATTENTION_BLOCKS = ("both", "channel", "spatial")
@@ -46,7 +47,9 @@ def check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
         if key in checks and value is not None and not checks[key][0](value):
             raise ModelError(f"{_flag(key)}: {checks[key][1]}, got {value!r}")
     accepted = model_options(model)
-    if accepted is None:
+    if accepted is None:  # a model taking any keyword: timm's are checked by building one on the meta device
+        if model.startswith(TIMM_PREFIX):
+            check_timm_kwargs(model, kwargs, flag=_flag)
         return
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
