@@ -321,7 +321,10 @@ def _publish(tmp: Path, target: Path, token: str) -> None:
         except FileExistsError:  # something appeared in the instant `target` was free: theirs, left alone
             raise TargetExists(target) from None
         fsync_path(target.parent)
-        _remove_tree_marker_last(old)
+        try:
+            _remove_tree_marker_last(old)
+        except OSError:  # the new directory is in place; `old` is provably ours: the next clean-up removes it
+            pass
     finally:
         os.close(fd)
 
