@@ -278,8 +278,9 @@ _REPLACEABLE: ContextVar[dict[Path, Callable[[Path], bool]]] = ContextVar("fastt
 @contextmanager
 def replacing(target: str | Path, may_replace: Callable[[Path], bool]) -> Iterator[None]:
     """Within this block, `atomic_directory(target)` may replace a non-empty `target` it finds at publish
-    time, if `may_replace(folder)` says so. The folder is moved aside first and checked there (so nothing
-    can be added to it between the check and the delete); if the check fails it is moved back untouched."""
+    time, if `may_replace(folder)` says so. The folder is moved aside first and checked there (so what is
+    written to the target path after the check never lands in the folder deleted); if the check fails it is
+    moved back untouched."""
     key = Path(os.path.abspath(target))
     reset = _REPLACEABLE.set({**_REPLACEABLE.get(), key: may_replace})
     try:
