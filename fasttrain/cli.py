@@ -496,9 +496,9 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
             raise typer.Exit(0)  # rank 0 alone reports
         return summary
     except RunInterrupted as e:
+        _ignore_further_stop_signals()
         if not distributed.is_main_process():
             raise typer.Exit(e.exit_code) from None
-        _ignore_further_stop_signals()
         typer.echo(f"interrupted by {e.signame} at step {e.step} (epoch {e.epoch + 1}); checkpoint saved in "
                    f"{e.run_dir}\nresume with: fasttrain run --resume {e.run_dir}", err=True)
         raise typer.Exit(e.exit_code) from None
@@ -893,14 +893,6 @@ def export_cmd(
     typer.echo(f"wrote {path}")
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if args[:1] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
-        args = args[1:]
-    try:
-        app(args=_unalias(args), prog_name="fasttrain")
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
 def _ignore_further_stop_signals() -> None:
     """The command is ending on a stop signal: another Ctrl-C must not kill it on the way out (Python puts
     back the default handler while it shuts down, which would end the process by the signal, not exit 130)."""
@@ -908,6 +900,15 @@ def _ignore_further_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
+        args = args[1:]
+    try:
+        app(args=_unalias(args), prog_name="fasttrain")
+    except KeyboardInterrupt:
+        _ignore_further_stop_signals()
+        typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # user errors were answered by _Commands: this is a bug
         traceback.print_exc()
@@ -915,7 +916,6 @@ def _ignore_further_stop_signals() -> None:
                    f"please report it with the command line and the traceback above", err=True)
         sys.exit(1)
 
-        _ignore_further_stop_signals()
 
 if __name__ == "__main__":
     main()
