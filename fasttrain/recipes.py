@@ -34,7 +34,7 @@ from typing import Any
 FFCV = "libffcv/ffcv-imagenet"
 # (epochs, start_ramp, end_ramp) of FFCV's configs: rn18 and rn50 share them
 FFCV_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
-IMAGENET_DATA = "data/imagenet"
+IMAGENET_DATA = "data/imagenet-jpeg"  # where `fasttrain convert imagenet` writes by default
 
 
 def _ffcv_recipe(model: str, epochs: int, *, batch_size: int, lr: float, weight_decay: float) -> dict[str, Any]:
