@@ -28,6 +28,7 @@ Every process's random streams travel in the checkpoint (`fasttrain.reproducibil
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import pickle
@@ -41,7 +42,7 @@ import torch
 
 from .reproducibility import capture_rng, restore_rng
 from .resilience import check_finite_params
-from .config import ConfigError
+from .config import ConfigError, RunConfig
 from .extend import check_extension
 from .runio import atomic_torch_save
 
@@ -416,9 +417,19 @@ def check_resumable(run_dir: str | Path) -> None:
 RESUME_MAY_DIFFER = frozenset({"out", "nproc", "threads", "force"})
 
 
+def _field_defaults() -> dict:
+    """Every RunConfig field's default, as config.json writes it."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}
+    return json.loads(json.dumps(defaults))
+
+
 def _check_same_config(saved: dict, current: dict, path: Path) -> None:
     # compare as JSON sees them (config.json turns tuples into lists)
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    # a setting added to fasttrain after the checkpoint was written is absent from it: the run had the default
+    saved = {**{k: v for k, v in _field_defaults().items() if k in current}, **saved}
     diff = sorted(
         k for k in set(saved) | set(current) if k not in RESUME_MAY_DIFFER and saved.get(k) != current.get(k)
     )

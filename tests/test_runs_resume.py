@@ -130,3 +130,25 @@ def test_resume_with_more_epochs_is_refused_where_the_schedule_depends_on_the_le
     result = runner.invoke(app, ["run", "--resume", str(out), "--epochs", "3"])
     assert result.exit_code == 2 and reason in result.output and "--init-from" in result.output, result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(cifar_tensor_slice, tmp_path):
+    """Runs saved by an older fasttrain lack the settings added since: their checkpoint and config.json
+    have no such key, and the run had the setting's default, so the resume is allowed."""
+    out = tmp_path / "run"
+    train(tiny_cfg(cifar_tensor_slice, out, epochs=1), quiet=True)
+    state = ckpt_io.load(out / "checkpoint.pt")
+    assert state["config"]["logger"] is not None  # a recent setting, with its default value
+    del state["config"]["logger"]
+    ckpt_io.save(out / "checkpoint.pt", state)
+    config = json.loads((out / "config.json").read_text())
+    del config["logger"]
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "summary.json").unlink()  # as if stopped during the final evaluation
+    summary = train(load_run_config(out), quiet=True, resume=True)
+    assert summary["steps"] == 2
+    state["config"]["lr"] = 123.0  # a setting the run really had otherwise is still refused
+    ckpt_io.save(out / "checkpoint.pt", state)
+    (out / "summary.json").unlink()
+    with pytest.raises(ckpt_io.CheckpointError, match="different config"):
+        train(load_run_config(out), quiet=True, resume=True)
