@@ -4,12 +4,12 @@ and the fixed-size (B, res, res, 3) uint8 batch out (NHWC). The same call as the
 pixels (fasttrain/data/crops.py).
 
   CpuCropDecoder        the fast path: a C++ extension over libjpeg-turbo (cuda_ext/csrc/jpeg_decode_cpu.cpp).
-                        Each image is decoded at the smallest DCT scale n/8 that keeps the crop >= res in
-                        both directions, only the rows and columns of the crop, then cropped, resized
+                        Each image is decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) that keeps the
+                        crop >= res in both directions, only the rows and columns of the crop, then resized
                         (antialiased bilinear, cuda_ext/csrc/crop_resize.h) and flipped straight into the
                         batch; a thread pool over the images, the GIL released, no per-image Python.
   ReferenceCropDecoder  the reference: simplejpeg (libjpeg-turbo) decodes the whole image, resized_crop
-                        (float32, antialias=True) resizes, rounding as crop_resize.h (+0.5, floor), then
+                        (float32, antialias=True) resizes, rounding as crop_resize.h (half to even), then
                         the flip. One image at a time, in Python: the ground truth, not a fast path.
 
 The two agree within +-1 level where the C++ path decodes at full scale (DCT scale 8/8: same decoded
@@ -112,6 +112,6 @@ class ReferenceCropDecoder:
                                          f"{rgb.shape[0]} x {rgb.shape[1]} image")
             x = torch.from_numpy(rgb).permute(2, 0, 1).float()
             y = resized_crop(x, top, left, h, w, [res, res], antialias=True)
-            y = (y.clamp(0, 255) + 0.5).floor().to(torch.uint8).permute(1, 2, 0)  # crop_resize.h's rounding
+            y = y.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)  # crop_resize.h's rounding: half to even
             out[i] = y.flip(1) if f[i] else y
         return out

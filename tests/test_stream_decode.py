@@ -93,6 +93,32 @@ def test_region_decode_is_the_full_decode_window():
                                                   err_msg=f"{name} 4:{subsampling} scale {n}/8 box {top, left, box}")
 
 
+def test_resize_is_crop_resize_h_bit_for_bit(photos, tmp_path):
+    """The decoder's resize loops (arranged for speed) give the bytes of the header's own host path
+    (cuda_ext/crop_host.py, the CUDA kernel's stand-in) on the same decoded pixels: at full scale on the
+    full decode, and at DCT scale n/8 on the full decode at that scale with the box scaled by n/8."""
+    from fasttrain.cuda_ext.crop_host import build_host_library, host_crop_resize
+
+    try:
+        dll = build_host_library(tmp_path)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    ext = jpeg_cpu.load()
+    jpegs, hs, ws = photos
+    ids = np.arange(len(jpegs))
+    boxes = np.stack(rrc_params(hs, ws, ids, seed=4, epoch=1), 1).astype(np.float64)
+    flips = flip_flags(ids, 4, 1)
+    for res, scaling in ((96, False), (64, True), (224, True)):
+        ours = CpuCropDecoder(2, dct_scaling=scaling)(jpegs, boxes, flips, res)
+        for i, jpeg in enumerate(jpegs):
+            n = 8
+            if scaling:
+                n = next((k for k in (1, 2, 4) if min(boxes[i, 2:]) * k / 8 >= res), 8)
+            image = ext.decode_full(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), n).permute(2, 0, 1)
+            want = host_crop_resize(dll, [image], boxes[i : i + 1] * n / 8, flips[i : i + 1], res)
+            assert torch.equal(ours[i], want[0]), (i, res, n)
+
+
 def test_full_scale_equals_the_reference_within_one_level(photos):
     jpegs, hs, ws = photos
     ids = np.arange(len(jpegs))
