@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .reproducibility import capture_rng, restore_rng
-from .resilience import check_finite_params
+from .stopping import check_finite_params
 from .config import ConfigError, RunConfig
 from .extend import check_extension
 from .runio import atomic_torch_save

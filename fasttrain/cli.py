@@ -74,7 +74,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.tensor_format import DatasetError
     from .models import ModelError
     from .outputs import OutputError
-    from .resilience import RunDirError
+    from .rundisk import RunDirError
 
     return (ConfigError, ModelError, SourceError, DatasetError, CheckpointError, RunDirError, OutputError)
 
@@ -479,7 +479,7 @@ def _train(cfg: RunConfig, *, resume: bool = False) -> dict:
     cfg.nproc > 1 outside torchrun: re-execute this command under torchrun. A stop signal exits 130/143 with
     a resume hint; a diverged loss exits 3; run-dir/checkpoint problems exit 2."""
     from . import distributed
-    from .resilience import NonFiniteLoss, RunInterrupted
+    from .stopping import NonFiniteLoss, RunInterrupted
 
     if cfg.task == "retrieval":
         from .retrieval.trainer import train_retrieval as train

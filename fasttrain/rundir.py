@@ -44,7 +44,7 @@ from .config import ConfigError, RunConfig
 from .data.verify import dataset_identity
 from .extend import check_extension
 from .models.user_models import absolute_model_name, is_file_model
-from .resilience import RunDirError, check_run_dir
+from .rundisk import RunDirError, check_run_dir
 from .runio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .checkpoint import CHECKPOINT_NAME
-from .resilience import RunDirError
+from .rundisk import RunDirError
 from .runio import _atomic_write
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt_io, distributed, resilience
+from . import checkpoint as ckpt_io, distributed, rundisk, stopping
 from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants, normalize
 from .config import RunConfig
 from .data.formats import read_labels
@@ -89,7 +89,7 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
     progress.header(run_header(cfg, data, rt, model))
     hooks = Hooks(callbacks, RunState(cfg, out_dir, model, fit.updater.optimizer, history))  # fit(callbacks=)
     hooks("on_train_start", epoch=pos.epoch, step=fit.updater.step)
-    sentinel = resilience.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
+    sentinel = stopping.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
                                    steps_per_epoch=fit.steps_per_epoch)  # stop signals, NaN guard
 
     def save(epoch: int, batch: int = 0, tally: EpochTally | None = None) -> None:  # atomic; collective under DDP
@@ -288,8 +288,8 @@ def build_model(cfg: RunConfig, data: RunData, rt: Runtime, out_dir: Path) -> tu
                                        indices=data.train_idx[: min(5000, data.n_train)])  # any pipeline
         model.init_from_data(normalize(sample, data.scale, data.bias, torch.float32))
     # room for checkpoints (model + optimiser state + averages)
-    need = resilience.disk_need(4 * resilience.checkpoint_bytes(model))
-    rt.dist.main_only(resilience.check_free_space, out_dir, need)
+    need = rundisk.disk_need(4 * rundisk.checkpoint_bytes(model))
+    rt.dist.main_only(rundisk.check_free_space, out_dir, need)
     forward = rt.dist.wrap(model, sync_bn=cfg.sync_bn)  # DDP around the same parameters
     forward = compile_model(forward) if cfg.compile else forward  # static shapes: one graph per batch size
     return model, forward

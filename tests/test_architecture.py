@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Source folder -> the package name it installs as (pyproject's package-dir).
@@ -22,7 +21,7 @@ LAYERS: dict[str, int] = {
     "config": 1, "runio": 1, "resolution": 1, "recipes": 1, "outputs": 1,
     "data": 2,
     "models": 3, "cuda_ext": 3, "losses": 3, "runtime": 3, "reproducibility": 3, "runclock": 3,
-    "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "resilience": 4,
+    "augment": 4, "pipelines": 4, "optim": 4, "evaluate": 4, "checkpoint": 4, "stopping": 4, "rundisk": 4,
     "distributed": 4, "ema": 4, "monitor": 4, "regularizers": 4, "progress": 4, "runlog": 4, "plots": 4,
     "rundir": 4, "init_weights": 4, "weight_files": 4, "callbacks": 4, "loggers": 4, "tasks": 4, "extend": 4,
     "steps": 5, "report": 5, "inference": 5,

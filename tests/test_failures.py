@@ -18,10 +18,11 @@ import torch
 from typer.testing import CliRunner
 
 from fasttrain import checkpoint as ckpt_io
-from fasttrain import resilience
+from fasttrain import rundisk
 from fasttrain.cli import app
 from fasttrain.config import RunConfig
-from fasttrain.resilience import LossGuard, NonFiniteLoss, RunDirError, StopSignals
+from fasttrain.rundisk import RunDirError
+from fasttrain.stopping import LossGuard, NonFiniteLoss, StopSignals
 from fasttrain.train import train
 
 
@@ -306,7 +307,7 @@ def test_unwritable_run_dir_fails_before_training(cifar_tensor_slice, tmp_path, 
     def read_only(fd):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(resilience.os, "fsync", read_only)
+    monkeypatch.setattr(rundisk.os, "fsync", read_only)
     out = tmp_path / "ro"
     with pytest.raises(RunDirError, match="not writable .*Read-only file system"):
         train(tiny_cfg(cifar_tensor_slice, out), quiet=True)
@@ -317,7 +318,7 @@ def test_full_disk_fails_before_training(cifar_tensor_slice, tmp_path, monkeypat
     class Usage:
         total, used, free = 1 << 30, (1 << 30) - (1 << 20), 1 << 20
 
-    monkeypatch.setattr(resilience.shutil, "disk_usage", lambda path: Usage())
+    monkeypatch.setattr(rundisk.shutil, "disk_usage", lambda path: Usage())
     out = tmp_path / "full"
     with pytest.raises(RunDirError, match=r"only 1.0 MiB free .* needs about"):
         train(tiny_cfg(cifar_tensor_slice, out), quiet=True)

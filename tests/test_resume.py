@@ -20,7 +20,7 @@ import torch
 from fasttrain import checkpoint as ckpt_io, reproducibility
 from fasttrain.augment import AugmentConfig, AugmentSampler
 from fasttrain.config import RunConfig
-from fasttrain.resilience import RunInterrupted
+from fasttrain.stopping import RunInterrupted
 from fasttrain.train import train
 
 TIMED = ("epoch_s", "imgs_per_s")  # the only row fields allowed to differ between runs

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fasttrain.config import ConfigError, RunConfig
-from fasttrain.resilience import RunDirError
+from fasttrain.rundisk import RunDirError
 from fasttrain.rundir import LOCK_NAME, new_run_path
 from fasttrain.train import train
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fasttrain.cli import app
 from fasttrain.progress import EpochProgress
-from fasttrain.resilience import RunDirError
+from fasttrain.rundisk import RunDirError
 from fasttrain.runlog import RunLog
 from fasttrain.train import train
 from test_runs_folders import tiny_cfg

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from fasttrain import checkpoint as ckpt_io
 from fasttrain.cli import app
 from fasttrain.data.convert import convert
-from fasttrain.resilience import RunDirError, RunInterrupted
+from fasttrain.rundisk import RunDirError
+from fasttrain.stopping import RunInterrupted
 from fasttrain.rundir import load_run_config
 from fasttrain.train import train
 from test_runs_folders import tiny_cfg

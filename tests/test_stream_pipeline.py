@@ -221,7 +221,7 @@ def test_stop_mid_epoch_then_resume_replays_the_same_batches(store, tmp_path, mo
     from fasttrain import checkpoint as ckpt_io
     from fasttrain.augment import AugmentSampler
     from fasttrain.config import RunConfig
-    from fasttrain.resilience import RunInterrupted
+    from fasttrain.stopping import RunInterrupted
     from fasttrain.train import train
 
     log = BatchLog(monkeypatch)

@@ -47,7 +47,7 @@ from ..models import create_model
 from ..optim import Lookahead, build_optimizer
 from ..regularizers import PatchUp
 from ..reproducibility import set_deterministic
-from ..resilience import LossGuard
+from ..stopping import LossGuard
 from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..runio import write_json
 from ..runtime import check_model_fits, device_name, resolve_amp, resolve_device, sync
