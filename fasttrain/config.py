@@ -588,6 +588,10 @@ RECIPES["cars196-retrieval"] = dict(
     RECIPES["retrieval"], model="resnet18_attn", data="data/cars196", epochs=60, crop_pad=16,
     model_kwargs={"stem": "imagenet"}, retrieval=dict(RECIPES["retrieval"]["retrieval"], embed_epochs=40),
 )
+# The same from the original photos (`fasttrain convert cars196 --format jpeg`): a new random-resized crop at
+# 224 px of each photo every epoch, in the decode; evaluation on the centre crop at 224 px.
+RECIPES["cars196-retrieval-rrc"] = dict(RECIPES["cars196-retrieval"], data="data/cars196-jpeg", pipeline="stream",
+                                        crop_pad=0, min_res=224, val_res=224)
 # ImageNet ResNet-18 / ResNet-50 after FFCV's configs, and every recipe's source: fasttrain/recipes.py.
 RECIPES.update(IMAGENET_RECIPES)
 

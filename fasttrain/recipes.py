@@ -77,6 +77,8 @@ RECIPE_SOURCES.update({
     "tinyimagenet-resnet18-attn": "fasttrain (not measured on a GPU)",
     "retrieval": "fasttrain; multi-similarity loss (Wang et al., CVPR 2019)",
     "cars196-retrieval": "fasttrain; multi-similarity loss (Wang et al., CVPR 2019)",
+    "cars196-retrieval-rrc": "fasttrain; multi-similarity loss (Wang et al., CVPR 2019); torchvision's "
+                             "RandomResizedCrop from the original photos",
 })
 
 

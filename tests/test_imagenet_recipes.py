@@ -133,3 +133,36 @@ def test_imagenet_recipe_trains_on_a_miniature_ilsvrc_layout(tmp_path):
     assert summary["tta"] == "flip" and np.isfinite(summary["test_loss"])
     config = json.loads((out / "config.json").read_text())
     assert config["pipeline"] == "stream" and config["lr"] == pytest.approx(0.5 * 8 / 1024)
+
+
+# ---------------------------------------------------------------------------- Cars196 from the original photos
+@pytest.mark.slow
+def test_cars196_retrieval_recipe_crops_the_original_photos_anew_each_epoch(tmp_path):
+    """`convert cars196 --format jpeg` keeps each whole photo; the cars196-retrieval-rrc recipe trains
+    retrieval on random-resized crops of them (new ones each epoch, the same for the same seed and epoch)
+    and measures Recall@K on centre crops of the held-out classes."""
+    pytest.importorskip("scipy")
+    from test_datasets import make_cars_annos
+    from test_jpeg_store import cli
+
+    from fasttrain.retrieval.streamed import StreamedPool
+
+    src, _ = make_cars_annos(tmp_path / "cars", np.random.default_rng(3))
+    data = tmp_path / "cars-jpeg"
+    cli("convert", "cars196", "--source", str(src), "--out", str(data), "--format", "jpeg")
+    pool = StreamedPool.of_classes(str(data), [0, 1])
+    assert sorted(pool.labels.tolist()) == [0, 0, 0, 1, 1, 1]  # the store's retrieval split: classes 1-2 train
+    again = StreamedPool.of_classes(str(data), [0, 1])  # a fresh pool: decodes, does not reuse the last set
+    crops = [p.decode(e, res=24, device=torch.device("cpu"), seed=5) for p, e in ((pool, 0), (again, 0), (pool, 1))]
+    assert crops[0].shape == (6, 24, 24, 3) and torch.equal(crops[0], crops[1]) and not torch.equal(crops[0], crops[2])
+    assert crops[1] is not crops[0]
+    assert pool.subset(np.array([4, 1])).labels.tolist() == pool.labels[[1, 4]].tolist()
+
+    out = tmp_path / "run"
+    res = cli("run", "resnet18_attn", "--recipe", "cars196-retrieval-rrc", "--data", str(data), "--out", str(out),
+              "--epochs", "2", "--batch-size", "4", "--m-per-class", "2", "--min-res", "32", "--val-res", "32",
+              "--width", "0.25", "--device", "cpu", "--threads", "2", "--no-tensorboard", "--json")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["recipe"] == "cars196-retrieval-rrc" and 0 <= summary["test_acc"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["pipeline"] == "stream" and config["crop_pad"] == 0 and config["min_res"] == 32

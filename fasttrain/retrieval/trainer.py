@@ -20,7 +20,8 @@ MetricLearningTask) stepped by `fasttrain.steps.Updater` (per-batch schedule, AM
 clipping, EMA, lookahead), the loss guard, and `fasttrain.checkpoint`'s writer. With --ema each phase ends on
 its average: the backbone phase 2 starts from, and what Recall@K measures. Options that cannot apply are
 refused by `refuse_unsupported` with a ConfigError naming them (resume, several processes, a val split,
-test-time augmentation, per-epoch evaluation, a pipeline other than tensor).
+test-time augmentation, per-epoch evaluation, a pipeline other than tensor or stream). On a jpeg store
+(`--pipeline stream`) the images are the original photos, cropped anew every epoch (retrieval/streamed.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import dataclasses
 import json
 import math
 import time
+from functools import partial
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from .metrics import recall_at_k
 from .model import EmbeddingNet, backbone_features
 from .options import RetrievalOptions
 from .sampler import ClassBalancedSampler
+from .streamed import DEFAULT_RES as STREAM_RES, StreamedPool
 
 __all__ = ["RetrievalOptions", "class_split", "pooled_by_class", "refuse_unsupported", "train_retrieval"]
 
@@ -72,8 +75,12 @@ def refuse_unsupported(cfg: RunConfig, *, resume: bool = False) -> None:
                           "start it again without --resume")
     if cfg.nproc > 1 or in_torchrun():
         raise ConfigError("--nproc: the retrieval task runs in one process; drop --nproc (or torchrun)")
-    if cfg.pipeline != "tensor":
-        raise ConfigError(f"--pipeline {cfg.pipeline}: retrieval runs on the tensor format only")
+    if cfg.pipeline not in ("tensor", "stream"):
+        raise ConfigError(f"--pipeline {cfg.pipeline}: retrieval runs on the tensor format, or on a jpeg store "
+                          f"with --pipeline stream")
+    if cfg.pipeline == "stream" and cfg.max_res not in (None, cfg.min_res):
+        raise ConfigError(f"--max-res {cfg.max_res}: retrieval trains at one resolution (--min-res) and "
+                          f"evaluates at --val-res; no progressive resizing")
     if cfg.val_split:
         raise ConfigError(f"--val-split {cfg.val_split}: retrieval selects no model on a val split (Recall@K is "
                           f"measured on classes never trained on); drop --val-split and --early-stop")
@@ -120,11 +127,12 @@ class _Batches:
     for either phase. Mixing stops after `mix_off_epoch` epochs, as in classification."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, index_source, aug: AugmentSampler, scale, bias,
-                 dtype: torch.dtype, mix_off_epoch: int | None = None):
+                 dtype: torch.dtype, mix_off_epoch: int | None = None, recrop: Callable[[int], torch.Tensor] | None = None):
         self.images, self.labels, self.index_source = images, labels, index_source
         self.aug, self.scale, self.bias, self.dtype = aug, scale, bias, dtype
         self.mix_off_epoch = mix_off_epoch
         self.mix = True
+        self.recrop = recrop  # epoch -> that epoch's images (a jpeg store: new random-resized crops)
 
     def __len__(self) -> int:
         return len(self.index_source)
@@ -132,6 +140,8 @@ class _Batches:
     def set_epoch(self, epoch: int) -> None:
         self.index_source.set_epoch(epoch)
         self.mix = self.mix_off_epoch is None or epoch < self.mix_off_epoch
+        if self.recrop is not None:
+            self.images = self.recrop(epoch)
 
     def __iter__(self) -> Iterator:
         h, w = self.images.shape[1:3]
@@ -248,16 +258,29 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
 
     # --- data: train classes and held-out test classes, whole uint8 sets on the device
     train_classes, test_classes = class_split(meta, opts)
-    tr_x, tr_y = pooled_by_class(cfg.data, train_classes)
-    te_x, te_y = pooled_by_class(cfg.data, test_classes)
-    tr_idx = stratified_subset(tr_y, cfg.train_subset or len(tr_y), cfg.seed)
-    te_idx = stratified_subset(te_y, cfg.test_subset or len(te_y), cfg.seed)
     remap = np.full(meta["num_classes"], -1, dtype=np.int64)
     remap[train_classes] = np.arange(len(train_classes))  # train labels -> 0..C-1 for the classifier
-    train_images = torch.from_numpy(tr_x[tr_idx]).to(device)
-    train_labels = torch.from_numpy(remap[tr_y[tr_idx]]).to(device)
-    test_images = torch.from_numpy(te_x[te_idx]).to(device)
-    test_labels = torch.from_numpy(te_y[te_idx]).to(device)
+    recrop: Callable[[int], torch.Tensor] | None = None
+    if cfg.pipeline == "stream":  # photos of every size: a new random-resized crop of each every epoch
+        train_pool, test_pool = (StreamedPool.of_classes(cfg.data, c) for c in (train_classes, test_classes))
+        train_pool = train_pool.subset(stratified_subset(train_pool.labels, cfg.train_subset or len(train_pool.labels),
+                                                         cfg.seed))
+        test_pool = test_pool.subset(stratified_subset(test_pool.labels, cfg.test_subset or len(test_pool.labels),
+                                                       cfg.seed))
+        res = cfg.min_res or STREAM_RES
+        recrop = partial(train_pool.decode, res=res, device=device, seed=cfg.seed, flip=cfg.flip)
+        train_images, train_y = recrop(epoch=0), train_pool.labels
+        test_images, test_y = test_pool.decode(res=cfg.val_res or res, device=device, seed=cfg.seed, train=False), \
+            test_pool.labels
+    else:
+        tr_x, tr_y = pooled_by_class(cfg.data, train_classes)
+        te_x, te_y = pooled_by_class(cfg.data, test_classes)
+        tr_idx = stratified_subset(tr_y, cfg.train_subset or len(tr_y), cfg.seed)
+        te_idx = stratified_subset(te_y, cfg.test_subset or len(te_y), cfg.seed)
+        train_images, train_y = torch.from_numpy(tr_x[tr_idx]).to(device), tr_y[tr_idx]
+        test_images, test_y = torch.from_numpy(te_x[te_idx]).to(device), te_y[te_idx]
+    train_labels = torch.from_numpy(remap[train_y]).to(device)
+    test_labels = torch.from_numpy(test_y).to(device)
     scale, bias = norm_constants(meta["mean"], meta["std"], device)
     h, w = train_images.shape[1:3]
 
@@ -286,7 +309,9 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
 
     # --- phase 1: classification over the train classes
     cls_epochs = cfg.epochs if opts.cls_epochs is None else opts.cls_epochs
-    aug_cfg = AugmentConfig(crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout,
+    crops = recrop is not None  # the decode has cropped and flipped already
+    aug_cfg = AugmentConfig(crop_pad=0 if crops else cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip and not crops,
+                            cutout=cfg.cutout,
                             mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob,
                             switch_prob=cfg.switch_prob)
     train_s, seen_imgs = 0.0, 0
@@ -300,7 +325,7 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
         batches = _Batches(train_images, train_labels, _ShuffledIndices(len(train_labels), cfg.batch_size, device,
                                                                          cfg.seed),
                            AugmentSampler(aug_cfg, seed=cfg.seed + 1, device=device), scale, bias,
-                           precision.input_dtype, mix_off_epoch=cfg.mix_off_epoch)
+                           precision.input_dtype, mix_off_epoch=cfg.mix_off_epoch, recrop=recrop)
         spent, images = run_phase("classify", task, dataclasses.replace(cfg, epochs=cls_epochs), batches,
                                   epochs=cls_epochs, precision=precision, log=log, rows=rows)
         train_s, seen_imgs = train_s + spent, seen_imgs + images
@@ -317,8 +342,10 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     embed_lr = opts.embed_lr if opts.embed_lr is not None else cfg.lr / 10
     sampler = ClassBalancedSampler(train_labels, cfg.batch_size, opts.m_per_class, seed=cfg.seed + 2)
     no_mix = dataclasses.replace(aug_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)  # mixed labels mean nothing to pairs
+    phase1_epochs = math.ceil(cls_epochs) if cls_epochs > 0 else 0  # phase 2's crops follow phase 1's epochs
     batches = _Batches(train_images, train_labels, sampler, AugmentSampler(no_mix, seed=cfg.seed + 3, device=device),
-                       scale, bias, precision.input_dtype)
+                       scale, bias, precision.input_dtype,
+                       recrop=(lambda epoch: recrop(epoch=phase1_epochs + epoch)) if crops else None)
     # phase 2 warms up by embed_warmup_frac (its head starts random)
     phase_cfg = dataclasses.replace(cfg, epochs=embed_epochs, lr=embed_lr, warmup_frac=opts.embed_warmup_frac,
                                     warmup_epochs=None)
