@@ -79,8 +79,8 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-6, end_lr: float = 10.0, ste
     rt = build_runtime(cfg)
     data = build_data(cfg, rt)
     model, forward = build_model(cfg, data, rt, out)
-    fit = build_optimisation(cfg, model, forward, data, rt)
-    groups = fit.updater.optimizer.param_groups
+    optim = build_optimisation(cfg, model, forward, data, rt)
+    groups = optim.train_step.optimizer.param_groups
     ratios = [g["base_lr"] / cfg.lr for g in groups]  # per-group multipliers (bias lr scale, ...) kept
     lrs = lr_schedule(start_lr, end_lr, steps)
     losses: list[float] = []
@@ -98,7 +98,7 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-6, end_lr: float = 10.0, ste
                 g["base_lr"] = r * float(lrs[i])
             inputs = normalize(xb, data.scale, data.bias, rt.precision.input_dtype)
             plain = Targets(yb, yb, torch.ones(len(yb), device=yb.device))  # unmixed: every weight on y_a
-            result = fit.updater(inputs, plain, end_of_epoch=False)
+            result = optim.train_step(inputs, plain, end_of_epoch=False)
             losses.append(result.loss.item())
             smoothed = smooth(losses)
             if not math.isfinite(losses[-1]) or smoothed[-1] > DIVERGED * smoothed.min():

@@ -19,7 +19,7 @@ from .runtime import resolve_amp
 if TYPE_CHECKING:  # annotations only: the config layer sits above the optimiser
     from .config import RunConfig
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Lookahead", "MuonWithAux", "TrainStep", "build_optimizer", "lr_multiplier",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Lookahead", "MuonWithAux", "OptimizerStep", "build_optimizer", "lr_multiplier",
            "param_groups", "set_lr"]
 
 
@@ -278,7 +278,7 @@ def clip_gradients(params: list[torch.Tensor], mode: str, value: float | None) -
     raise ValueError(f"--clip-mode: must be norm or value, got {mode!r}")
 
 
-class TrainStep:
+class OptimizerStep:
     """backward() every batch; every `accum_steps` batches (or at `flush`): unscale (AMP), clip, step,
     update the scaler, zero the grads. The loss of each micro-batch is divided by accum_steps, so k
     accumulated batches of size b give the gradient of one batch of size k*b (batch-mean loss)."""

@@ -4,8 +4,8 @@ A task owns a model and its loss (`fasttrain.tasks`); everything around the loss
 and lives here, once:
 
     Precision    the autocast dtype, the autocast context and the gradient scaler (fp16 on CUDA only)
-    Updater      one call per batch: lr from the schedule -> forward + loss under autocast -> backward with
-                 accumulation and clipping (optim.TrainStep) -> EMA after a real optimiser step -> lookahead
+    TrainStep      one call per batch: lr from the schedule -> forward + loss under autocast -> backward with
+                 accumulation and clipping (optim.OptimizerStep) -> EMA after a real optimiser step -> lookahead
     EpochTally   an epoch's running loss / accuracy / sample sums on the device and its clock
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from .choices import amp_name
 from .ema import ModelEma
-from .optim import Lookahead, TrainStep, lr_multiplier, set_lr
+from .optim import Lookahead, OptimizerStep, lr_multiplier, set_lr
 
 if TYPE_CHECKING:  # annotations only: the config layer sits above the step
     from .config import RunConfig
@@ -60,7 +60,7 @@ class StepResult:
     stepped: bool  # the optimiser stepped (an accumulation window closed)
 
 
-class Updater:
+class TrainStep:
     """Trains `task.model` one batch per call; `step` counts the batches done (a resume starts it there).
 
     The lr of batch `step` is lr_multiplier(step, total_steps) x each group's base_lr; an accumulation
@@ -74,7 +74,7 @@ class Updater:
         self.cfg = cfg
         self.precision = precision
         self.scaler = precision.grad_scaler()
-        self.optim_step = TrainStep(optimizer, self.scaler, cfg)
+        self.optim_step = OptimizerStep(optimizer, self.scaler, cfg)
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.ema = ema

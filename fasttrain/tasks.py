@@ -1,4 +1,4 @@
-"""Training tasks: a task owns a model and its loss, so one step (`fasttrain.steps.Updater`) trains any of them.
+"""Training tasks: a task owns a model and its loss, so one step (`fasttrain.steps.TrainStep`) trains any of them.
 
 A task has
     model          the weights being trained (the EMA, lookahead and checkpoints read and write these)

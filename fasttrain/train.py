@@ -1,9 +1,9 @@
 """train(cfg) -> summary: the classification training loop, readable top to bottom.
 
-Setup is a handful of builders (runtime, run directory, data, model, optimisation, extras); then the epoch
-loop: augment on the device, one `Updater` call per batch (lr, AMP forward + loss, backward, EMA, lookahead),
-evaluation outside the timed region, a checkpoint per epoch. A stop signal takes the one stop path at the end:
-save where the run stands, raise RunInterrupted. Then the final evaluation (TTA) and the run directory's
+Setup is a handful of builders (runtime, run directory, data, model, optimisation, augmentation sampler,
+records); then the epoch loop: augment on the device, one `TrainStep` call per batch (lr, AMP forward + loss,
+backward, EMA, lookahead), evaluation outside the timed region, a checkpoint per epoch. A stop signal takes
+the one stop path at the end: save where the run stands, raise RunInterrupted. Then the final evaluation (TTA) and the run directory's
 summary, report and plots. Only the entry points import this module (cli's one launch path and the Python
 API, fasttrain.api); the pieces it uses live below it.
 
@@ -51,12 +51,11 @@ from .callbacks import Hooks, RunState
 from .loggers import open_loggers
 from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp,
                       resolve_compile, resolve_device, sync)
-from .steps import EpochTally, Precision, Updater
+from .steps import EpochTally, Precision, TrainStep
 from .tasks import ClassificationTask
 
 
 # ============================================================================ the run
-@rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 @rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callbacks: list | tuple = (),
           loggers: list | tuple = ()) -> dict:
@@ -73,32 +72,33 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
     model, forward = build_model(cfg, data, rt, out_dir)
     if cfg.init_from and not resume:  # weights only (after any data-based init); a resume restores its own
         load_init_weights(model, cfg.init_from, data.num_classes, log)
-    fit = build_optimisation(cfg, model, forward, data, rt)
-    extras = build_extras(cfg, model, fit, data, rt, out_dir, clock, loggers)
-    pos = extras.state.restore() if resume else ckpt_io.Position()
+    optim = build_optimisation(cfg, model, forward, data, rt)
+    sampler = build_sampler(cfg, data, rt)
+    records = build_records(cfg, model, optim, data, rt, out_dir, clock, sampler, loggers)
+    pos = records.state.restore() if resume else ckpt_io.Position()
     clock.start_segment(pos.epoch + 1)  # this segment's first epoch carries its warm-up
-    fit.updater.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
-    extras.selection.best_state = pos.extra.get("best_state")
+    optim.train_step.step, train_s, history = pos.step, pos.train_s, pos.history  # a resume continues all three
+    records.selection.best_state = pos.extra.get("best_state")
     for row in history:
-        extras.runlog.log(row)
+        records.runlog.log(row)
     if resume and not quiet:
         print(f"resuming {out_dir} at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch})", flush=True)
     schedule = schedule_from(cfg.min_res, cfg.max_res, cfg.start_ramp, cfg.end_ramp)  # progressive resizing
-    compile_s = warm_up_compile(cfg, model, forward, data, fit, rt, first_epoch=pos.epoch, schedule=schedule)
-    progress = EpochProgress(fit.n_epochs, fit.steps_per_epoch, quiet=quiet)
+    compile_s = warm_up_compile(cfg, model, forward, data, optim, rt, first_epoch=pos.epoch, schedule=schedule)
+    progress = EpochProgress(optim.n_epochs, optim.steps_per_epoch, quiet=quiet)
     progress.header(run_header(cfg, data, rt, model))
-    hooks = Hooks(callbacks, RunState(cfg, out_dir, model, fit.updater.optimizer, history))  # fit(callbacks=)
-    hooks("on_train_start", epoch=pos.epoch, step=fit.updater.step)
-    sentinel = stopping.Sentinel(rt.dist, rt.device, checkpoint=extras.state.path,
-                                   steps_per_epoch=fit.steps_per_epoch)  # stop signals, NaN guard
+    hooks = Hooks(callbacks, RunState(cfg, out_dir, model, optim.train_step.optimizer, history))  # fit(callbacks=)
+    hooks("on_train_start", epoch=pos.epoch, step=optim.train_step.step)
+    sentinel = stopping.Sentinel(rt.dist, rt.device, checkpoint=records.state.path,
+                                   steps_per_epoch=optim.steps_per_epoch)  # stop signals, NaN guard
 
     def save(epoch: int, batch: int = 0, tally: EpochTally | None = None) -> None:  # atomic; collective under DDP
-        extras.state.save(epoch=epoch, batch=batch, step=fit.updater.step, history=history, train_s=train_s,
-                     epoch_acc=tally.sums() if tally else None, extra={"best_state": extras.selection.best_state})
+        records.state.save(epoch=epoch, batch=batch, step=optim.train_step.step, history=history, train_s=train_s,
+                     epoch_acc=tally.sums() if tally else None, extra={"best_state": records.selection.best_state})
 
     stop_at: tuple[int, int, EpochTally | None] | None = None  # where a stop signal found the run
     graphs_before = compiled_graphs()
-    for epoch in range(pos.epoch, fit.n_epochs):
+    for epoch in range(pos.epoch, optim.n_epochs):
         # ----------------------------------------------------------------- one epoch (timed)
         set_epoch(model, data.pipeline, epoch, schedule)
         mix = cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch  # mixing off after epoch N
@@ -107,20 +107,20 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
         progress.start_epoch(epoch)
         hooks("on_train_epoch_start", epoch=epoch)
         for batch_i, (xb, yb) in enumerate(data.pipeline, start=start_at(data.pipeline, tally.skip)):
-            if fit.updater.done:
+            if optim.train_step.done:
                 break
             if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
                 continue
-            inputs, targets, mixed = augment(xb, yb, extras.sampler, data, rt, mix=mix, epoch=epoch)
-            out = fit.updater(inputs, targets, end_of_epoch=batch_i + 1 == fit.steps_per_epoch,
+            inputs, targets, mixed = augment(xb, yb, sampler, data, rt, mix=mix, epoch=epoch)
+            out = optim.train_step(inputs, targets, end_of_epoch=batch_i + 1 == optim.steps_per_epoch,
                               mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
-            extras.runlog.log_lr(fit.updater.step - 1, out.lr)
+            records.runlog.log_lr(optim.train_step.step - 1, out.lr)
             tally.add(out, len(inputs))
             if hooks.on_batches:
-                hooks("on_train_batch_end", step=fit.updater.step, batch_idx=batch_i, loss=out.loss.detach())
+                hooks("on_train_batch_end", step=optim.train_step.step, batch_idx=batch_i, loss=out.loss.detach())
             if progress.should_log(batch_i):
                 progress.update(batch_i + 1, *tally.means(), tally.rate())
-            if sentinel.should_stop(out.loss, fit.updater.step, at_boundary=out.stepped):
+            if sentinel.should_stop(out.loss, optim.train_step.step, at_boundary=out.stepped):
                 stop_at = (epoch, batch_i + 1, tally)
                 break
         if stop_at is not None:
@@ -130,12 +130,12 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
         epoch_s = tally.elapsed_s()
         train_s += epoch_s
         # ----------------------------------------------------------------- eval (not timed), log, checkpoint
-        row = epoch_row(cfg, epoch, tally, epoch_s, fit, extras, data, rt, last=epoch == fit.n_epochs - 1)
+        row = epoch_row(cfg, epoch, tally, epoch_s, optim, records, data, rt, last=epoch == optim.n_epochs - 1)
         history.append(row)
-        extras.runlog.log(row)
+        records.runlog.log(row)
         progress.end_epoch(row)
         hooks("on_train_epoch_end", metrics=row)
-        if extras.selection.should_stop(epoch) or hooks.should_stop(epoch):  # early stopping; a callback's stop
+        if records.selection.should_stop(epoch) or hooks.should_stop(epoch):  # early stopping; a callback's stop
             break
         if sentinel.requested_anywhere():
             stop_at = (epoch + 1, 0, None)
@@ -144,25 +144,25 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
     if stop_at is not None:  # the one stop path: save where the run stands, exit with a resume hint
         sentinel.check()
         save(*stop_at)
-        raise sentinel.interrupt(out_dir, epoch, fit.updater.step)
+        raise sentinel.interrupt(out_dir, epoch, optim.train_step.step)
     sentinel.close()
     recompiles = compiled_graphs() - graphs_before  # graphs compiled inside the timed epochs (0 is right)
 
     # --- final evaluation with TTA (not timed), checkpoint, summary, report, plots
     t_eval = time.perf_counter()
-    with extras.selection.best_weights() as tested:  # with a val split: the model selected on val (best.pt)
+    with records.selection.best_weights() as tested:  # with a val split: the model selected on val (best.pt)
         final = run_evaluate(tested, data, data.test, rt, tta=cfg.tta, confusion=True)
         plain = final if cfg.tta == "none" else run_evaluate(tested, data, data.test, rt)
     eval_s = time.perf_counter() - t_eval
-    save(fit.n_epochs)  # checkpoint.pt keeps the last weights
-    summary = build_summary(cfg, data, rt, model, final, plain, steps=fit.updater.step, history=history,
+    save(optim.n_epochs)  # checkpoint.pt keeps the last weights
+    summary = build_summary(cfg, data, rt, model, final, plain, steps=optim.train_step.step, history=history,
                             train_s=train_s, eval_s=eval_s, compile_s=compile_s, recompiles=recompiles,
                             warmup_epochs=clock.warmup_epochs,
                             wall_s=clock.elapsed())
     summary["run_dir"] = str(out_dir)
     summary.update(hooks.summary_fields())  # a callback's stop, recorded as early stopping's is
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
-        write_outputs(summary, cfg, data, final, extras, history, out_dir)
+        write_outputs(summary, cfg, data, final, records, history, out_dir)
         progress.footer(summary)
     hooks("on_train_end", summary=summary)
     return summary
@@ -297,12 +297,12 @@ def build_model(cfg: RunConfig, data: RunData, rt: Runtime, out_dir: Path) -> tu
 
 @dataclass
 class Optimisation:
-    """How many steps, and the Updater that takes them (optimiser, schedule, AMP, EMA, lookahead)."""
+    """How many steps, and the TrainStep that takes them (optimiser, schedule, AMP, EMA, lookahead)."""
 
     steps_per_epoch: int
     total_steps: int
     n_epochs: int
-    updater: Updater
+    train_step: TrainStep
     ema: ModelEma | None
     lookahead: Lookahead | None
     patchup: PatchUp | None
@@ -310,7 +310,7 @@ class Optimisation:
     @property
     def eval_model(self) -> nn.Module:
         """What evaluation and model selection see: the EMA when it is on."""
-        return self.ema.module if self.ema is not None else self.updater.task.model
+        return self.ema.module if self.ema is not None else self.train_step.task.model
 
 
 def build_optimisation(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData,
@@ -328,32 +328,35 @@ def build_optimisation(cfg: RunConfig, model: nn.Module, forward: nn.Module, dat
                        mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha, block=cfg.patchup_block,
                        gamma=cfg.patchup_gamma, seed=cfg.seed + 2) if cfg.patchup != "none" else None)
     task = ClassificationTask(model, forward, label_smoothing=cfg.label_smoothing, patchup=patchup)
-    updater = Updater(task, optimizer, cfg, rt.precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+    train_step = TrainStep(task, optimizer, cfg, rt.precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                       ema=ema, lookahead=lookahead)
-    return Optimisation(steps_per_epoch, total_steps, n_epochs, updater, ema, lookahead, patchup)
+    return Optimisation(steps_per_epoch, total_steps, n_epochs, train_step, ema, lookahead, patchup)
+
+
+def build_sampler(cfg: RunConfig, data: RunData, rt: Runtime) -> AugmentSampler:
+    """The fused augmentation's per-batch parameters (seeded; per rank under DDP)."""
+    # a pipeline that crops in its decode has done the crop, translation and flip already
+    aug_cfg = AugmentConfig(crop_pad=0 if data.crops else cfg.crop_pad, pad_mode=cfg.pad_mode,
+                            flip=cfg.flip and not data.crops,
+                            alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
+                            cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
+    return AugmentSampler(aug_cfg, seed=rt.dist.sampler_seed(cfg.seed + 1), device=rt.device)
 
 
 @dataclass
-class Extras:
-    """The augmentation sampler, model selection, the run log and the checkpointed state."""
+class Records:
+    """What the run keeps besides the weights: model selection, the run log and the checkpointed state."""
 
-    sampler: AugmentSampler
     monitor: Monitor
     selection: ModelSelection
     runlog: RunLog | distributed.Discard
     state: ckpt_io.TrainState
 
 
-def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunData, rt: Runtime,
-                 out_dir: Path, clock: RunClock, loggers: list | tuple = ()) -> Extras:
-    # a pipeline that crops in its decode has done the crop, translation and flip already
-    aug_cfg = AugmentConfig(crop_pad=0 if data.crops else cfg.crop_pad, pad_mode=cfg.pad_mode,
-                            flip=cfg.flip and not data.crops,
-                            alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
-                            cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
-    sampler = AugmentSampler(aug_cfg, seed=rt.dist.sampler_seed(cfg.seed + 1), device=rt.device)
+def build_records(cfg: RunConfig, model: nn.Module, optim: Optimisation, data: RunData, rt: Runtime,
+                  out_dir: Path, clock: RunClock, sampler: AugmentSampler, loggers: list | tuple = ()) -> Records:
     monitor = Monitor(cfg.monitor, cfg.early_stop, cfg.min_delta)
-    eval_model = fit.eval_model
+    eval_model = optim.eval_model
 
     def save_best(epoch: int) -> None:  # best.pt: what `fasttrain eval/predict` need
         ckpt_io.save(out_dir / "best.pt", ckpt_io.weights_payload(
@@ -363,20 +366,20 @@ def build_extras(cfg: RunConfig, model: nn.Module, fit: Optimisation, data: RunD
     selection = ModelSelection(monitor, eval_model, rt.dist.main_only_fn(save_best))  # only rank 0 writes
     runlog = (RunLog(out_dir, tensorboard=cfg.tensorboard, loggers=open_loggers(cfg, out_dir, loggers))
               if rt.dist.is_main else distributed.Discard())
-    ema = fit.ema
+    ema = optim.ema
     # everything a restart needs (these names are the checkpoint's keys)
     state = ckpt_io.TrainState(
         out_dir, modules={"model": model, "model_ema": ema.module if ema is not None else None},
-        objects={"optimizer": fit.updater.optimizer, "scaler": fit.updater.scaler, "lookahead": fit.lookahead,
+        objects={"optimizer": optim.train_step.optimizer, "scaler": optim.train_step.scaler, "lookahead": optim.lookahead,
                  "monitor": monitor, "ema": ckpt_io.Attrs(ema, "updates") if ema is not None else None,
-                 "patchup": fit.patchup, "lr_log": ckpt_io.Attrs(runlog, "lrs") if rt.dist.is_main else None,
+                 "patchup": optim.patchup, "lr_log": ckpt_io.Attrs(runlog, "lrs") if rt.dist.is_main else None,
                  "run_clock": clock},
         sampler=sampler, dist=rt.dist, config=cfg.to_dict(), meta=data.meta, info={"image_size": list(data.hw)})
     rt.dist.seed_process_streams(cfg.seed)  # no-op in one process; a resume restores the streams next
-    return Extras(sampler, monitor, selection, runlog, state)
+    return Records(monitor, selection, runlog, state)
 
 
-def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData, fit: Optimisation,
+def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: RunData, optim: Optimisation,
                     rt: Runtime, *, first_epoch: int, schedule: ResolutionSchedule | None = None) -> float:
     """Compiles before the clock starts (the seconds are reported as compile_s, not training): every batch
     size the loop will see (a short last batch recompiles) at every resolution of the progressive-resizing
@@ -384,14 +387,14 @@ def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: 
     freezes its whitening bias), the first and last epoch's variant."""
     if not cfg.compile:
         return 0.0
-    sides = [(r, r) for r in schedule.resolutions(first_epoch, fit.n_epochs)] if schedule else [data.hw]
+    sides = [(r, r) for r in schedule.resolutions(first_epoch, optim.n_epochs)] if schedule else [data.hw]
     last = data.n_train % cfg.batch_size if not getattr(data.pipeline, "drop_last", False) else 0
     # the full batch first: compiled second, dynamo would mark the batch dimension dynamic
     sizes = sorted({len(range(b)[rt.dist.batch_slice(b)]) for b in {cfg.batch_size, last} if b}, reverse=True)
-    epochs = sorted({first_epoch, fit.n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
+    epochs = sorted({first_epoch, optim.n_epochs - 1}) if hasattr(model, "set_epoch") else [None]
     seconds = compile_warmup(forward, model, [(n, 3, h, w) for h, w in sides for n in sizes], epochs,
                              rt.precision.input_dtype, rt.precision.autocast, data.num_classes, rt.device)
-    optimizer = fit.updater.optimizer
+    optimizer = optim.train_step.optimizer
     if hasattr(optimizer, "compile_newton_schulz"):  # Muon: its batched orthogonalisation, also compiled
         seconds += optimizer.compile_newton_schulz()
     return seconds
@@ -446,22 +449,22 @@ def run_evaluate(model: nn.Module, data: RunData, split: tuple[torch.Tensor, tor
                     num_classes=data.num_classes, dist=rt.dist, **kw)
 
 
-def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, fit: Optimisation, extras: Extras,
+def epoch_row(cfg: RunConfig, epoch: int, tally: EpochTally, epoch_s: float, optim: Optimisation, records: Records,
               data: RunData, rt: Runtime, *, last: bool) -> dict:
     """The epoch's metrics.jsonl row: training sums over all ranks and, at eval epochs, val (or, without a
     val split, test) metrics; a new best on val is kept and written as best.pt."""
     loss_sum, correct, seen = rt.dist.all_reduce_sum(tally.loss_sum, tally.correct, tally.seen)
     row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
            "train_acc": correct.item() / max(seen, 1), "test_loss": None, "test_acc": None,
-           "lr": fit.updater.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
+           "lr": optim.train_step.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_s, 4),
            "imgs_per_s": round(seen / epoch_s, 1)}
     if getattr(data.pipeline, "res", None) is not None:  # the epoch's training resolution (progressive resizing)
         row["res"] = data.pipeline.res
     if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
         # with a val split only val is evaluated per epoch; test waits for the final eval
         split, images = ("val", data.val) if data.val is not None else ("test", data.test)
-        row.update(prefixed(split, run_evaluate(fit.eval_model, data, images, rt, tta="none")))
-        extras.selection.observe(row)
+        row.update(prefixed(split, run_evaluate(optim.eval_model, data, images, rt, tta="none")))
+        records.selection.observe(row)
     return row
 
 
@@ -482,12 +485,12 @@ def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, 
     }
 
 
-def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, extras: Extras, history: list[dict],
+def write_outputs(summary: dict, cfg: RunConfig, data: RunData, final: dict, records: Records, history: list[dict],
                   out_dir: Path) -> None:
     """Rank 0: metrics in the summary, confusion.{json,png}, lr.png, closed logs, summary.json, curves.png."""
     from .plots import plot_curves  # matplotlib: loaded only when a run finishes
 
-    finish_run(summary, out_dir, cfg, data.meta, final, extras.monitor, extras.runlog,
+    finish_run(summary, out_dir, cfg, data.meta, final, records.monitor, records.runlog,
                val_samples=data.n_val)
     write_json(out_dir / "summary.json", summary)
     plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {data.meta['name']}")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from fasttrain.config import ConfigError, RunConfig, resolve
 from fasttrain.optim import (
     MuonWithAux,
-    TrainStep,
+    OptimizerStep,
     build_optimizer,
     lr_multiplier,
     param_groups,
@@ -240,7 +240,7 @@ def _run_steps(accum: int, micro: int, clip=None, mode="norm"):
     model, x, y = _linear_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     cfg = cfg_with(accum_steps=accum, clip_grad=clip, clip_mode=mode)
-    stepper = TrainStep(opt, torch.amp.GradScaler("cuda", enabled=False), cfg)
+    stepper = OptimizerStep(opt, torch.amp.GradScaler("cuda", enabled=False), cfg)
     stepped = []
     for i in range(0, len(x), micro):
         loss = ((model(x[i : i + micro]) - y[i : i + micro]) ** 2).mean()
@@ -260,21 +260,21 @@ def test_gradient_accumulation_equals_the_large_batch():
 def test_updater_closes_accumulation_windows_at_epoch_end_and_at_the_last_step():
     from fasttrain.augment import Targets
     from fasttrain.config import RunConfig
-    from fasttrain.steps import Precision, Updater
+    from fasttrain.steps import Precision, TrainStep
     from fasttrain.tasks import ClassificationTask
 
     torch.manual_seed(0)
     model = nn.Linear(6, 3)
     cfg = RunConfig(lr=0.1, schedule="constant", warmup_frac=0.0, accum_steps=3)
-    updater = Updater(ClassificationTask(model, model), build_optimizer(model, cfg), cfg,
+    train_step = TrainStep(ClassificationTask(model, model), build_optimizer(model, cfg), cfg,
                       Precision(torch.device("cpu"), None), total_steps=6, steps_per_epoch=4)
     stepped, lrs = [], []
     for batch_i in [0, 1, 2, 3, 0, 1]:  # 4 batches in epoch 1, the run ends 2 batches into epoch 2
         y = torch.randint(0, 3, (5,))
-        out = updater(torch.randn(5, 6), Targets(y, y, torch.ones(5)), end_of_epoch=batch_i == 3)
+        out = train_step(torch.randn(5, 6), Targets(y, y, torch.ones(5)), end_of_epoch=batch_i == 3)
         stepped.append(out.stepped)
         lrs.append(out.lr)
-    assert stepped == [False, False, True, True, False, True] and updater.done
+    assert stepped == [False, False, True, True, False, True] and train_step.done
     assert lrs == [0.1] * 6 and all(p.grad is None for p in model.parameters())  # nothing left behind
 
 
@@ -430,7 +430,9 @@ def test_val_split_is_stratified_disjoint_and_seeded():
     idx = np.arange(0, 300, 2)  # carve from a subset: indices stay in the original numbering
     tr, va = carve_val(labels, idx, 20, seed=0)
     assert set(tr) | set(va) == set(idx) and len(va) == 20
-    with pytest.raises(ValueError, match="--val-split"):
+    from fasttrain.data.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="--val-split"):
         val_split_indices(labels, 300, seed=0)
 
 

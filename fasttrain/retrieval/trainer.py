@@ -16,7 +16,7 @@ The run directory gets config.json, metrics.jsonl (one row per epoch and phase),
 and summary.json, whose `test_acc` is the final Recall@1 (= leave-one-out 1-NN accuracy on unseen classes).
 
 Both phases train through the classification trainer's pieces: a task object (ClassificationTask, then
-MetricLearningTask) stepped by `fasttrain.steps.Updater` (per-batch schedule, AMP, gradient accumulation,
+MetricLearningTask) stepped by `fasttrain.steps.TrainStep` (per-batch schedule, AMP, gradient accumulation,
 clipping, EMA, lookahead), the loss guard, and `fasttrain.checkpoint`'s writer. With --ema each phase ends on
 its average: the backbone phase 2 starts from, and what Recall@K measures. Options that cannot apply are
 refused by `refuse_unsupported` with a ConfigError naming them (resume, several processes, a val split,
@@ -53,7 +53,7 @@ from ..stopping import LossGuard
 from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..runio import write_json
 from ..runtime import check_model_fits, device_name, resolve_amp, resolve_device, sync
-from ..steps import EpochTally, Precision, Updater
+from ..steps import EpochTally, Precision, TrainStep
 from ..tasks import ClassificationTask
 from .loss import MetricLearningTask
 from .metrics import recall_at_k
@@ -193,7 +193,7 @@ def run_phase(phase: str, task, cfg: RunConfig, batches: _Batches, *, epochs: fl
     n_epochs = math.ceil(total / steps_per_epoch)
     ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
     lookahead = Lookahead(model, total) if cfg.lookahead else None
-    updater = Updater(task, optimizer, cfg, precision, total_steps=total, steps_per_epoch=steps_per_epoch, ema=ema,
+    train_step = TrainStep(task, optimizer, cfg, precision, total_steps=total, steps_per_epoch=steps_per_epoch, ema=ema,
                       lookahead=lookahead)
     guard = LossGuard(device)
     spent, images = 0.0, 0
@@ -203,11 +203,11 @@ def run_phase(phase: str, task, cfg: RunConfig, batches: _Batches, *, epochs: fl
         sync(device)
         tally = EpochTally.start(device)
         for batch_i, (inputs, targets, mixed) in enumerate(batches):
-            if updater.done:
+            if train_step.done:
                 break
-            out = updater(inputs, targets, end_of_epoch=batch_i + 1 == steps_per_epoch,
+            out = train_step(inputs, targets, end_of_epoch=batch_i + 1 == steps_per_epoch,
                           mix_features=batches.mix and not mixed)
-            guard.observe(out.loss, updater.step)
+            guard.observe(out.loss, train_step.step)
             tally.add(out, len(inputs))
         sync(device)
         guard.check(steps_per_epoch=steps_per_epoch)  # a diverged phase stops the run (NonFiniteLoss)
