@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class RunConfig:
     data: str = "data/cifar10"  # converted dataset directory (`fasttrain convert` writes one)
     out: str | None = None  # run directory (default runs/<model>-<time>)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    pipeline: str = "tensor"  # data pipeline: tensor (whole dataset on the device) | ffcv | dali | torchvision; --data must be in its format
+    pipeline: str = "tensor"  # data pipeline: tensor (whole dataset on the device) | ffcv | dali | torchvision | stream (a jpeg store, decoded per batch); --data must be in its format
     train_subset: int | None = None  # train on this many samples (stratified, seeded); none = all
     test_subset: int | None = None  # evaluate on this many test samples; none = all
     model_kwargs: dict = field(default_factory=dict)  # extra keyword arguments of the model (--width, --activation, ...)
@@ -319,6 +320,8 @@ def coerce(name: str, value: Any, *, source: str = "config") -> Any:
     elif origin is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # fit(out=Path(...), data=...) from Python
+            return os.fspath(value)
     elif origin in (tuple, list):
         if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     for v in value):

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .outputs import PLOT_METADATA, Target, publish  # noqa: E402
 
@@ -36,6 +37,7 @@ def plot_curves(history: list[dict], path: str | Path | Target, title: str = "")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 1.25 on an axis of whole epochs
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -79,35 +81,69 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
     _save(fig, path)
 
 
-def plot_overlay(runs: list[tuple[str, list[dict]]], path: str | Path | Target, title: str = "") -> None:
-    """Accuracy of several runs against epochs (left) and against training wall-clock time, the running sum
-    of each epoch's seconds (right): val (or test) solid, train dashed, one colour per run."""
-    fig, (ax_epoch, ax_time) = plt.subplots(1, 2, figsize=(13, 5))
-    for i, (label, history) in enumerate(runs):
-        colour = f"C{i % 10}"
-        clock, elapsed = {}, 0.0
-        for r in history:
-            elapsed += float(r.get("epoch_s") or 0.0)
-            clock[r["epoch"]] = elapsed
-        curves = (("val_acc", "-", "val"), ("test_acc", "-", "test"), ("train_acc", "--", "train"))
-        for key, style, suffix in curves:
-            if key == "test_acc" and any(r.get("val_acc") is not None for r in history):
-                continue  # the run selected on val: its per-epoch curve is val
-            pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
-            if not pts:
-                continue
-            marker = "o" if style == "-" else None
-            ax_epoch.plot(*zip(*pts), style, color=colour, marker=marker, markersize=3, label=f"{label} ({suffix})")
-            ax_time.plot([clock[e] for e, _ in pts], [a for _, a in pts], style, color=colour, marker=marker,
-                         markersize=3, label=f"{label} ({suffix})")
-    ax_epoch.set(xlabel="epoch", ylabel="accuracy", title="per epoch")
-    ax_time.set(xlabel="training time (s, evaluation excluded)", ylabel="accuracy", title="per wall-clock second")
-    for ax in (ax_epoch, ax_time):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+# A run's look in the overlay plot, repeated in the report's table: 20 colours (tab20, pairs of a dark and
+# a light shade, darks first so that up to 10 runs get 10 clearly different ones), then the next marker.
+MARKER_GLYPHS = {"o": "●", "s": "■", "^": "▲", "D": "◆", "v": "▼", "P": "✚", "X": "✖", "*": "★"}
+
+
+def run_styles(n: int) -> list[tuple[str, str]]:
+    """n distinct (colour as #rrggbb, marker) pairs; no two runs look alike up to 160 runs, beyond which
+    the pairs repeat."""
+    from matplotlib.colors import to_hex
+
+    tab20 = plt.get_cmap("tab20").colors
+    colours = [to_hex(c) for c in tab20[0::2] + tab20[1::2]]
+    markers = list(MARKER_GLYPHS)
+    return [(colours[i % 20], markers[(i // 20) % len(markers)]) for i in range(n)]
+
+
+OverlayRun = tuple[str, list[dict], tuple[str, str]]  # label, metrics.jsonl rows, (colour, marker)
+
+
+def overlay_figure(groups: list[tuple[str, list[OverlayRun]]], title: str = ""):
+    """The figure of plot_overlay: a row per dataset, accuracy against epochs (left) and against training
+    wall-clock time (right); val (or test) solid, train dashed; one legend entry per run, outside the
+    axes on the right, in the order given (the report's table order)."""
+    from matplotlib.lines import Line2D
+
+    biggest = max((len(runs) for _, runs in groups), default=1)
+    columns = 1 if biggest <= 24 else 2  # legend columns: each about 16 characters of run name wide
+    row_height = max(4.0, 0.2 * -(-biggest // columns) + 1.0)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13 + 3 * columns, row_height * len(groups)),
+                             squeeze=False, layout="constrained")
+    for (dataset, runs), (ax_epoch, ax_time) in zip(groups, axes):
+        handles = []
+        for label, history, (colour, marker) in runs:
+            clock, elapsed = {}, 0.0
+            for r in history:
+                elapsed += float(r.get("epoch_s") or 0.0)
+                clock[r["epoch"]] = elapsed
+            for key, style in (("val_acc", "-"), ("test_acc", "-"), ("train_acc", "--")):
+                if key == "test_acc" and any(r.get("val_acc") is not None for r in history):
+                    continue  # the run selected on val: its per-epoch curve is val
+                pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+                if not pts:
+                    continue
+                look = dict(color=colour, marker=marker if style == "-" else None, markersize=4, lw=1.2)
+                ax_epoch.plot(*zip(*pts), style, **look)
+                ax_time.plot([clock[e] for e, _ in pts], [a for _, a in pts], style, **look)
+            handles.append(Line2D([], [], color=colour, marker=marker, markersize=5, label=label))
+        where = f"{dataset}: " if len(groups) > 1 else ""
+        ax_epoch.set(xlabel="epoch", ylabel="accuracy", title=f"{where}per epoch")
+        ax_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_time.set(xlabel="training time (s, evaluation excluded)", ylabel="accuracy",
+                    title=f"{where}per wall-clock second")
+        for ax in (ax_epoch, ax_time):
+            ax.grid(alpha=0.3)
+        ax_time.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                       fontsize=8, ncols=columns, title="run (table order)", title_fontsize=8)
     fig.suptitle(title or "accuracy")
-    fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def plot_overlay(groups: list[tuple[str, list[OverlayRun]]], path: str | Path | Target, title: str = "") -> None:
+    """Accuracy curves of several runs, grouped by dataset (overlay_figure), written to `path`."""
+    _save(overlay_figure(groups, title), path)
 
 
 def plot_lr_range(lrs, losses, smoothed, found: dict, path: str | Path | Target, title: str = "") -> None:

@@ -483,7 +483,7 @@ def test_plots_write_pngs(tmp_path):
     plot_confusion([[5, 1], [2, 7]], ["cat", "dog"], tmp_path / "c.png")
     plot_confusion(np.eye(100, dtype=int).tolist(), [str(i) for i in range(100)], tmp_path / "c100.png")
     hist = [{"epoch": e, "train_acc": 0.1 * e, "val_acc": 0.09 * e} for e in (1, 2, 3)]
-    plot_overlay([("a", hist), ("b", hist)], tmp_path / "o.png")
+    plot_overlay([("cifar10", [("a", hist, ("#1f77b4", "o")), ("b", hist, ("#ff7f0e", "o"))])], tmp_path / "o.png")
     for name in ("lr.png", "c.png", "c100.png", "o.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
