@@ -57,7 +57,7 @@ def main() -> None:
     out.write_text(json.dumps({"note": note, "rows": [zoo_cmd.row_dict(r) for r in ordered]}, indent=2) + "\n")
     out.with_suffix(".md").write_text(zoo_cmd.zoo_doc(ordered, note))
 
-    print(zoo_cmd.seed_comparison(ordered))
+    print(zoo_cmd.reference_comparison(ordered))
     failed = []
     for r in ordered:
         if zoo_cmd.get_entry(r.name).family not in RESNET_FAMILIES:

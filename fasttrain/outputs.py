@@ -17,7 +17,6 @@ file has none of these, so it is never taken for ours.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .runio import _UMASK, fsync_path  # the user's umask, read once at import
+from .runio import TargetExists, atomic_file
 
 WRITER = "fasttrain"
 MARKDOWN_SIGNATURE = f"<!-- written by {WRITER}: it may replace this file; remove this line to keep it -->"
@@ -109,19 +108,12 @@ def temp_path(target: Target | str | os.PathLike) -> Iterator[Path]:
     target = target if isinstance(target, Target) else Target(Path(target), replace=True)
     path = target.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # some writers (mkstemp, safetensors) create 0600 files
-        if target.replace:
-            os.replace(tmp, path)
-        else:
-            _link_no_replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_file(path, replace=target.replace) as tmp:
+            yield tmp
+    except TargetExists:
+        raise OutputError(f"{path}: a file appeared there while fasttrain was writing it; it was kept: choose "
+                          f"another path, or pass --force to replace it") from None
 
 
 def publish(target: Target | str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -129,22 +121,6 @@ def publish(target: Target | str | os.PathLike, write: Callable[[BinaryIO], None
     with temp_path(target) as tmp, open(tmp, "wb") as f:
         write(f)
     return Path(target.path if isinstance(target, Target) else target)
-
-
-def _link_no_replace(tmp: Path, path: Path) -> None:
-    appeared = OutputError(f"{path}: a file appeared there while fasttrain was writing it; it was kept: choose "
-                           f"another path, or pass --force to replace it")
-    try:
-        os.link(tmp, path)  # fails if `path` exists: the no-replace rename of a file
-    except FileExistsError:
-        raise appeared from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        # a file system without hard links: the check just before the rename is the best there is
-        if os.path.lexists(path):
-            raise appeared from None
-        os.replace(tmp, path)
 
 
 def write_json(target: Target | str | os.PathLike, obj: dict) -> Path:

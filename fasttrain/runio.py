@@ -44,23 +44,51 @@ PARTIAL_MARKER = ".fasttrain-partial"
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write(path: Path, write) -> None:
+@contextmanager
+def atomic_file(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """The one atomic file write of the project: a temporary path beside `path` for the block to fill (by
+    name, since some writers want a path); once the block ends the file is flushed to disk, given the user's
+    usual mode and renamed into place; on any failure removed. With replace=False the rename is a no-replace
+    link: a file that appeared at `path` meanwhile is kept and TargetExists raised."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's usual mode
+        yield tmp
+        fsync_path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp and some writers make 0600 files
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_no_replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_no_replace(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # fails if `path` exists: the no-replace rename of a file
+    except FileExistsError:
+        raise TargetExists(path) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # a file system without hard links: the check just before the rename is the best there is
+        if os.path.lexists(path):
+            raise TargetExists(path) from None
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write(path: str | Path, write, *, replace: bool = True) -> None:
+    """Write `path` atomically through `write(binary_file)` (see atomic_file)."""
+    with atomic_file(path, replace=replace) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_json(path: str | Path, obj) -> None:
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 class UnreadableJson(ValueError):
@@ -82,7 +110,7 @@ def read_json_object(path: str | Path) -> dict:
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def fsync_path(path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .checkpoint import CHECKPOINT_NAME
 from .rundisk import RunDirError
-from .runio import _atomic_write
+from .runio import atomic_write
 
 
 class RunLog:
@@ -64,7 +64,7 @@ class RunLog:
         if self.lrs:
             text = "step,lr\n" + "".join(f"{s},{lr:.8g}\n" for s, lr in self.lrs)
             with self._writing(self.dir / "lr.csv"):
-                _atomic_write(self.dir / "lr.csv", lambda f: f.write(text.encode()))
+                atomic_write(self.dir / "lr.csv", lambda f: f.write(text.encode()))
         if self.tb is not None:
             for s, lr in self.lrs[:: max(1, len(self.lrs) // 2000)]:
                 self.tb.add_scalar("lr", lr, s)
@@ -81,7 +81,7 @@ class RunLog:
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         with self._writing(self.csv):
-            _atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()))
+            atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()))
 
     @contextmanager
     def _writing(self, path: Path) -> Iterator[None]:

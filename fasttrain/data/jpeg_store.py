@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..runio import atomic_directory, fsync_path
+from ..runio import atomic_directory, atomic_write, fsync_path
 from .archive import read_regular_file, special_kind
 from .decode import decoding, die_with_parent, to_rgb
 from .errors import BadFile, DatasetError, SourceError
@@ -417,12 +417,7 @@ class _Partial:
 
 
 def _write_synced(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ============================================================================ writing
