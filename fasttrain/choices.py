@@ -2,8 +2,11 @@
 
 The config validates against these, the CLI shows them in its help, and the modules that implement a
 choice (optim, evaluate, monitor, regularizers, pipelines) take their names from here. This module imports
-nothing of the project, so anything may import it (the models too, for `did_you_mean`). Model-side
-choices (activations, attention blocks) belong to the models.
+nothing of the project, so anything may import it (the models too, for `did_you_mean`).
+
+It also holds the options `fasttrain run` offers beyond RunConfig's own fields (the model's keyword arguments,
+the retrieval task's options) with their types and help: the CLI builds its options from them without
+importing the models or the retrieval trainer (and so torch), which keeps `--help` instant.
 """
 
 from __future__ import annotations
@@ -26,6 +29,33 @@ CHECKPOINTS = ("best", "last")  # `fasttrain eval RUN_DIR --checkpoint`: best.pt
 EVAL_SPLITS = ("test", "train", "val")
 PLOT_FORMATS = ("png", "pdf", "svg")
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")  # --logger: where metrics go besides metrics.jsonl
+ACTIVATIONS = ("relu", "mish", "swish", "gelu")  # every zoo model's --activation
+ATTENTION_BLOCKS = ("both", "channel", "spatial")  # resnet18_attn's CBAM blocks
+PLACEMENTS = ("sequential", "parallel")  # resnet18_attn: where the two attention blocks sit
+
+# Model options a user sets by name (`fasttrain run MODEL --width 0.5`), stored in RunConfig.model_kwargs and
+# checked by fasttrain.models.options: name -> (type, help).
+MODEL_OPTIONS: dict[str, tuple[type, str]] = {
+    "width": (float, "Model width multiplier (models that take one)."),
+    "activation": (str, f"{' | '.join(ACTIVATIONS)} (every zoo model)."),
+    "drop_path": (float, "Stochastic depth rate of the last residual block (linear in depth; residual families)."),
+    "image_size": (int, "Upscale inputs to this size inside the model (mobilenetv2, efficientnet_b0; e.g. 96)."),
+    "attention": (str, f"resnet18_attn: {' | '.join(ATTENTION_BLOCKS)} (CBAM blocks)."),
+    "placement": (str, f"resnet18_attn: {' | '.join(PLACEMENTS)} placement of the two attention blocks."),
+    "pretrained": (bool, "timm/<name> models: start from timm's pretrained weights, read from the local Hugging "
+                         "Face cache (never downloaded)."),
+}
+
+# The retrieval options `fasttrain run` shows as flags, stored in RunConfig.retrieval and validated by
+# fasttrain.retrieval.options.RetrievalOptions (the others through --set retrieval.KEY=VALUE or a config
+# file): name -> (type, help).
+RETRIEVAL_OPTIONS: dict[str, tuple[type, str]] = {
+    "cls_epochs": (float, "retrieval: classification epochs before the embedding head [default: epochs]."),
+    "embed_epochs": (float, "retrieval: epochs of the 512-d embedding with the multi-similarity loss "
+                            "[default: epochs]."),
+    "embed_lr": (float, "retrieval: peak lr of the embedding phase."),
+    "m_per_class": (int, "retrieval: images per class in a batch."),
+}
 
 
 def did_you_mean(word: str, known: Iterable[str], *, cutoff: float = 0.6,

@@ -1,11 +1,14 @@
-"""The `fasttrain` command line: thin wrappers that parse options, build a config and call the library.
+"""The `fasttrain` command line: thin commands that parse options, build a config and call the library.
 
-`fasttrain run` has one option per RunConfig field, generated from the dataclass (the field's comment is
-the help, the option name is the field name), so the CLI is not a second schema. Commands import their
-heavy modules (torch, the trainer) when they run, so `--help` and option errors answer at once.
+`fasttrain run`'s options are generated from RunConfig (fasttrain/cli_options.py), so the CLI is not a
+second schema. This module holds the commands, the one launch path of every run (`_train`) and the exit
+policy. It imports only the settings layer at start-up; each command imports its heavy modules (torch, the
+trainer, the data writers) when it runs, so `--help`, `--version` and option errors answer at once and
+`convert` never loads torch.
 
-Errors: a user-caused failure (bad option, file, checkpoint, dataset) ends with one `error: ...` line on
-stderr and exit code 2; anything else is a bug and prints its traceback with a request to report it.
+Errors: a user-caused failure (bad option, file, checkpoint, dataset; click's own usage errors too) ends with
+one `error: ...` line on stderr and exit code 2; anything else is a bug and prints its traceback with a
+request to report it.
 
 Longer than 400 lines because it holds every command's signature (typer reads them) and their help text;
 each command body is a few lines that call the library.
@@ -13,8 +16,6 @@ each command body is a few lines that call the library.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import signal
 import sys
@@ -24,26 +25,39 @@ from typing import Any, Optional, TextIO
 
 import typer
 import typer.core
-from rich.markup import escape
 
 from . import __version__
-from .choices import CHECKPOINTS, EVAL_SPLITS, PLOT_FORMATS, TTA_MODES
-from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError,
-                     RunConfig, check_against_data, default_recipe, did_you_mean, field_help, load_config_file,
-                     parse_value, recipe_name, resolve)
-from .models.options import MODEL_OPTIONS
+from .choices import CHECKPOINTS, EVAL_SPLITS, PLOT_FORMATS, RETRIEVAL_OPTIONS, TTA_MODES
+from .cli_options import (HELP_OPTIONS, RUN_HELP, RunCommand, click_errors, make_run_command, overrides, show, unalias,
+                          usage_error_line)
+from .config import (DEFAULT_RECIPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError, RunConfig, check_against_data,
+                     did_you_mean, load_config_file, recipe_name, resolve)
 from .recipes import recipe_source
-from .retrieval.options import RETRIEVAL_OPTIONS
-from .rundir import load_run_config
 
+
+NO_ARGS_IS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # `fasttrain` alone: click's help, exit 2
 
 
 class _Commands(typer.core.TyperGroup):
-    """Every command's user-caused failure becomes one `error:` line and exit code 2, in one place."""
+    """Every command's user-caused failure becomes one `error:` line and exit code 2, in one place: the
+    library's errors, and click's usage errors (here instead of click's framed message)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except NO_ARGS_IS_HELP:
+            raise  # `fasttrain` alone: the help
+        except click_errors.UsageError as e:  # `fasttrain --bogus`
+            _fail(usage_error_line(e))
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except NO_ARGS_IS_HELP:
+            raise
+        except click_errors.UsageError as e:  # an unknown command, or a command's unknown option or missing argument
+            _fail(usage_error_line(e))
         except MemoryError:
             typer.echo("error: out of memory; lower the sizes involved (--size, --batch-size, --train-subset) or "
                        "use a machine with more memory", err=True)
@@ -55,11 +69,10 @@ class _Commands(typer.core.TyperGroup):
             raise
 
 
+# Plain help (no rich panels): it wraps at any width without cutting flags; run's panels are RunCommand's.
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode="rich", help="Train image classifiers as fast as the hardware allows.")
-
-# Earlier option spellings, still accepted: the one rename table.
-OPTION_ALIASES = {"--min-lr-frac": "--end-lr-frac", "--attention-placement": "--placement"}
+                  rich_markup_mode=None, context_settings={"help_option_names": list(HELP_OPTIONS)},
+                  help="Train image classifiers as fast as the hardware allows.")
 
 
 def _fail(msg: str) -> None:
@@ -68,15 +81,24 @@ def _fail(msg: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "the user's input is wrong": shown as one line, exit code 2."""
-    from .checkpoint import CheckpointError
-    from .data.sources import SourceError
-    from .data.tensor_format import DatasetError
-    from .models import ModelError
+    """The exception types that mean "the user's input is wrong": shown as one line, exit code 2. The
+    checkpoint's and the models' errors are taken only once their modules are loaded (an error of a module
+    never imported cannot have been raised): importing them would load torch into a command that never needed
+    it, e.g. a `convert` refusing an archive bomb in bounded memory."""
+    from .data.errors import DatasetError, SourceError
     from .outputs import OutputError
     from .rundisk import RunDirError
 
-    return (ConfigError, ModelError, SourceError, DatasetError, CheckpointError, RunDirError, OutputError)
+    errors: list[type[BaseException]] = [ConfigError, SourceError, DatasetError, RunDirError, OutputError]
+    if "fasttrain.checkpoint" in sys.modules:
+        from .checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    if "fasttrain.models.registry" in sys.modules:
+        from .models import ModelError
+
+        errors.append(ModelError)
+    return tuple(errors)
 
 
 def _json_stdout() -> TextIO:
@@ -136,28 +158,28 @@ def convert(
     dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder | imagenet"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
-    out: Optional[Path] = typer.Option(None, help=escape("Output directory [default: ./data/<dataset>]")),
+    out: Optional[Path] = typer.Option(None, help=("Output directory [default: ./data/<dataset>]")),
     format: Optional[str] = typer.Option(None, "--format", help="Output format: tensor (default; uint8 arrays) | "
                                          "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable) | jpeg (each "
                                          "image at its own size in packed shards, streamed from disk; the only "
                                          "format of imagenet)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
     # --- ffcv/dali/jpeg formats
-    jpeg_quality: Optional[int] = typer.Option(None, help=escape("ffcv: store JPEG at this quality instead of raw "
+    jpeg_quality: Optional[int] = typer.Option(None, help=("ffcv: store JPEG at this quality instead of raw "
                                                "pixels; dali: JPEG quality [default: 95]; jpeg: quality of the "
                                                "images that are encoded (not copied) [default: 90].")),
-    max_resolution: Optional[int] = typer.Option(None, "--max-side", help=escape(
+    max_resolution: Optional[int] = typer.Option(None, "--max-side", help=(
         "ffcv/dali/jpeg: shrink images whose longer side exceeds this [jpeg default: 512]; jpeg stores a JPEG "
         "within it byte for byte.")),
-    timeout: Optional[float] = typer.Option(None, help=escape("ffcv/dali: kill the writer after this many seconds "
+    timeout: Optional[float] = typer.Option(None, help=("ffcv/dali: kill the writer after this many seconds "
                                             "[default: 3600]; nothing partial is left behind.")),
-    shard_mib: Optional[int] = typer.Option(None, help=escape("jpeg: size of each tar shard in MiB [default: 256].")),
+    shard_mib: Optional[int] = typer.Option(None, help=("jpeg: size of each tar shard in MiB [default: 256].")),
     # --- tinyimagenet, cars196, imagefolder: reader options, passed on only when given
     name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
                                        "./data/<name>)."),
     size: Optional[int] = typer.Option(None, help=f"Resize the short side to SIZE and centre-crop SIZE x SIZE "
                                        f"(imagefolder, tinyimagenet; cars196 default 224; at most {MAX_CONVERT_SIZE})."),
-    val_fraction: Optional[float] = typer.Option(None, help=escape("imagefolder without val/test folders: hold out "
+    val_fraction: Optional[float] = typer.Option(None, help=("imagefolder without val/test folders: hold out "
                                                  "this share of each class as 'test' [default: 0.1].")),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that do not decode and record them "
                                   "(count and list) in meta.json, instead of stopping with an error."),
@@ -180,193 +202,21 @@ def convert(
                     log=typer.echo, **reader_options)
 
 
-# ============================================================================ run: options from RunConfig
-NOT_OPTIONS = ("model", "model_kwargs", "retrieval")  # the MODEL argument; dicts filled by the options below
-LIST_FIELDS = ("betas", "milestones")  # given as comma-separated numbers, parsed by the field's type
-CONFIG_PANEL, MODEL_PANEL, RETRIEVAL_PANEL = "config files and output", "model options", "retrieval task"
-HELP = field_help()
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_show(v) for v in value) or "none"
-    return str(value)
-
-
-def _option_help(text: str, default: Any = None, origin: str = "", choices: tuple[str, ...] = ()) -> str:
-    """Help text with its choices and default, escaped so rich shows the brackets instead of eating them."""
-    if choices and not all(c in text for c in choices):
-        text = f"{text}: {' | '.join(choices)}" if text else " | ".join(choices)
-    if default is None and "default" in text:
-        return escape(text)  # the text says what happens when it is not set
-    shown = f" [default: {_show(default)}{f' from {origin}' if origin else ''}]"
-    return escape(text + shown if text else shown.strip())
-
-
-def _field_option(name: str) -> inspect.Parameter:
-    tp = FIELD_TYPES[name]
-    if name in LIST_FIELDS:
-        base = str  # parsed by the field's type
-    else:
-        base = tp if tp in (bool, int, float, str) else next(a for a in tp.__args__ if a is not type(None))
-    flag = "--" + name.replace("_", "-")
-    decls = [f"{flag}/--no-{name.replace('_', '-')}"] if base is bool else [flag]  # bool and bool | None
-    text, section = HELP.get(name, ("", "settings"))
-    metavar = "N,N" if name in LIST_FIELDS else None
-    option = typer.Option(None, *decls, help=_option_help(text, FIELDS[name].default, "",
-                                                          FIELD_CHOICES.get(name, ())),
-                          rich_help_panel=section, show_default=False, metavar=metavar)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])
-
-
-def _extra_option(name: str, tp: type, text: str, panel: str) -> inspect.Parameter:
-    flag = "--" + name.replace("_", "-")
-    decl = f"{flag}/--no-{flag[2:]}" if tp is bool else flag  # a bool is a flag: --pretrained
-    option = typer.Option(None, decl, help=escape(text), rich_help_panel=panel, show_default=False)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[tp])
-
-
-RUN_HELP = (
-    "Train MODEL; writes config, metrics, checkpoint, plots and a summary into the run directory.\n\n"
-    "Settings resolve in this order, later winning: RunConfig defaults < the recipe (--recipe, else the model's "
-    "own) < --config FILE < --set FIELD=VALUE and the options below. `fasttrain run MODEL --help` shows the "
-    "defaults MODEL gets; --print-config prints the resolved settings (loadable with --config) and exits."
-)
-
-
-class RunCommand(typer.core.TyperCommand):
-    """`run MODEL --help` shows the defaults MODEL (or --recipe) actually gets."""
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        if "--help" in args:
-            self._show_defaults_for(*_peek_model_and_recipe(self, args))
-        return super().parse_args(ctx, args)
-
-    def _show_defaults_for(self, model: str | None, recipe: str | None) -> None:
-        try:
-            name = recipe_name(recipe) if recipe else (default_recipe(model) if model else None)
-        except ConfigError:
-            name = None
-        values = RECIPES.get(name, {}) if name else {}
-        for param in self.params:
-            if not isinstance(param, typer.core.TyperOption) or param.name not in FIELDS and param.name not in MODEL_OPTIONS:
-                continue
-            if param.name in MODEL_OPTIONS:
-                kwargs = values.get("model_kwargs", {})
-                if param.name not in kwargs:
-                    continue  # the model's own default, as the static help says
-                default, origin, text = kwargs[param.name], name, MODEL_OPTIONS[param.name][1]
-            elif param.name == "recipe":
-                default, origin, text = name, "", HELP["recipe"][0]
-            else:
-                default = values.get(param.name, FIELDS[param.name].default)
-                origin = name if param.name in values else ""
-                text = HELP[param.name][0]
-            param.help = _option_help(text, default, origin, FIELD_CHOICES.get(param.name, ()))
-        if model and _model_problem(model):
-            note = _model_problem(model)
-        elif model and name:
-            note = f"{model} gets recipe {name} (`fasttrain recipes {name}`); the defaults below are its values."
-        elif model:
-            d = {k: FIELDS[k].default for k in ("optimizer", "lr", "batch_size", "schedule", "epochs")}
-            note = (f"{model} has no recipe of its own: it gets the RunConfig defaults shown below "
-                    f"({d['optimizer']} lr {d['lr']}, batch {d['batch_size']}, {d['schedule']}, {d['epochs']} "
-                    f"epochs) unless you pass --recipe or options.")
-        else:
-            note = ""
-        self.help = RUN_HELP + (f"\n\n{escape(note)}" if note else "")
-
-
-def _model_problem(model: str) -> str | None:
-    """Why the registry cannot build `model` (a zoo name, timm/<name>, path/file.py:Class, an installed
-    package's model), or None when it can."""
-    from .models import ModelError, get_entry
-
-    try:
-        get_entry(model)
-    except ModelError as e:
-        return str(e)
-    return None
-
-
-def _peek_model_and_recipe(cmd: typer.core.TyperCommand, args: list[str]) -> tuple[str | None, str | None]:
-    """MODEL and --recipe from raw arguments (before click parses them, for --help)."""
-    takes_value = {o for p in cmd.params if isinstance(p, typer.core.TyperOption) and not p.is_flag for o in p.opts}
-    model = recipe = None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("-"):
-            opt, eq, value = arg.partition("=")
-            if opt in takes_value and not eq:
-                value = args[i + 1] if i + 1 < len(args) else ""
-                i += 1
-            if opt == "--recipe":
-                recipe = value
-        elif model is None:
-            model = arg
-        i += 1
-    return model, recipe
-
-
-def _parse_set(text: str) -> tuple[str, Any]:
-    """`--set field=value` (typed by the field) or `--set model_kwargs.key=value` / `retrieval.key=value`
-    (a JSON value, or else a string)."""
-    key, eq, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not eq or not key:
-        raise ConfigError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set lookahead=true")
-    field, dot, sub = key.partition(".")
-    if dot:
-        if field not in ("model_kwargs", "retrieval"):
-            raise ConfigError(f"--set {text!r}: only model_kwargs.KEY and retrieval.KEY take a dotted name")
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        return field, {sub: parsed}
-    if field not in FIELDS:
-        raise ConfigError(f"--set {text!r}: unknown setting {field!r}{did_you_mean(field, FIELDS)}")
-    return field, parse_value(field, value, source=f"--set {field}")
-
-
-def _overrides(settings: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
-    """RunConfig overrides from --set and the options given (None = not given); options win over --set."""
-    overrides: dict[str, Any] = {}
-    for text in settings or []:
-        key, value = _parse_set(text)
-        overrides[key] = {**overrides.get(key, {}), **value} if key in ("model_kwargs", "retrieval") else value
-    for name, value in options.items():
-        if value is None:
-            continue
-        if name in FIELDS:
-            overrides[name] = parse_value(name, value) if name in LIST_FIELDS else value
-        else:
-            group = "model_kwargs" if name in MODEL_OPTIONS else "retrieval"
-            overrides[group] = {**overrides.get(group, {}), name: value}
-    return overrides
-
-
+# ============================================================================ run
 def _build_config(model: str | None, config: Path | None, settings: list[str] | None,
                   options: dict[str, Any]) -> RunConfig:
     """The resolved, validated RunConfig, with every check that needs the model registry or the dataset."""
     from .models import get_entry
     from .models.options import check_model_kwargs
 
-    overrides = _overrides(settings, options)
+    given = overrides(settings, options)
     file_values = load_config_file(config) if config is not None else {}
-    model = model or overrides.get("model") or file_values.get("model")
+    model = model or given.get("model") or file_values.get("model")
     if not model:
         raise ConfigError("MODEL: missing; name a model (`fasttrain zoo` lists them), give `model:` in --config, "
                           "or pass --resume RUN_DIR")
     get_entry(model)  # unknown model: a suggestion before anything else
-    cfg = resolve(model, None, overrides, file_values=file_values)
+    cfg = resolve(model, None, given, file_values=file_values)
     check_model_kwargs(cfg.model, cfg.model_kwargs)
     if cfg.task == "retrieval":
         from .retrieval.trainer import RetrievalOptions
@@ -422,55 +272,7 @@ def _check_data_exists(data: str) -> None:
                       f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
 
 
-def _make_run_command():
-    """`_run` with one keyword option per RunConfig field (and per model / retrieval option) in its signature,
-    which is what typer reads to build the command."""
-    fixed = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
-                          default=typer.Argument(None, metavar="MODEL", help="Model name (`fasttrain zoo` lists them); omit with "
-                                                            "--resume or when --config names one.", show_default=False)),
-        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                          default=typer.Option(None, "--config", metavar="FILE", rich_help_panel=CONFIG_PANEL,
-                                               help="Settings from a YAML, TOML or JSON file (e.g. from "
-                                                    "--print-config or a run's config.json).")),
-        inspect.Parameter("settings", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[list[str]],
-                          default=typer.Option(None, "--set", metavar="FIELD=VALUE", rich_help_panel=CONFIG_PANEL,
-                                               help="Set any setting by its field name, typed by the field "
-                                                    "(repeatable), e.g. --set lookahead=true --set betas=0.9,0.99 "
-                                                    "--set model_kwargs.width=0.5.")),
-        inspect.Parameter("print_config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
-                          default=typer.Option(False, "--print-config", rich_help_panel=CONFIG_PANEL,
-                                               help="Print the resolved settings as JSON (loadable with --config) "
-                                                    "and exit without training.")),
-        inspect.Parameter("json_out", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
-                          default=typer.Option(False, "--json", rich_help_panel=CONFIG_PANEL,
-                                               help="Print the summary as one JSON document on stdout; logs go "
-                                                    "to stderr.")),
-        inspect.Parameter("resume", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                          default=typer.Option(None, metavar="RUN_DIR", rich_help_panel=CONFIG_PANEL,
-                                               help="Continue the run in RUN_DIR from its last checkpoint, with "
-                                                    "its saved config (give no other settings).")),
-    ]
-    fields = [_field_option(f.name) for f in dataclasses.fields(RunConfig) if f.name not in NOT_OPTIONS]
-    extras = [_extra_option(k, tp, f"{text} [default: the model's own]", MODEL_PANEL)
-              for k, (tp, text) in MODEL_OPTIONS.items()]
-    extras += [_extra_option(k, tp, text, RETRIEVAL_PANEL) for k, (tp, text) in RETRIEVAL_OPTIONS.items()]
-    params = fixed + fields + extras
-    names = [p.name for p in params]
-    assert len(names) == len(set(names)), "a model or retrieval option shadows a RunConfig field"
-
-    def run(*args: Any, **kwargs: Any) -> None:
-        bound = dict(zip(names, args), **kwargs)
-        _run(**bound)
-
-    run.__signature__ = inspect.Signature(params)
-    run.__annotations__ = {p.name: p.annotation for p in params}
-    run.__doc__ = RUN_HELP
-    return run
-
-
-app.command("run", cls=RunCommand, help=RUN_HELP)(_make_run_command())
+app.command("run", cls=RunCommand, help=RUN_HELP)(make_run_command(_run))
 
 
 # ---------------------------------------------------------------------------- the one launch path, resume
@@ -520,6 +322,8 @@ def _resume_run(ctx: typer.Context, model: str | None, run_dir: Path, nproc: int
         names = ", ".join("--" + p.replace("_", "-") for p in sorted(given))
         _fail(f"--resume restores every setting from {run_dir / 'config.json'}; drop {names} "
               f"(or start a new run with --out)")
+    from .rundir import load_run_config
+
     cfg = load_run_config(run_dir)  # a damaged or edited config.json: a RunDirError naming it
     if ctx.params.get("epochs") is not None:
         cfg.epochs = ctx.params["epochs"]
@@ -579,7 +383,7 @@ def lr_find_cmd(
     end_lr: float = typer.Option(10.0, help="Last learning rate of the sweep (it stops early when the loss "
                                             "diverges)."),
     steps: int = typer.Option(100, help="Optimiser steps of the sweep."),
-    out: Optional[Path] = typer.Option(None, help=escape("Folder for lr_find.png and lr_find.json "
+    out: Optional[Path] = typer.Option(None, help=("Folder for lr_find.png and lr_find.json "
                                                         "[default: runs/lr-find-MODEL].")),
     force: bool = typer.Option(False, "--force", help="Replace lr_find.* files fasttrain did not write."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document on stdout."),
@@ -632,7 +436,7 @@ def recipes(
         for col in ("recipe", *RECIPE_COLUMNS, "default for", "source"):
             table.add_column(col, justify="right" if col in ("epochs", "batch_size", "lr") else "left")
         for row in rows:
-            table.add_row(*[_show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]),
+            table.add_row(*[show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]),
                           row["source"])
         console.print(table)
         return
@@ -647,8 +451,8 @@ def recipes(
     for col in ("setting", "value", "RunConfig default"):
         table.add_column(col)
     for key, value in recipe.items():
-        table.add_row(key, _show(value) if not isinstance(value, dict) else json.dumps(value),
-                      _show(FIELDS[key].default) if not isinstance(value, dict) else "{}")
+        table.add_row(key, show(value) if not isinstance(value, dict) else json.dumps(value),
+                      show(FIELDS[key].default) if not isinstance(value, dict) else "{}")
     console.print(table)
     typer.echo(f"source: {recipe_source(canonical)}")
     if users[canonical]:
@@ -661,13 +465,13 @@ def zoo(
     measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
     device: str = typer.Option("auto", help="Device for --measure: auto | cpu | cuda | cuda:N"),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
-    models: Optional[str] = typer.Option(None, help=escape("Comma-separated model and/or family names "
+    models: Optional[str] = typer.Option(None, help=("Comma-separated model and/or family names "
                                                            "[default: all].")),
     batch_size: int = typer.Option(256, min=1, help="Batch size for --measure."),
     steps: int = typer.Option(20, min=1, help="Timed steps per configuration for --measure."),
     warmup: int = typer.Option(5, min=0, help="Untimed warm-up steps (compilation happens here)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                           help=escape("Also try torch.compile [default: on CUDA only].")),
+                                           help=("Also try torch.compile [default: on CUDA only].")),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
     out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
     markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, comparison with the "
@@ -713,13 +517,13 @@ EVAL_OUTPUTS = ("metrics.json", "confusion.json", "confusion.png")  # what eval 
 def eval_cmd(
     target: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT",
                                   help="A run directory, or a checkpoint file (RUN_DIR/checkpoint.pt or best.pt)."),
-    data: Optional[Path] = typer.Option(None, help=escape("Converted dataset with the checkpoint's classes "
+    data: Optional[Path] = typer.Option(None, help=("Converted dataset with the checkpoint's classes "
                                                           "[default: the run's own, from its config].")),
-    checkpoint: Optional[str] = typer.Option(None, help=escape(
+    checkpoint: Optional[str] = typer.Option(None, help=(
         "With a RUN_DIR: best (best.pt, selected on the val split) | last (checkpoint.pt) [default: best "
         "where the run made one, as its test accuracy was, else last].")),
     split: str = typer.Option("test", help="Split to evaluate: test | train (| val where the dataset has one)."),
-    tta: Optional[str] = typer.Option(None, help=escape("none | flip | flip_translate [default: the run's "
+    tta: Optional[str] = typer.Option(None, help=("none | flip | flip_translate [default: the run's "
                                                         "own, as in its reported test accuracy].")),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(500, help="Evaluation batch size (>= 1)."),
@@ -839,15 +643,6 @@ def report(
         typer.echo(f"wrote {plot}", err=True)
 
 
-# ============================================================================ entry point
-def _unalias(args: list[str]) -> list[str]:
-    out = []
-    for arg in args:
-        opt, eq, value = arg.partition("=")
-        out.append(OPTION_ALIASES.get(opt, opt) + eq + value if opt in OPTION_ALIASES else arg)
-    return out
-
-
 @app.command()
 def verify(
     data: Path = typer.Argument(..., help="A converted dataset directory."),
@@ -905,7 +700,7 @@ def main() -> None:
     if args[:1] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
         args = args[1:]
     try:
-        app(args=_unalias(args), prog_name="fasttrain")
+        app(args=unalias(args), prog_name="fasttrain")
     except KeyboardInterrupt:
         _ignore_further_stop_signals()
         typer.echo("interrupted", err=True)

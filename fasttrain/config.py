@@ -39,6 +39,7 @@ class ConfigError(ValueError):
 class RunConfig:
     # --- what to train, on what
     model: str = "resnet9"  # zoo name (`fasttrain zoo` lists them)
+    recipe: str | None = None  # named recipe (default: the model's own; `fasttrain recipes` lists them)
     data: str = "data/cifar10"  # converted dataset directory (`fasttrain convert` writes one)
     out: str | None = None  # run directory (default runs/<model>-<time>)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -51,20 +52,39 @@ class RunConfig:
     batch_size: int = 512  # images per optimiser step (the global batch with --nproc)
     eval_every: int = 1  # evaluate every N epochs (0: only at the end)
     # --- optimiser
+    optimizer: str = "sgd"  # sgd (Nesterov) | adam (coupled L2) | adamw | muon (conv/linear weights)
     lr: float = 0.4  # peak learning rate for the mean loss of a batch
+    lr_per_256: float | None = None  # peak lr per 256 images of an optimiser step: lr = lr_per_256 * batch_size * accum_steps / 256 (an --lr given later wins)
     momentum: float = 0.9  # SGD momentum (also Muon's auxiliary optimiser)
     nesterov: bool = True  # Nesterov momentum for SGD
     weight_decay: float = 5e-4  # coupled (SGD-style) L2 on weights
     norm_bias_decay: bool = False  # also decay BatchNorm parameters and biases
     bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters and biases (their decay is divided by it)
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy, in [0, 1)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decays, e.g. 0.9,0.999
+    muon_lr: float = 0.02  # Muon's peak lr for conv and hidden linear weights (the rest use lr)
+    muon_momentum: float = 0.95  # Muon's momentum
+    muon_ns_steps: int = 5  # Newton-Schulz iterations of Muon's orthogonalisation (airbench94_muon: 3)
+    muon_weight_norm: bool = False  # rescale each Muon weight to norm sqrt(out) before its step (no decay)
+    clip_grad: float | None = None  # gradient clipping threshold (see clip_mode); none = off
+    clip_mode: str = "norm"  # norm (global L2 norm) | value (elementwise)
+    accum_steps: int = 1  # accumulate gradients over this many batches per optimiser step
     # --- learning-rate schedule, stepped per batch
     schedule: str = "onecycle"  # lr schedule (after linear warmup)
     warmup_frac: float = 0.2  # fraction of steps spent rising to the peak
+    warmup_epochs: float | None = None  # linear warmup length in epochs (wins over warmup_frac)
     start_lr_frac: float = 0.0  # lr at step 0, as a fraction of the peak
     end_lr_frac: float = 0.0  # lr at the last step, as a fraction of the peak
+    step_epochs: float = 30.0  # 'step' schedule: multiply the lr by gamma every step_epochs epochs
+    milestones: list[float] = field(default_factory=list)  # 'multistep' schedule: epochs where lr *= gamma, e.g. 100,150
+    gamma: float = 0.1  # decay factor of step / multistep
+    htd_lower: float = -6.0  # HTD schedule lr = (1 - tanh(L + (U - L) t)) / 2: L (1806.01593)
+    htd_upper: float = 3.0  # HTD schedule: U
     # --- weight averaging
     lookahead: bool = False  # airbench's lookahead: every 5 steps pull weights towards a slow average
+    ema: bool = False  # keep an exponential moving average of the weights; eval and checkpoints use it
+    ema_decay: float = 0.999  # EMA decay per optimiser step
+    ema_warmup: bool = True  # EMA decay ramps as min(decay, (1+n)/(10+n))
     # --- augmentation (see fasttrain.augment.reference for exact semantics)
     crop_pad: int = 4  # random crop after padding each side by this many pixels (0 = off)
     pad_mode: str = "reflect"  # padding of the random crop
@@ -74,31 +94,6 @@ class RunConfig:
     mixup: float = 0.0  # mixup Beta alpha (0 = off)
     cutmix: float = 0.0  # CutMix Beta alpha (0 = off)
     mix_prob: float = 1.0  # probability a batch is mixed (mixup / cutmix)
-    # --- numerics and speed
-    amp: str = "auto"  # autocast precision: auto (bf16 where supported) | bf16 | fp16 (CUDA only) | off
-    compile: bool | None = None  # torch.compile the model (static shapes); none: on for CUDA, off on a CPU
-    channels_last: bool = True  # channels_last memory format
-    tta: str = "flip"  # test-time augmentation at the final eval
-    # --- reproducibility
-    seed: int = 0  # random seed of every draw (subsets, order, augmentation, init)
-    recipe: str | None = None  # named recipe (default: the model's own; `fasttrain recipes` lists them)
-    threads: int | None = None  # CPU threads for torch (none: torch's default)
-    # --- training features: optimiser, schedule, regularizers, selection, logging
-    optimizer: str = "sgd"  # sgd (Nesterov) | adam (coupled L2) | adamw | muon (conv/linear weights)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decays, e.g. 0.9,0.999
-    muon_lr: float = 0.02  # Muon's peak lr for conv and hidden linear weights (the rest use lr)
-    muon_momentum: float = 0.95  # Muon's momentum
-    muon_ns_steps: int = 5  # Newton-Schulz iterations of Muon's orthogonalisation (airbench94_muon: 3)
-    muon_weight_norm: bool = False  # rescale each Muon weight to norm sqrt(out) before its step (no decay)
-    clip_grad: float | None = None  # gradient clipping threshold (see clip_mode); none = off
-    clip_mode: str = "norm"  # norm (global L2 norm) | value (elementwise)
-    accum_steps: int = 1  # accumulate gradients over this many batches per optimiser step
-    warmup_epochs: float | None = None  # linear warmup length in epochs (wins over warmup_frac)
-    step_epochs: float = 30.0  # 'step' schedule: multiply the lr by gamma every step_epochs epochs
-    milestones: list[float] = field(default_factory=list)  # 'multistep' schedule: epochs where lr *= gamma, e.g. 100,150
-    gamma: float = 0.1  # decay factor of step / multistep
-    htd_lower: float = -6.0  # HTD schedule lr = (1 - tanh(L + (U - L) t)) / 2: L (1806.01593)
-    htd_upper: float = 3.0  # HTD schedule: U
     switch_prob: float = 0.5  # with mixup and cutmix both on: probability a mixed batch uses cutmix
     mix_off_epoch: int | None = None  # mixup / cutmix / PatchUp stop after this many epochs; none = never
     patchup: str = "none"  # PatchUp at a hidden feature map (2006.07794): none | hard | soft
@@ -106,42 +101,43 @@ class RunConfig:
     patchup_alpha: float = 2.0  # Beta(alpha, alpha) of soft PatchUp's blend weight
     patchup_block: int = 7  # side of the swapped feature-map patches
     patchup_gamma: float = 0.75  # expected share of the feature map covered by patches
-    ema: bool = False  # keep an exponential moving average of the weights; eval and checkpoints use it
-    ema_decay: float = 0.999  # EMA decay per optimiser step
-    ema_warmup: bool = True  # EMA decay ramps as min(decay, (1+n)/(10+n))
-    val_split: int = 0  # carve N train samples (stratified, seeded) into a validation split; 0 = none
-    monitor: str | None = "val_acc"  # metric for best.pt and early stopping (needs --val-split; None without one)
-    early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
-    min_delta: float = 0.0  # an improvement must exceed this
-    tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
-    logger: str = ""  # also log to these, comma-separated: tensorboard, csv, mlflow, wandb (metrics.jsonl and metrics.csv are always written)
-
-    # --- runs that survive: determinism, multi-process
-    deterministic: bool = False  # deterministic kernels; with a fixed seed, CPU runs are bit-identical
-    nproc: int = 1  # processes on this machine (DDP via torchrun); batch_size stays the global batch
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
-    nnodes: int = 1  # machines in the job; run the same command on each with its --node-rank (torchrun's static rendezvous)
-    node_rank: int = 0  # this machine's place, 0 .. nnodes-1; node 0 hosts the rendezvous and writes the run folder
-    master_addr: str | None = None  # node 0's address, reachable from every node (needed with --nnodes > 1)
-    master_port: int = 29500  # a free TCP port on node 0 for the rendezvous
-
-    # --- tasks: classification (fasttrain.train) or retrieval (fasttrain.retrieval)
-    task: str = "classification"  # classification | retrieval (Recall@K on held-out classes)
-    retrieval: dict = field(default_factory=dict)  # options of the retrieval task (--cls-epochs, --embed-lr, ...)
-
-    # --- the run folder and where training starts (fasttrain.rundir, fasttrain.init_weights)
-    force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
-    verify: bool = False  # check the sha256 of every dataset file before training (reads it all once)
-    init_from: str | None = None  # start from these weights (not a resume): a run folder or checkpoint, a safetensors file, a torch state dict, a timm or torchvision checkpoint
-    data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
-
     # --- resolution: progressive resizing and the test resolution (fasttrain.resolution)
     min_res: int | None = None  # train at this many pixels square until start_ramp (FFCV's progressive resizing); none: the data's own size
     max_res: int | None = None  # train at this size from end_ramp on; none: min_res
     start_ramp: int = 0  # the last epoch, counted from 0, at min_res
     end_ramp: int = 0  # the first epoch at max_res; epochs between: linear, rounded to a multiple of 32
     val_res: int | None = None  # evaluate at this many pixels square (FFCV: 256 after a 160-192 ramp); none: the data's own size
-    lr_per_256: float | None = None  # peak lr per 256 images of an optimiser step: lr = lr_per_256 * batch_size * accum_steps / 256 (an --lr given later wins)
+    # --- validation split, best checkpoint, early stopping
+    val_split: int = 0  # carve N train samples (stratified, seeded) into a validation split; 0 = none
+    monitor: str | None = "val_acc"  # metric for best.pt and early stopping (needs --val-split; None without one)
+    early_stop: int = 0  # stop after this many evaluations without improvement of `monitor`; 0 = off
+    min_delta: float = 0.0  # an improvement must exceed this
+    # --- numerics and speed
+    amp: str = "auto"  # autocast precision: auto (bf16 where supported) | bf16 | fp16 (CUDA only) | off
+    compile: bool | None = None  # torch.compile the model (static shapes); none: on for CUDA, off on a CPU
+    channels_last: bool = True  # channels_last memory format
+    tta: str = "flip"  # test-time augmentation at the final eval
+    # --- reproducibility
+    seed: int = 0  # random seed of every draw (subsets, order, augmentation, init)
+    threads: int | None = None  # CPU threads for torch (none: torch's default)
+    deterministic: bool = False  # deterministic kernels; with a fixed seed, CPU runs are bit-identical
+    # --- processes and machines
+    nproc: int = 1  # processes on this machine (DDP via torchrun); batch_size stays the global batch
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    nnodes: int = 1  # machines in the job; run the same command on each with its --node-rank (torchrun's static rendezvous)
+    node_rank: int = 0  # this machine's place, 0 .. nnodes-1; node 0 hosts the rendezvous and writes the run folder
+    master_addr: str | None = None  # node 0's address, reachable from every node (needed with --nnodes > 1)
+    master_port: int = 29500  # a free TCP port on node 0 for the rendezvous
+    # --- the task: classification or retrieval (fasttrain.train, fasttrain.retrieval)
+    task: str = "classification"  # classification | retrieval (Recall@K on held-out classes)
+    retrieval: dict = field(default_factory=dict)  # options of the retrieval task (--cls-epochs, --embed-lr, ...)
+    # --- the run folder, logging and where training starts (fasttrain.rundir, fasttrain.loggers, fasttrain.init_weights)
+    force: bool = False  # replace the files fasttrain wrote in --out (a finished or interrupted run)
+    verify: bool = False  # check the sha256 of every dataset file before training (reads it all once)
+    tensorboard: bool = True  # write TensorBoard event files when tensorboard is installed
+    logger: str = ""  # also log to these, comma-separated: tensorboard, csv, mlflow, wandb (metrics.jsonl and metrics.csv are always written)
+    init_from: str | None = None  # start from these weights (not a resume): a run folder or checkpoint, a safetensors file, a torch state dict, a timm or torchvision checkpoint
+    data_identity: dict | None = None  # the dataset a run started on (set by the run; a resume must match)
 
     def validate(self) -> RunConfig:
         """Checks every field's range, choice and consistency; raises ConfigError naming the option."""

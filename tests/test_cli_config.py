@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import fasttrain
 from fasttrain import choices
-from fasttrain.cli import NOT_OPTIONS, OPTION_ALIASES, _unalias, app
+from fasttrain.cli import app
+from fasttrain.cli_options import NOT_OPTIONS, OPTION_ALIASES, unalias
 from fasttrain.config import RECIPES, RunConfig
 
 PKG = Path(fasttrain.__file__).parent
@@ -47,7 +48,7 @@ def test_every_field_is_an_option_of_the_same_name():
         **printed_config("resnet9"), "end_lr_frac": 0.05, "lookahead": True, "crop_pad": 2, "pad_mode": "zero",
         "flip": False, "warmup_frac": 0.1, "betas": [0.8, 0.9], "min_delta": 0.01, "patchup_block": 5,
         "muon_momentum": 0.9}
-    assert _unalias(["--min-lr-frac", "0.1", "--attention-placement=parallel"]) == \
+    assert unalias(["--min-lr-frac", "0.1", "--attention-placement=parallel"]) == \
         ["--end-lr-frac", "0.1", "--placement=parallel"]
     assert set(OPTION_ALIASES.values()) <= {o for p in run.params for o in getattr(p, "opts", [])}
 

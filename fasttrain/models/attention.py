@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .options import ATTENTION_BLOCKS, PLACEMENTS
+from ..choices import ATTENTION_BLOCKS, PLACEMENTS
 from .registry import register_model
 from .resnet import BasicBlock, ResNet
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ACTIVATIONS = ("relu", "mish", "swish", "gelu")
+from ..choices import ACTIVATIONS
 
 
 def make_activation(name: str = "relu") -> nn.Module:

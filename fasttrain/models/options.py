@@ -1,29 +1,14 @@
 """The model options a user sets by name (`fasttrain run MODEL --width 0.5 --activation mish`), stored in
-RunConfig.model_kwargs: their help, their allowed values, and the one check of a model's keyword arguments
-(values, and names against what the chosen model takes) before any training starts."""
+RunConfig.model_kwargs (their table, with types and help, is choices.MODEL_OPTIONS): the one check of a
+model's keyword arguments (values, and names against what the chosen model takes) before any training starts."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .layers import ACTIVATIONS
+from ..choices import ACTIVATIONS, ATTENTION_BLOCKS, MODEL_OPTIONS, PLACEMENTS
 from .external import TIMM_PREFIX, check_timm_kwargs
 from .registry import ModelError, model_options
-
-ATTENTION_BLOCKS = ("both", "channel", "spatial")
-PLACEMENTS = ("sequential", "parallel")
-
-# name -> (type, help); the CLI offers each as --name and puts it into model_kwargs
-MODEL_OPTIONS: dict[str, tuple[type, str]] = {
-    "width": (float, "Model width multiplier (models that take one)."),
-    "activation": (str, f"{' | '.join(ACTIVATIONS)} (every zoo model)."),
-    "drop_path": (float, "Stochastic depth rate of the last residual block (linear in depth; residual families)."),
-    "image_size": (int, "Upscale inputs to this size inside the model (mobilenetv2, efficientnet_b0; e.g. 96)."),
-    "attention": (str, f"resnet18_attn: {' | '.join(ATTENTION_BLOCKS)} (CBAM blocks)."),
-    "placement": (str, f"resnet18_attn: {' | '.join(PLACEMENTS)} placement of the two attention blocks."),
-    "pretrained": (bool, "timm/<name> models: start from timm's pretrained weights, read from the local Hugging "
-                         "Face cache (never downloaded)."),
-}
 
 
 def _flag(key: str) -> str:

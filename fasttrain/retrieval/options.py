@@ -6,19 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..choices import RETRIEVAL_OPTIONS
 from ..config import ConfigError
 from .metrics import DEFAULT_KS
-
-
-# The options `fasttrain run` shows as flags (stored in RunConfig.retrieval; the others through
-# --set retrieval.KEY=VALUE or a config file): name -> (type, help)
-RETRIEVAL_OPTIONS: dict[str, tuple[type, str]] = {
-    "cls_epochs": (float, "retrieval: classification epochs before the embedding head [default: epochs]."),
-    "embed_epochs": (float, "retrieval: epochs of the 512-d embedding with the multi-similarity loss "
-                            "[default: epochs]."),
-    "embed_lr": (float, "retrieval: peak lr of the embedding phase."),
-    "m_per_class": (int, "retrieval: images per class in a batch."),
-}
 
 
 @dataclass
