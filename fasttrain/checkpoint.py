@@ -1,7 +1,7 @@
 """The full training state on disk: saved atomically, loaded without running code, restored exactly.
 
 A checkpoint is one `torch.save` dict holding only tensors and plain Python values (dicts, lists, tuples,
-str, int, float, bool, None), written through runio's temp file + fsync + rename, so a crash or `kill -9`
+str, int, float, bool, None), written through fileio's temp file + fsync + rename, so a crash or `kill -9`
 leaves either the previous checkpoint or the new one, never half of one. It is read back with
 `torch.load(weights_only=True)`: a file that pickles a callable or any other object is refused with a
 `CheckpointError` before anything in it runs.
@@ -44,7 +44,7 @@ from .reproducibility import capture_rng, restore_rng
 from .stopping import check_finite_params
 from .config import ConfigError, RunConfig
 from .extend import check_extension
-from .runio import atomic_torch_save
+from .fileio import atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1

@@ -21,13 +21,14 @@ import json
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .runio import TargetExists, atomic_file
+from .fileio import TargetExists, atomic_file
 
 WRITER = "fasttrain"
 MARKDOWN_SIGNATURE = f"<!-- written by {WRITER}: it may replace this file; remove this line to keep it -->"

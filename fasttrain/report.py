@@ -5,12 +5,11 @@ overlay plot of their accuracy curves."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from .outputs import claim
 from .outputs import write_json as write_output_json
-from .runio import UnreadableJson, read_json_object, write_json
+from .fileio import UnreadableJson, read_json_object, write_json
 
 
 def finish_run(summary: dict, out_dir: Path, cfg, meta: dict, final: dict, monitor, runlog, *,

@@ -45,7 +45,7 @@ from .data.verify import dataset_identity
 from .extend import check_extension
 from .models.user_models import absolute_model_name, is_file_model
 from .rundisk import RunDirError, check_run_dir
-from .runio import UnreadableJson, read_json_object, write_json
+from .fileio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
 
 LOCK_NAME = "run.lock"
@@ -344,7 +344,7 @@ def _remove_created(created: list[Path]) -> None:
 
 
 def _remove_dead_temp_files(path: Path) -> None:
-    """Half-written temp files (`.checkpoint.pt.<random>.tmp`, runio's atomic writes) of a run killed mid-write.
+    """Half-written temp files (`.checkpoint.pt.<random>.tmp`, fileio's atomic writes) of a run killed mid-write.
     Only the lock holder writes here and we hold the lock now, so every such file of ours is a dead one's."""
     for name in RUN_OUTPUTS:
         for tmp in path.glob(f".{name}.*.tmp"):
@@ -355,7 +355,7 @@ def _remove_outputs(path: Path) -> None:
     """Removes the files a run writes (by name), their temp files and TensorBoard's event files."""
     for name in RUN_OUTPUTS:
         (path / name).unlink(missing_ok=True)
-        for tmp in path.glob(f".{name}.*.tmp"):  # runio's temp files of an interrupted write
+        for tmp in path.glob(f".{name}.*.tmp"):  # fileio's temp files of an interrupted write
             tmp.unlink(missing_ok=True)
     tb = path / TENSORBOARD_DIR
     if tb.is_dir():

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .checkpoint import CHECKPOINT_NAME
 from .rundisk import RunDirError
-from .runio import atomic_write
+from .fileio import atomic_write
 
 
 class RunLog:

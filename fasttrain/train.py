@@ -41,7 +41,7 @@ from .progress import EpochProgress
 from .regularizers import PatchUp
 from .report import finish_run
 from .resolution import ResolutionSchedule, schedule_from
-from .runio import write_json
+from .fileio import write_json
 from .reproducibility import set_deterministic
 from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolved config.json
 from .init_weights import load_init_weights

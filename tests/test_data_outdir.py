@@ -17,7 +17,7 @@ from PIL import Image
 from fasttrain.data.convert import convert
 from fasttrain.data.errors import DatasetError
 from fasttrain.data.verify import is_complete
-from fasttrain.runio import PARTIAL_MARKER
+from fasttrain.fileio import PARTIAL_MARKER
 
 QUIET = dict(log=lambda s: None)
 
@@ -177,8 +177,8 @@ def test_legacy_dataset_is_recognised_as_fasttrain(tmp_path):
 
 
 def killed_writer(target: Path) -> Path:
-    """The temp directory a writer killed by SIGKILL inside `runio.atomic_directory(target)` leaves."""
-    code = ("import os, signal, sys\nfrom fasttrain.runio import atomic_directory\n"
+    """The temp directory a writer killed by SIGKILL inside `fileio.atomic_directory(target)` leaves."""
+    code = ("import os, signal, sys\nfrom fasttrain.fileio import atomic_directory\n"
             "with atomic_directory(sys.argv[1]) as tmp:\n"
             "    (tmp / 'train_images.npy').write_bytes(b'x' * 100)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")

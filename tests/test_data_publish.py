@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from test_data_outdir import dead_pid, image_folder, killed_writer, snapshot
 
-from fasttrain import runio
+from fasttrain import fileio
 from fasttrain.data.convert import convert
-from fasttrain.runio import TargetExists, atomic_directory, rename_noreplace, replacing
+from fasttrain.fileio import TargetExists, atomic_directory, rename_noreplace, replacing
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux renameat2")
 CLI = [sys.executable, "-m", "fasttrain"]
@@ -38,7 +38,7 @@ def user_files(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("use_renameat2", [True, False], ids=["renameat2", "mkdir_claim"])
 def test_rename_noreplace_refuses_any_existing_target(tmp_path, use_renameat2):
-    if use_renameat2 and runio._RENAMEAT2 is None:
+    if use_renameat2 and fileio._RENAMEAT2 is None:
         pytest.skip("this libc has no renameat2")
     src = tmp_path / "src"
     src.mkdir()

@@ -4,7 +4,7 @@ The one entry point over every reader (registry.READERS: cifar10, cifar100, tiny
 imagefolder) and every writer (tensor, ffcv, dali), and over the listing readers (registry.LISTERS:
 imagenet, imagefolder, tinyimagenet, cars196) and the jpeg store, which keeps each image at its own size.
 `outdir.plan_output` decides whether --out may be written; the writers write atomically
-(`runio.atomic_directory`).
+(`fileio.atomic_directory`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from ..runio import TargetExists, replacing
+from ..fileio import TargetExists, replacing
 from .errors import DatasetError, SourceError
 from .formats import DEFAULT_TIMEOUT_S, import_optional, write_dali_dataset, write_ffcv_dataset
 from .jpeg_store import DEFAULT_MAX_SIDE, DEFAULT_QUALITY, SHARD_BYTES, write_jpeg_store

@@ -11,7 +11,7 @@ Why JPEG files + a list for DALI and not DALI's indexed containers (webdataset/T
 benchmarks/pipeline_throughput.py (`--dali-layouts`), see the README table.
 
 Every writer runs in a forked child process (its own process group) under a timeout, writing into a
-temporary sibling directory (`runio.atomic_directory`); only the parent renames it into place, and only
+temporary sibling directory (`fileio.atomic_directory`); only the parent renames it into place, and only
 after the child reported success. A hung FFCV `DatasetWriter` (a known failure mode) or Ctrl-C is killed
 with its workers and leaves nothing that looks complete; if the parent itself is killed, the child sees
 it and kills its own process group.
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..runio import atomic_directory
+from ..fileio import atomic_directory
 from .errors import DatasetError
 from .tensor_format import Split, base_meta, read_meta, check_splits, file_record, save_labels, split_record, write_meta
 

@@ -28,7 +28,7 @@ files and appends to the shard. Shards are written into `.<out>.partial/` beside
 finished shard is fsynced, renamed and recorded in a journal with its sha256, so a convert that is
 killed or interrupted continues from its last finished shard when the same command runs again (same
 source file list and options; otherwise the partial folder is discarded). At the end the files move
-into the output atomically (`runio.atomic_directory`).
+into the output atomically (`fileio.atomic_directory`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..runio import atomic_directory, atomic_write, fsync_path
+from ..fileio import atomic_directory, atomic_write, fsync_path
 from .archive import read_regular_file, special_kind
 from .decode import decoding, die_with_parent, to_rgb
 from .errors import BadFile, DatasetError, SourceError

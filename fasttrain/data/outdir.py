@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..runio import PARTIAL_MARKER, remove_stale_temp_dirs
+from ..fileio import PARTIAL_MARKER, remove_stale_temp_dirs
 from .errors import DatasetError
 from .tensor_format import read_meta
 from .verify import is_complete, is_fasttrain_meta, written_entries
@@ -57,7 +57,7 @@ def _foreign_entries(entries: list[str], meta: dict) -> list[str]:
 
 def holds_only_fasttrain_files(folder: Path) -> bool:
     """Is `folder` empty, or a fasttrain dataset holding nothing fasttrain did not write? The check made
-    again at the moment a dataset is replaced (`runio.replacing`), on the folder moved aside."""
+    again at the moment a dataset is replaced (`fileio.replacing`), on the folder moved aside."""
     entries = sorted(p.name for p in folder.iterdir())
     if not entries:
         return True

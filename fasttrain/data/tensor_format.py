@@ -9,7 +9,7 @@ Layout of a tensor dataset directory::
     train_labels.npy     int64 (N,)
     test_images.npy ...  one pair per split
 
-A dataset is written into a temporary sibling directory (`runio.atomic_directory`), every file fsynced,
+A dataset is written into a temporary sibling directory (`fileio.atomic_directory`), every file fsynced,
 and renamed into place only when complete, so a crash or `kill -9` never leaves something that looks
 like a finished dataset. `verify.check_dataset` checks a directory against its meta.json.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runio import UnreadableJson, atomic_directory, read_json_object
+from ..fileio import UnreadableJson, atomic_directory, read_json_object
 from .archive import is_archive
 from .errors import DatasetError
 

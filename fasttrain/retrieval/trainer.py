@@ -51,7 +51,7 @@ from ..regularizers import PatchUp
 from ..reproducibility import set_deterministic
 from ..stopping import LossGuard
 from .. import rundir  # run folder: lock, refusals, failed-start cleanup
-from ..runio import write_json
+from ..fileio import write_json
 from ..runtime import check_model_fits, device_name, resolve_amp, resolve_device, sync
 from ..steps import EpochTally, Precision, TrainStep
 from ..tasks import ClassificationTask

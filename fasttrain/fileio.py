@@ -1,5 +1,6 @@
-"""Every atomic write of the project: files (temp file, fsync, rename) and directories (temp directory,
-fsync of every file in it, rename), so a crash or `kill -9` leaves either the old output or the new one.
+"""Files and folders on disk, for every part of the project (runs, datasets, exports, reports): every atomic
+write, of files (temp file, fsync, rename) and directories (temp directory, fsync of every file in it,
+rename), so a crash or `kill -9` leaves either the old output or the new one; and the one JSON reader.
 
 A temporary directory is a hidden sibling of its target, `.NAME.tmp-PID-TOKEN`, holding a marker file with
 the same random TOKEN, locked by its writer, until it is renamed into place; the next writer on the same
