@@ -166,7 +166,8 @@ def test_cars196_retrieval_recipe_crops_the_original_photos_anew_each_epoch(tmp_
 
     out = tmp_path / "run"
     res = cli("run", "resnet18_attn", "--recipe", "cars196-retrieval-rrc", "--data", str(data), "--out", str(out),
-              "--epochs", "2", "--batch-size", "4", "--m-per-class", "2", "--min-res", "32", "--val-res", "32",
+              "--epochs", "2", "--embed-epochs", "1", "--batch-size", "4", "--m-per-class", "2", "--min-res", "32",
+              "--val-res", "32",
               "--width", "0.25", "--device", "cpu", "--threads", "2", "--no-tensorboard", "--json")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["recipe"] == "cars196-retrieval-rrc" and 0 <= summary["test_acc"] <= 1
