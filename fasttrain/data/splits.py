@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 # Multiplies the seed before the epoch is added, so (seed, epoch) pairs never collide for epochs < 100003.
 _EPOCH_STRIDE = 100_003
@@ -76,6 +80,8 @@ def keep_multiple(n: int, multiple: int, seed: int) -> np.ndarray:
 
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The torch generator of one epoch's shuffle: a pure function of (seed, epoch)."""
+    import torch  # here: `convert` draws its hold-out through this module and never needs torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(seed * _EPOCH_STRIDE + epoch)
     return gen
@@ -83,4 +89,6 @@ def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -
 
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The shuffled order of `n` samples in `epoch`, on `device`."""
+    import torch
+
     return torch.randperm(n, generator=epoch_generator(seed, epoch, device), device=device)
