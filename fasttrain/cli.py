@@ -419,10 +419,11 @@ def recipes(
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List the named recipes (`fasttrain run MODEL --recipe NAME`), or one recipe's settings."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True)
+    from .tables import print_table, table_console
+
+    console = table_console()
     users = {r: sorted(m for m, d in DEFAULT_RECIPES.items() if d == r) for r in RECIPES}
     aliases = {r: sorted(a for a, c in RECIPE_ALIASES.items() if c == r) for r in RECIPES}
     if name is None:
@@ -431,14 +432,12 @@ def recipes(
         if json_out:
             typer.echo(json.dumps(rows))
             return
-        table = Table(title=f"{len(rows)} recipes (`fasttrain recipes NAME` shows one; unset fields take the "
-                            f"RunConfig defaults)")
-        for col in ("recipe", *RECIPE_COLUMNS, "default for", "source"):
-            table.add_column(col, justify="right" if col in ("epochs", "batch_size", "lr") else "left")
-        for row in rows:
-            table.add_row(*[show(row[c]) for c in ("recipe", *RECIPE_COLUMNS)], ", ".join(row["default_for"]),
-                          row["source"])
-        console.print(table)
+        columns = ("recipe", "model", "epochs", "lr", "batch_size", "optimizer", "schedule", "default_for", "tta",
+                   "data")  # most telling first: a narrow terminal leaves out the last ones
+        print_table(f"{len(rows)} recipes (`fasttrain recipes NAME` shows one with its source; unset fields take "
+                    f"the RunConfig defaults)", columns,
+                    [[", ".join(row[c]) if c == "default_for" else show(row[c]) for c in columns] for row in rows],
+                    right=("epochs", "lr", "batch_size"), console=console)
         return
     canonical = recipe_name(name)
     recipe = RECIPES[canonical]
@@ -505,8 +504,13 @@ def zoo(
         write_markdown(markdown_target, zoo_cmd.zoo_doc(rows, note))
     if stdout is not None:
         _emit_json(stdout, payload)
-    else:
-        typer.echo(zoo_cmd.to_markdown(rows, note))
+    else:  # a table for people (the Markdown page is --markdown's)
+        from .tables import print_table
+        from .words import count
+
+        head, cells = zoo_cmd.table_cells(rows)
+        print_table(note or f"{count(len(rows), 'model')} (`fasttrain run MODEL`; --measure times them)", head,
+                    cells, right=[h for h in head if h not in ("model", "family", "compiled")])
 
 
 # ============================================================================ eval, predict, report

@@ -173,8 +173,9 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = None, *,
     ({"writer": "fasttrain", "rows": [...]}); returns the rows. Folders that are not finished runs, or hold
     malformed files, are skipped with `warn(message)`. Both files follow the output rule (outputs.py): a
     file fasttrain did not write is replaced only with `force`."""
-    from rich.console import Console
     from rich.table import Table
+
+    from .tables import table_console
 
     plot_target = claim(plot_path, option="--plot", force=force) if plot_path is not None else None
     json_target = claim(json_path, option="--json", force=force) if json_path is not None else None
@@ -216,8 +217,7 @@ def report(run_dirs: list[str | Path], plot_path: str | Path | None = None, *,
             colour, marker = styles[i]
             cells.insert(0, f"[{colour}]{MARKER_GLYPHS[marker]}[/]")
         table.add_row(*cells)
-    # piped output (no terminal): wide enough that rich does not squeeze the columns to "…"
-    console = console or Console(width=None if sys.stdout.isatty() else 250, soft_wrap=True)
+    console = console or table_console()
     console.print(table)
     if hidden:
         console.print(f"{len(hidden)} more setting(s) differ among these runs (in --json and config.json): "

@@ -202,18 +202,15 @@ def _si(n: float | None, digits: int = 2) -> str:
     return f"{n:.0f}"
 
 
-def to_markdown(rows: list[ZooRow], title_note: str = "") -> str:
-    """A Markdown table of the rows; speed columns only when any row was measured."""
+def table_cells(rows: list[ZooRow]) -> tuple[list[str], list[list[str]]]:
+    """The zoo table's header and cells (plain text); speed columns only when any row was measured."""
     measured = any(r.train_imgs_per_s is not None or r.error for r in rows)
     head = ["model", "family", "params", "params + BN stats", "FLOPs (32 px)", "MACs (reference FLOPs/2)"]
     if measured:
         head += ["train img/s", "infer img/s", "compiled", "eager fp32 train img/s", "speed-up"]
-    lines = []
-    if title_note:
-        lines += [title_note, ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    table = []
     for r in rows:
-        cells = [f"`{r.name}`", r.family, f"{r.params:,}", f"{r.params_with_bn_stats:,}", _si(r.flops), _si(r.macs)]
+        cells = [r.name, r.family, f"{r.params:,}", f"{r.params_with_bn_stats:,}", _si(r.flops), _si(r.macs)]
         if measured:
             if r.error:
                 cells += [f"error: {r.error[:60]}", "", "", "", ""]
@@ -223,7 +220,19 @@ def to_markdown(rows: list[ZooRow], title_note: str = "") -> str:
                           "yes" if r.compiled else "no",
                           f"{r.eager_fp32_train_imgs_per_s:,.0f}" if r.eager_fp32_train_imgs_per_s else "-",
                           f"{r.speedup_vs_fp32:.2f}x" if r.speedup_vs_fp32 else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    return head, table
+
+
+def to_markdown(rows: list[ZooRow], title_note: str = "") -> str:
+    """A Markdown table of the rows (table_cells), model names as code."""
+    head, table = table_cells(rows)
+    lines = []
+    if title_note:
+        lines += [title_note, ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for name, *cells in table:
+        lines.append("| " + " | ".join([f"`{name}`", *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
