@@ -15,6 +15,7 @@ CUDA build; needs no GPU and no nvcc. -ffp-contract=off keeps the float operatio
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -46,7 +47,13 @@ def _check_libjpeg() -> None:
 def build(build_dir: str | Path | None = None, *, verbose: bool = False):
     """Compile (or reuse the cached build) and import the decoder; raises ExtensionUnavailable."""
     _check_libjpeg()
-    import torch.utils.cpp_extension as cpp
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its import warns that no CUDA runtime is found: this build needs none
+    try:
+        import torch.utils.cpp_extension as cpp
+    finally:
+        logger.setLevel(level)
 
     try:
         cpp.verify_ninja_availability()
