@@ -5,7 +5,8 @@ Per batch: the sample ids of the epoch's order (`epoch_permutation(seed, epoch)`
 share, as the tensor pipeline), their JPEG bytes read with pread (`JpegStore.read`: no mmap, so resident
 memory does not grow with the dataset), the crop boxes and flips of those ids (fasttrain/data/crops.py:
 counter-based, keyed by (seed, epoch, sample id)), then one decoder call that returns the uint8
-(B, res, res, 3) batch. Training draws torchvision's RandomResizedCrop boxes and a flip; evaluation
+(B, res, res, 3) batch. Training draws torchvision's RandomResizedCrop boxes and a flip (unless
+flip=False); evaluation
 (`train=False`) takes the centre crop (shorter side resized to res / eval_ratio, centre res x res).
 
 Decode runs ahead of training in a background thread with a bounded queue (`prefetch` batches): the
@@ -92,6 +93,7 @@ class StreamPipeline:
         indices: np.ndarray | None = None,
         num_workers: int | None = None,
         train: bool = True,
+        flip: bool = True,
         res: int = DEFAULT_RES,
         eval_ratio: float = EVAL_RATIO,
         decoder: str | None = None,
@@ -106,12 +108,11 @@ class StreamPipeline:
         self.device = torch.device(device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.train, self.eval_ratio, self.prefetch = train, eval_ratio, max(1, prefetch)
+        self.train, self.flip, self.eval_ratio, self.prefetch = train, flip, eval_ratio, max(1, prefetch)
         self.ids = shard_indices(len(self.store), indices, world_size, seed)  # dataset positions drawn from
         self.per_rank = len(self.ids) // world_size
         self.decoder = make_decoder(decoder or os.environ.get("FASTTRAIN_DECODER") or "auto", self.device,
                                     num_workers)
-        self.res = DEFAULT_RES
         self.set_resolution(res)
         self.epoch = 0
         self._start = 0
@@ -135,6 +136,11 @@ class StreamPipeline:
             raise ValueError(f"start_at: batch must lie in [0, {len(self)}], got {batch}")
         self._start = batch
 
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch on this rank."""
+        return self.per_rank
+
     def __len__(self) -> int:
         if self.drop_last:
             return self.per_rank // self.batch_size
@@ -153,7 +159,7 @@ class StreamPipeline:
         h, w = self.store.heights[ids], self.store.widths[ids]
         if self.train:
             box = rrc_params(h, w, ids, self.seed, self.epoch)
-            flips = flip_flags(ids, self.seed, self.epoch)
+            flips = flip_flags(ids, self.seed, self.epoch) & self.flip
         else:
             box = centre_crop_box(h, w, self.res, self.eval_ratio)
             flips = np.zeros(len(ids), dtype=bool)
