@@ -18,7 +18,6 @@ Writes benchmarks/results/augment_throughput-<device>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import statistics
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a source checkout
 from fasttrain.augment import AugmentConfig, AugmentSampler, apply, backend_for, norm_constants  # noqa: E402
 from fasttrain.augment.fused import fused_apply  # noqa: E402
+from fasttrain.outputs import claim_or_exit, write_json  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # name -> augmentation; "airbench" is airbench94's (translate 2 + flip), "myrtle" ResNet9's 24-epoch one
@@ -93,11 +93,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/augment_throughput-<device>.json)")
+    ap.add_argument("--force", action="store_true", help="replace a file at --out that fasttrain did not write")
     args = ap.parse_args()
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
+                                           f"augment_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', device_name(device)).strip('_')}.json")
+    [target] = claim_or_exit(out, option="--out", force=args.force)  # before any work (fasttrain.outputs)
     fused_backend = backend_for(device, "fused")  # raises if the fused op is unavailable: no silent fallback
     gpu = device.type == "cuda"
     args.batch_size = args.batch_size or (16384 if gpu else 512)
@@ -138,12 +142,7 @@ def main() -> None:
     result = {"device": device_name(device), "fused_backend": fused_backend, "torch": torch.__version__,
               "iters": iters, "repeats": args.repeats, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows,
               "note": "effective GB/s = (uint8 batch read once + output written once) / time"}
-    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                           f"augment_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', device_name(device)).strip('_')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(target, result)
     print(f"wrote {out}")
 
 

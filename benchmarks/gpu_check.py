@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # fasttrain.outputs for the results, from a plain source checkout
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 JPEG_COPY = ROOT / ".data" / "cifar10-jpeg"  # git-ignored; docs/gpu.md says how to carry it along
 ZOO_MODELS = "resnet9,resnet18,wrn16_8,mobilenetv2,densenet100_k12"
@@ -54,6 +55,9 @@ ZOO_MODELS = "resnet9,resnet18,wrn16_8,mobilenetv2,densenet100_k12"
 # minutes in numba's first compile and in four systems' CPU training; on a GPU the limits are what fits.
 BUDGET_S = {"gpu": 480.0, "dry": 2400.0}
 MIN_STEP_S = 20.0  # a step with less time left than this is skipped, not started
+# the steps' result files under .data/ are this script's own scratch, named by it, not by a user: a step
+# replaces them even when an older fasttrain wrote them unsigned
+SCRATCH_FORCE = ("--force",)
 
 
 @dataclass
@@ -215,7 +219,7 @@ def step_tta(dry: bool) -> dict:
     _, data = data_dirs(dry)
     out_dir = ROOT / ".data" / "gpu_check_tta"
     cmd = [sys.executable, "benchmarks/time_to_accuracy.py", "--data", str(data), "--out", str(out_dir),
-           "--tag", "gpu_check"]
+           "--tag", "gpu_check", *SCRATCH_FORCE]
     if dry:
         cmd += ["--recipe", "speed94-cpu", "--seeds", "1", "--epochs", "1", "--ref-epochs", "1",
                 "--ref-batch-size", "64", "--train-subset", "128", "--test-subset", "50", "--device", "cpu"]
@@ -237,10 +241,10 @@ def step_tta(dry: bool) -> dict:
 
 def step_augment(dry: bool) -> dict:
     out_file = ROOT / ".data" / "gpu_check_augment.json"
-    cmd = [sys.executable, "benchmarks/augment_throughput.py", "--out", str(out_file), "--iters", "20",
-           "--repeats", "3"]
+    cmd = [sys.executable, "benchmarks/augment_throughput.py", "--out", str(out_file), *SCRATCH_FORCE, "--iters",
+           "20", "--repeats", "3"]
     if dry:
-        cmd = cmd[:4] + ["--device", "cpu", "--batch-size", "256", "--size", "32", "--iters", "2", "--repeats", "1",
+        cmd = cmd[:5] + ["--device", "cpu", "--batch-size", "256", "--size", "32", "--iters", "2", "--repeats", "1",
                          "--scenarios", "airbench"]
     must(sh(cmd, dry), "augment_throughput")
     return json.loads(out_file.read_text())
@@ -248,7 +252,7 @@ def step_augment(dry: bool) -> dict:
 
 def step_gpu_decode(what: str, dry: bool) -> dict:
     out_file = ROOT / ".data" / f"gpu_check_{what}.json"
-    cmd = [sys.executable, "benchmarks/gpu_decode.py", "--what", what, "--out", str(out_file)]
+    cmd = [sys.executable, "benchmarks/gpu_decode.py", "--what", what, "--out", str(out_file), *SCRATCH_FORCE]
     must(sh(cmd + (["--dry-run"] if dry else []), dry), f"gpu_decode --what {what}")
     return json.loads(out_file.read_text())
 
@@ -256,10 +260,11 @@ def step_gpu_decode(what: str, dry: bool) -> dict:
 def step_zoo(dry: bool) -> dict:
     out_file = ROOT / ".data" / "gpu_check_zoo.json"
     cmd = [sys.executable, "-m", "fasttrain", "zoo", "--measure", "--models", ZOO_MODELS, "--steps", "10",
-           "--warmup", "3", "--out", str(out_file)]
+           "--warmup", "3", "--out", str(out_file), *SCRATCH_FORCE]
     if dry:
         cmd = [sys.executable, "-m", "fasttrain", "zoo", "--measure", "--models", "resnet9", "--device", "cpu",
-               "--batch-size", "8", "--steps", "1", "--warmup", "1", "--no-compile", "--out", str(out_file)]
+               "--batch-size", "8", "--steps", "1", "--warmup", "1", "--no-compile", "--out", str(out_file),
+               *SCRATCH_FORCE]
     must(sh(cmd, dry), "fasttrain zoo --measure")
     return json.loads(out_file.read_text())
 
@@ -354,11 +359,14 @@ def summary_line(r: StepResult) -> str:
     return ""
 
 
-def write_results(stem: Path, meta: dict, results: list[StepResult]) -> None:
-    payload = dict(meta, steps=[asdict(r) for r in results])
-    tmp = stem.with_name(stem.name + ".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(stem.with_suffix(".json"))
+def write_results(stem: Path, meta: dict, results: list[StepResult], force: bool = False) -> None:
+    """The results JSON and Markdown under the output rule (fasttrain.outputs): after the first call they are
+    ours and replaced by the next."""
+    from fasttrain.outputs import claim_or_exit, write_json, write_markdown
+
+    json_target, md_target = claim_or_exit(stem.with_suffix(".json"), stem.with_suffix(".md"), option="--out",
+                                           force=force)
+    write_json(json_target, dict(meta, steps=[asdict(r) for r in results]))
     lines = [f"# gpu-check {meta['started']}: {meta['device']}", "",
              f"Mode: {'CPU dry run' if meta['dry_run'] else 'GPU'}; commit {meta['commit']}; total "
              f"{meta.get('total_s', '?')} s of a {meta['budget_s']:.0f} s budget.", "",
@@ -368,9 +376,7 @@ def write_results(stem: Path, meta: dict, results: list[StepResult]) -> None:
     for r in results:
         if r.name == "tta" and r.status == "ok":
             lines += ["", "## Time to accuracy", "", r.data["markdown"].split("\n", 2)[-1].strip()]
-    tmp = stem.with_name(stem.name + ".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(stem.with_suffix(".md"))
+    write_markdown(md_target, "\n".join(lines) + "\n")
 
 
 def commit() -> str:
@@ -397,6 +403,7 @@ def main() -> int:
     ap.add_argument("--only", default=None, help=f"comma-separated steps (default: all of {[s.name for s in STEPS]})")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--budget-s", type=float, default=None, help="the whole check's time limit (GPU: 480)")
+    ap.add_argument("--force", action="store_true", help="replace result files in --out fasttrain did not write")
     ap.add_argument("--run-step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--step-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -420,14 +427,13 @@ def main() -> int:
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%d-%H%M%S")
     device = device_label(dry)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{started}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
     scratch = ROOT / ".data" / "gpu_check_logs"
     scratch.mkdir(parents=True, exist_ok=True)
     meta = {"started": started, "device": device, "dry_run": dry, "budget_s": budget, "commit": commit(),
             "command": "PYTHONPATH=. python3 benchmarks/gpu_check.py" + (" --dry-run" if dry else "")}
     results = [StepResult(s.name, s.title) for s in steps]
-    write_results(stem, meta, results)
+    write_results(stem, meta, results, args.force)  # claims the paths (exit 2 if refused) before any step
     print(f"gpu-check ({'CPU dry run' if dry else device}): {len(steps)} steps, budget {budget:.0f} s; "
           f"results -> {stem}.json / .md; logs -> {scratch}", flush=True)
     for i, step in enumerate(steps):
@@ -442,7 +448,7 @@ def main() -> int:
                 results[i].error += "; " + (clear_killed_build_lock(dry) or "no lock left behind")
         print(f"    {results[i].status} in {results[i].seconds} s: {summary_line(results[i])}", flush=True)
         meta["total_s"] = round(time.perf_counter() - t_start, 1)
-        write_results(stem, meta, results)  # after every step: a check cut short keeps what it measured
+        write_results(stem, meta, results, args.force)  # after every step: a check cut short keeps what it measured
     print()
     print(stem.with_suffix(".md").read_text())
     return 0 if all(r.status == "ok" for r in results) else 1

@@ -240,7 +240,11 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=None, help="output side (default 224; 32 in a dry run)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--force", action="store_true", help="replace a file at --out that fasttrain did not write")
     args = ap.parse_args()
+    from fasttrain.outputs import claim_or_exit, write_json
+
+    [target] = claim_or_exit(args.out, option="--out", force=args.force)  # before any work (fasttrain.outputs)
     if args.dry_run:
         args.images, args.res = args.images or 8, args.res or 32
         args.iters, args.repeats, args.batch_size = 1, 1, min(args.batch_size, 4)
@@ -254,10 +258,7 @@ def main() -> None:
     result = (bench_kernel if args.what == "kernel" else bench_nvjpeg)(args, jpegs)
     result.update(photos=source, photo_setup_s=round(setup_s, 1), dry_run=args.dry_run,
                   device=torch.cuda.get_device_name(0) if not args.dry_run else "cpu")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(target, result)
     print(json.dumps(result, indent=2))
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -53,6 +52,7 @@ from fasttrain.data.formats import (  # noqa: E402
 )
 from fasttrain.data.tensor_format import Split, load_split, read_meta, write_tensor_dataset  # noqa: E402
 from fasttrain.data.verify import is_complete  # noqa: E402
+from fasttrain.outputs import claim_or_exit, write_figure, write_json, write_markdown  # noqa: E402
 from fasttrain.pipelines import make_pipeline  # noqa: E402
 
 PAD, CUTOUT = 4, 8
@@ -308,7 +308,7 @@ def dali_layout_loops(data_dir: Path, cache: Path, args, device: torch.device):
 
 
 # ----------------------------------------------------------------------------- report
-def plot(results: dict, path: Path, title: str) -> None:
+def plot(results: dict, target, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,10 +325,10 @@ def plot(results: dict, path: Path, title: str) -> None:
     for b, v in zip(bars, vals[::-1]):
         ax.text(v, b.get_y() + b.get_height() / 2, f" {v:,.0f}", va="center", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_figure(target, fig)
+    finally:
+        plt.close(fig)
 
 
 def markdown(report: dict) -> str:
@@ -387,9 +387,13 @@ def main() -> None:
     ap.add_argument("--dali-layouts", action="store_true", help="also time DALI file list vs webdataset")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--tag", default="", help="suffix for the output files (e.g. a partial re-run)")
+    ap.add_argument("--force", action="store_true", help="replace result files in --out fasttrain did not write")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    stem = args.out / f"pipeline_throughput-{device.type}{'-' + args.tag if args.tag else ''}"
+    json_target, md_target, png_target = claim_or_exit(  # before any work (fasttrain.outputs)
+        *(stem.with_name(stem.name + suffix) for suffix in (".json", ".md", ".png")), option="--out", force=args.force)
     if not (args.data / "meta.json").is_file():
         sys.exit(f"{args.data}: no converted dataset; run `fasttrain convert cifar10 --source ...` first")
 
@@ -444,14 +448,10 @@ def main() -> None:
                  f"{load:.1f} at the end): absolute numbers are noisy, ratios less so." if load is not None else ""),
         "loops": loops, "skipped": skipped, "dali_layouts": layouts, "bars": bars(loops),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"pipeline_throughput-{device.type}{'-' + args.tag if args.tag else ''}"
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, stem.with_suffix(".json"))
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_json(json_target, report)
+    write_markdown(md_target, markdown(report))
     if loops:
-        plot(loops, stem.with_suffix(".png"), f"Pipelines, {report['n_images']:,} CIFAR-10 images, {report['device']}")
+        plot(loops, png_target, f"Pipelines, {report['n_images']:,} CIFAR-10 images, {report['device']}")
     print()
     print(markdown(report))
     print(f"wrote {stem}.json, .md, .png")

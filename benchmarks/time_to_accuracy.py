@@ -42,6 +42,7 @@ import airbench94_muon_reference as muon_reference  # noqa: E402
 import airbench94_reference as reference  # noqa: E402
 
 from fasttrain.config import resolve  # noqa: E402
+from fasttrain.outputs import claim_or_exit, write_json, write_markdown  # noqa: E402
 from fasttrain.runtime import resolve_device, sync  # noqa: E402
 from fasttrain.train import train  # noqa: E402
 
@@ -177,6 +178,7 @@ def main() -> None:
                     help="compile ours (default: the recipe's, and on CUDA always)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="suffix for the result files (e.g. smoke)")
+    ap.add_argument("--force", action="store_true", help="replace result files in --out fasttrain did not write")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the runs an earlier report of the same setup (same --out and --tag) holds and run "
                          "only the missing ones (a CPU benchmark takes hours)")
@@ -216,8 +218,11 @@ def main() -> None:
              "data": str(Path(args.data).resolve()), "epochs": args.epochs, "ref_epochs": args.ref_epochs,
              "ref_dtype": args.ref_dtype, "ref_batch_size": args.ref_batch_size, "train_subset": args.train_subset,
              "test_subset": args.test_subset, "compile": args.compile, "ref_compile_mode": args.ref_compile_mode}
+    out_dir = Path(args.out)
+    claim_or_exit(*(out_dir / f"{stem}{suffix}" for suffix in (".json", ".md")), option="--out",
+                  force=args.force)  # before any work (fasttrain.outputs); write_report claims them again
     probe_s = machine_probe_s(device)
-    earlier = earlier_runs(Path(args.out) / f"{stem}.json", setup, probe_s) if args.resume else None
+    earlier = earlier_runs(out_dir / f"{stem}.json", setup, probe_s) if args.resume else None
     ours: list[dict] = list(earlier["ours_runs"]) if earlier and "ours" not in rerun else []
     refs: dict[str, list[dict]] = {name: list(earlier["references"].get(name, {}).get("runs", []))
                                    if earlier and name not in rerun else [] for name in refs_wanted}
@@ -254,7 +259,7 @@ def main() -> None:
 
     meta = dict(setup, probe_s=probe_s, warmup_s=warmup_s, commit=commit(),
                 earlier_commits=sorted({earlier["commit"], *earlier.get("earlier_commits", [])}) if earlier else [])
-    lines = write_report(Path(args.out), stem, meta, ours, refs) if ours else []
+    lines = write_report(out_dir, stem, meta, ours, refs, args.force) if ours else []
     for seed in range(args.seeds):
         if len(ours) <= seed:
             cfg = our_cfg(seed, f"seed{seed}")
@@ -267,7 +272,7 @@ def main() -> None:
             print(f"[ours seed {seed}] acc_tta {ours[-1]['acc_tta']:.4f} acc {ours[-1]['acc']:.4f} "
                   f"train {ours[-1]['train_s']:.1f}s eval {ours[-1]['eval_s']:.1f}s", flush=True)
             # written after every run, so a benchmark cut short (hours on a CPU) keeps what it measured
-            lines = write_report(Path(args.out), stem, meta, ours, refs)
+            lines = write_report(out_dir, stem, meta, ours, refs, args.force)
         for name, run_reference in runners.items():
             if len(refs[name]) > seed:
                 continue
@@ -275,7 +280,7 @@ def main() -> None:
             refs[name].append(r)
             print(f"[{name} seed {seed}] acc_tta {r['acc_tta']:.4f} acc {r['acc']:.4f} "
                   f"train {r['train_s']:.1f}s eval {r['eval_s']:.1f}s ({r['dtype']})", flush=True)
-            lines = write_report(Path(args.out), stem, meta, ours, refs)
+            lines = write_report(out_dir, stem, meta, ours, refs, args.force)
     print("\n".join(lines))
 
 
@@ -303,9 +308,11 @@ def spread(ratio: dict, n: int) -> str:
     return f" ± {ratio['std']:.2f}" if n > 1 else ""
 
 
-def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: dict[str, list[dict]]) -> list[str]:
+def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: dict[str, list[dict]],
+                 force: bool = False) -> list[str]:
     """JSON + Markdown: mean ± std of each system, and against each reference the total-time ratio and the
-    ratio at equal accuracy (both per seed, then mean ± std)."""
+    ratio at equal accuracy (both per seed, then mean ± std). Both under the output rule (fasttrain.outputs):
+    written after every run, each call replaces the previous call's files (ours, signed)."""
     result = dict(meta, seeds=len(ours), ours=stats(ours), ours_runs=ours, references={})
     names = ", ".join(REFERENCES[n].split(" ")[0] for n in refs) or "no reference"
     lines = [f"# Time to accuracy: `{meta['recipe']}` vs {names}", "",
@@ -336,11 +343,10 @@ def write_report(out_dir: Path, stem: str, meta: dict, ours: list[dict], refs: d
     lines.append("\nWarm-up before any clock (compile, cuDNN autotune, first calls): "
                  + ", ".join(f"{k} {v:.1f} s" for k, v in meta["warmup_s"].items()
                              if k == "ours" or refs.get(k)) + ".")  # a resumed report may hold others
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result, indent=2)), (".md", "\n".join(lines) + "\n")):
-        tmp = out_dir / f"{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / f"{stem}{suffix}")
+    json_target, md_target = claim_or_exit(out_dir / f"{stem}.json", out_dir / f"{stem}.md", option="--out",
+                                           force=force)
+    write_json(json_target, result)
+    write_markdown(md_target, "\n".join(lines) + "\n")
     return lines
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fasttrain import zoo_cmd
+from fasttrain.outputs import claim_or_exit, write_json, write_markdown, written_by_fasttrain
 
 RESNET_FAMILIES = ("resnet", "resnetv2", "resnext", "senet", "wrn", "resnet9")
 TARGET = 1.5
@@ -34,18 +35,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--out", type=Path, default=None, help="JSON file [default: benchmarks/results/zoo_<device>.json]")
+    ap.add_argument("--force", action="store_true", help="replace a file at --out (or its .md) fasttrain did not write")
     args = ap.parse_args()
 
     desc = zoo_cmd.device_description(args.device)
     slug = re.sub(r"[^a-z0-9]+", "-", desc.lower()).strip("-")
     out = args.out or Path(__file__).parent / "results" / f"zoo_{slug}.json"
+    # before any work (fasttrain.outputs)
+    json_target, md_target = claim_or_exit(out, out.with_suffix(".md"), option="--out", force=args.force)
     rows = zoo_cmd.zoo_rows(zoo_cmd.select(args.models), True, args.device, args.batch_size, args.steps,
                             args.warmup, args.compile, True, log=print)
 
     # Merge with earlier calls on the same device.
     known = {f.name for f in fields(zoo_cmd.ZooRow)}
     merged: dict[str, zoo_cmd.ZooRow] = {}
-    if out.exists():
+    if written_by_fasttrain(out):  # a user's file replaced with --force is not read as earlier rows
         for d in json.loads(out.read_text())["rows"]:
             merged[d["name"]] = zoo_cmd.ZooRow(**{k: v for k, v in d.items() if k in known})
     merged.update({r.name: r for r in rows})
@@ -53,9 +57,8 @@ def main() -> None:
     note = (f"Measured on {desc}, batch {args.batch_size}, 32x32 random inputs, {args.steps} timed steps after "
             f"{args.warmup} warm-up steps, torch {torch.__version__}. Fast = bf16 autocast + channels_last "
             f"(+ torch.compile where faster); baseline = eager fp32 NCHW.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"note": note, "rows": [zoo_cmd.row_dict(r) for r in ordered]}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(zoo_cmd.zoo_doc(ordered, note))
+    write_json(json_target, {"note": note, "rows": [zoo_cmd.row_dict(r) for r in ordered]})
+    write_markdown(md_target, zoo_cmd.zoo_doc(ordered, note))
 
     print(zoo_cmd.reference_comparison(ordered))
     failed = []

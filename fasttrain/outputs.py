@@ -135,6 +135,23 @@ def write_markdown(target: Target | str | os.PathLike, text: str) -> Path:
     return publish(target, lambda f: f.write(body.encode()))
 
 
+def write_figure(target: Target | str | os.PathLike, fig, *, dpi: int = 110) -> Path:
+    """A matplotlib figure, signed in its metadata (PLOT_METADATA), published as `publish` does; the format
+    is the file name's suffix (png when it has none)."""
+    fmt = Path(target.path if isinstance(target, Target) else target).suffix.lower().lstrip(".") or "png"
+    return publish(target, lambda f: fig.savefig(f, format=fmt, dpi=dpi, metadata=PLOT_METADATA.get(fmt)))
+
+
+def claim_or_exit(*paths: str | os.PathLike, option: str, force: bool = False) -> list[Target]:
+    """`claim` for scripts outside the CLI (the benchmarks' result files): every path checked before any
+    work, a refusal answered as the CLI answers it, one `error:` line on stderr and exit code 2."""
+    try:
+        return [claim(path, option=option, force=force) for path in paths]
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 # ============================================================================ whose file is it
 def written_by_fasttrain(path: str | os.PathLike) -> bool:
     """Whether the file at `path` carries fasttrain's signature (by its kind, from the name's suffix)."""

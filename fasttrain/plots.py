@@ -10,15 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .outputs import PLOT_METADATA, Target, publish  # noqa: E402
+from .outputs import Target, write_figure  # noqa: E402
 
 
 def _save(fig, path: str | Path | Target) -> None:
     """Written atomically and signed (outputs.py); a `Target` follows the output rule, a plain path (a run
     folder's own plot) is replaced. The format is the file name's suffix."""
-    fmt = Path(path.path if isinstance(path, Target) else path).suffix.lower().lstrip(".") or "png"
     try:
-        publish(path, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=PLOT_METADATA.get(fmt)))
+        write_figure(path, fig)
     finally:
         plt.close(fig)
 
