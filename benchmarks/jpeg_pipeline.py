@@ -44,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a source checkout, nothing installed
 from fasttrain.data.jpeg_store import JpegStore, write_jpeg_store  # noqa: E402
+from fasttrain.outputs import claim_or_exit, write_json, write_markdown  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = {
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--big-gb", type=float, default=0, help="also measure ours over a store of this many GB")
     ap.add_argument("--out", default="jpeg_pipeline_cpu")
+    ap.add_argument("--force", action="store_true", help="replace result files fasttrain did not write")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
     args = ap.parse_args(argv)
     if args.one:
@@ -296,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(spec["system"], spec["setting"], args.store, work, args.res, args.batch,
                                  args.warmup, args.epochs)))
         return
+    json_target, md_target = claim_or_exit(RESULTS / f"{args.out}.json", RESULTS / f"{args.out}.md", option="--out",
+                                           force=args.force)  # before any work (fasttrain.outputs)
     if not (args.store / "meta.json").exists():
         raise SystemExit(f"error: --store {args.store}: no jpeg store there; build one with "
                          f"`python benchmarks/make_photo_set.py --out {args.store}`")
@@ -329,8 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"machine": info, "res": args.res, "batch": args.batch, "rows": rows, "best": {
         s: {"setting": b["setting"], "img_s": round(b["img_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"])}
         for s, b in best.items()}, "ours_vs": {s: round(v, 2) for s, v in ratios.items()}, "big_store": big}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(json_target, result)
     md = [f"# JPEG loaders, random-resized crop at {args.res} px, batch {args.batch} (CPU)", "",
           f"Machine: {info['cpu']} ({info['isa']}{', AMX' if info['amx'] else ''}), {info['cores']} cores; load "
           f"average {', '.join(f'{x:.2f}' for x in info['load_average_before'])} before, "
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     if big:
         md += ["", f"Memory on a {big['store_gb']} GB store ({big['images']} images, one epoch of ours): peak RSS "
                    f"{big.get('peak_rss_mb', float('nan')):.0f} MB at {big.get('img_s', float('nan')):.0f} img/s."]
-    (RESULTS / f"{args.out}.md").write_text("\n".join(md) + "\n")
+    write_markdown(md_target, "\n".join(md) + "\n")
     print("\n".join(md))
 
 

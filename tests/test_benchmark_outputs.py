@@ -87,6 +87,7 @@ REFUSALS = {
                     "zoo.md"),
     "time_to_accuracy": (["--data", "{tmp}/no-data", "--device", "cpu", "--references", "none", "--out", "{tmp}"],
                          "time_to_accuracy_speed94-cpu_cpu.json"),
+    "jpeg_pipeline": (["--store", "{tmp}/no-store", "--out", "{tmp}/jpeg"], "jpeg.md"),
     "gpu_check": (["--dry-run", "--only", "versions", "--out", "{tmp}/results"], "results"),
 }
 
