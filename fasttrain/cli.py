@@ -54,8 +54,8 @@ class _Commands(typer.core.TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NO_ARGS_IS_HELP:
-            raise
+        except (typer.Exit, typer.Abort, NO_ARGS_IS_HELP):
+            raise  # --help, --version, a command's own exit code
         except click_errors.UsageError as e:  # an unknown command, or a command's unknown option or missing argument
             _fail(usage_error_line(e))
         except MemoryError:
@@ -81,15 +81,18 @@ def _fail(msg: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "the user's input is wrong": shown as one line, exit code 2. The
-    checkpoint's and the models' errors are taken only once their modules are loaded (an error of a module
-    never imported cannot have been raised): importing them would load torch into a command that never needed
-    it, e.g. a `convert` refusing an archive bomb in bounded memory."""
+    """The exception types that mean "the user's input is wrong": shown as one line, exit code 2. The run
+    folder's, the checkpoint's and the models' errors are taken only once their modules are loaded (an error of
+    a module never imported cannot have been raised): importing them would load torch into a command that never
+    needed it, e.g. a `convert` refusing an archive bomb in bounded memory."""
     from .data.errors import DatasetError, SourceError
     from .outputs import OutputError
-    from .rundisk import RunDirError
 
-    errors: list[type[BaseException]] = [ConfigError, SourceError, DatasetError, RunDirError, OutputError]
+    errors: list[type[BaseException]] = [ConfigError, SourceError, DatasetError, OutputError]
+    if "fasttrain.rundisk" in sys.modules:
+        from .rundisk import RunDirError
+
+        errors.append(RunDirError)
     if "fasttrain.checkpoint" in sys.modules:
         from .checkpoint import CheckpointError
 
@@ -155,7 +158,7 @@ MAX_CONVERT_SIZE = 1024  # pixels; a tensor dataset of larger images belongs in 
 
 @app.command()
 def convert(
-    dataset: str = typer.Argument(..., help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder | imagenet"),
+    dataset: str = typer.Argument(..., metavar="DATASET", help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder | imagenet"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
     out: Optional[Path] = typer.Option(None, help=("Output directory [default: ./data/<dataset>]")),
@@ -415,7 +418,7 @@ RECIPE_COLUMNS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "s
 
 @app.command()
 def recipes(
-    name: Optional[str] = typer.Argument(None, help="A recipe: show every setting it makes."),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A recipe: show every setting it makes."),
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List the named recipes (`fasttrain run MODEL --recipe NAME`), or one recipe's settings."""
@@ -581,7 +584,7 @@ def eval_cmd(
 def predict(
     checkpoint: Path = typer.Argument(..., help="A run directory (its best.pt where it wrote one, else "
                                       "checkpoint.pt), or a checkpoint file.", metavar="RUN_OR_CHECKPOINT"),
-    images: list[Path] = typer.Argument(..., help="Image files (any size; resized as in `fasttrain convert`), or "
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files (any size; resized as in `fasttrain convert`), or "
                                         "folders of them."),
     top_k: int = typer.Option(5, help="Classes to show per image."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -625,7 +628,7 @@ def predict(
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare (others are skipped with a warning)."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run directories to compare (others are skipped with a warning)."),
     plot: Optional[Path] = typer.Option(None, help=f"Write an overlay plot of the runs' accuracy against epochs and "
                                         f"wall-clock time here ({', '.join('.' + f for f in PLOT_FORMATS)})."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
@@ -649,7 +652,7 @@ def report(
 
 @app.command()
 def verify(
-    data: Path = typer.Argument(..., help="A converted dataset directory."),
+    data: Path = typer.Argument(..., metavar="DATA", help="A converted dataset directory."),
     quick: bool = typer.Option(False, "--quick", help="Structure only (shapes, dtypes, sizes, labels); skip the "
                                "sha256 of every file."),
 ) -> None:

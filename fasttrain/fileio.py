@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-import torch
-
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -111,6 +109,8 @@ def read_json_object(path: str | Path) -> dict:
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
+    import torch  # here, not at the top: the data layer writes through this module and `convert` never needs torch
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
