@@ -352,7 +352,8 @@ def test_run_cli_rejects_an_option_the_model_lacks():
 
 # ------------------------------------------------------------------------------------------ recipes
 def test_resnet_table_recipes_are_valid():
-    from fasttrain.config import RECIPE_ALIASES, RECIPES, RESNET_TABLE_RECIPES, RunConfig
+    from fasttrain.config import RunConfig
+    from fasttrain.recipes import RECIPE_ALIASES, RECIPES, RESNET_TABLE_RECIPES
     from fasttrain.models.options import merge_model_options
 
     assert {"cifar10-sd-htd-cutmix", "cifar10-96px-htd-cutmix", "cifar10-htd-cutmix"} <= set(RESNET_TABLE_RECIPES)

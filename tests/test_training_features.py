@@ -508,7 +508,7 @@ def test_table_recipes_resolve():
     assert s1.weight_decay > 0 and s1.val_split > 0
     s4 = resolve("resnet9_c100", "seed004-c100", {})
     assert s4.data.endswith("cifar100") and s4.model == "resnet9_c100"
-    from fasttrain.config import RECIPES, RESNET_TABLE_RECIPES
+    from fasttrain.recipes import RECIPES, RESNET_TABLE_RECIPES
 
     assert set(RESNET_TABLE_RECIPES) <= set(RECIPES)
     for name, r in RESNET_TABLE_RECIPES.items():
