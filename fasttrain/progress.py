@@ -7,6 +7,7 @@ fasttrain.runclock), and both the bar and the epoch lines carry an ETA for the w
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -15,6 +16,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 ACCURACY_KEYS = ("test_acc", "test_acc_no_tta", "train_acc", "val_acc")
+_ON_SCREEN: set[EpochProgress] = set()  # whose bar is drawn (and redrawn by rich's thread) right now
+
+
+def closes_bars(function):
+    """Decorates the trainer: however it ends (a stop signal, Ctrl-C twice, a diverged loss, a bug), the bar
+    is taken off the screen first, so what is printed next (the resume hint, the error) starts on a line of
+    its own and no bar is redrawn after it."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for progress in list(_ON_SCREEN):
+                progress.close()
+    return wrapper
 
 
 class EpochProgress:
@@ -58,6 +74,7 @@ class EpochProgress:
             console=self.console, transient=True,
         )
         self.progress.start()
+        _ON_SCREEN.add(self)
         note = "warming up (first epoch: one-off kernel selection, caches)" if self.warming_up else ""
         self.task = self.progress.add_task("train", total=self.steps, stats=note, run_eta="")
 
@@ -82,10 +99,15 @@ class EpochProgress:
         left = (self.steps - done) + (self.n_epochs - self._epoch - 1) * self.steps
         return max(left, 0) * step_s
 
-    def end_epoch(self, row: dict) -> None:
+    def close(self) -> None:
+        """Takes the bar off the screen (it is transient) and stops its refresh thread; idempotent."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        _ON_SCREEN.discard(self)
+
+    def end_epoch(self, row: dict) -> None:
+        self.close()
         warm = self.warming_up
         if not warm:
             self._step_s = (time.perf_counter() - self._epoch_t0) / self.steps

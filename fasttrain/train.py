@@ -37,7 +37,7 @@ from .models import create_model
 from .monitor import ModelSelection, Monitor
 from .optim import Lookahead, build_optimizer
 from .pipelines import PIPELINES, eval_split, load_split_tensors, make_pipeline
-from .progress import EpochProgress
+from .progress import EpochProgress, closes_bars
 from .regularizers import PatchUp
 from .report import finish_run
 from .resolution import ResolutionSchedule, schedule_from
@@ -57,6 +57,7 @@ from .tasks import ClassificationTask
 
 # ============================================================================ the run
 @rundir.releases_run_folder  # the folder claimed below is released at exit; a failed start leaves nothing
+@closes_bars
 def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callbacks: list | tuple = (),
           loggers: list | tuple = ()) -> dict:
     """Trains per `cfg`; with resume=True continues the run in cfg.out from its checkpoint. `callbacks` and
