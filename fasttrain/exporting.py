@@ -5,7 +5,9 @@ size, output logits (N, classes); the normalisation is folded in, so a consumer 
 safetensors holds the network's weights only (its state dict, keys as in `Classifier.net`); the
 normalisation is then the consumer's: float (N, C, H, W) = (pixels / 255 - mean) / std.
 Every file carries a "fasttrain" metadata entry (JSON: model, model_kwargs, classes, mean, std,
-image_size, input layout) — ONNX metadata_props, a TorchScript extra file, safetensors metadata.
+image_size, and "input": what the file's network takes, for that format) — ONNX metadata_props, a
+TorchScript extra file, safetensors metadata; a safetensors file's also says how to rebuild the network
+("rebuild": Python that builds it and loads the file named `path`).
 
 A file is written under the output rule (outputs.py): to a temporary name beside its destination, renamed
 into place when complete; an existing file is replaced only if fasttrain wrote it (its metadata says so)
@@ -28,6 +30,7 @@ import torch
 
 from . import __version__
 from .api import Classifier, FitResult, load
+from .models.external import MODULE_PREFIX
 from .outputs import claim, temp_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
@@ -60,16 +63,35 @@ def export(model_or_run: Classifier | FitResult | str | os.PathLike, format: str
     # exported on the CPU in fp32, from a copy: the caller's model keeps its device and mode
     classifier = copy.deepcopy(classifier).cpu().float().eval()
     with temp_path(target) as tmp:
-        WRITERS[format](classifier, tmp, json.dumps(metadata(classifier)))
+        WRITERS[format](classifier, tmp, json.dumps(metadata(classifier, format)))
     return out
 
 
-def metadata(classifier: Classifier) -> dict:
+def metadata(classifier: Classifier, format: str) -> dict:
+    """The "fasttrain" entry of an export in `format`: one statement of the input its network takes (the
+    whole Classifier for ONNX / TorchScript, the bare network for safetensors), and for safetensors, which
+    holds weights only, how to rebuild that network."""
     h, w = classifier.image_size
-    return {"fasttrain": __version__, "model": classifier.model_name, "model_kwargs": classifier.model_kwargs,
-            "classes": classifier.classes, "mean": classifier.mean, "std": classifier.std, "image_size": [h, w],
-            "input": f"uint8 (N, {h}, {w}, {len(classifier.mean)}) RGB images; normalisation folded in",
-            "safetensors_input": "float (N, C, H, W) = (pixels / 255 - mean) / std"}
+    c = len(classifier.mean)
+    meta = {"fasttrain": __version__, "model": classifier.model_name, "model_kwargs": classifier.model_kwargs,
+            "classes": classifier.classes, "mean": classifier.mean, "std": classifier.std, "image_size": [h, w]}
+    if format != "safetensors":
+        return {**meta, "input": f"uint8 (N, {h}, {w}, {c}) RGB images, pixels 0-255 as they are; the "
+                                 f"normalisation is folded in"}
+    return {**meta, "input": f"float32 (N, {c}, {h}, {w}) RGB = (pixels / 255 - mean) / std, per channel with "
+                             f"this entry's mean and std: the file holds the network's weights only",
+            "rebuild": rebuild_code(classifier.model_name, len(classifier.classes), classifier.model_kwargs)}
+
+
+def rebuild_code(model: str, num_classes: int, model_kwargs: dict) -> str:
+    """Python that builds the network a safetensors export's weights belong to and loads them from the file
+    named by the variable `path`, as `net` (in eval mode)."""
+    load = "net.load_state_dict(safetensors.torch.load_file(path)); net.eval()"
+    if model.startswith(MODULE_PREFIX):  # an nn.Module given to fasttrain.fit: only its author can build it
+        return (f"# net = {model[len(MODULE_PREFIX):]}(...)  (the nn.Module you trained with fasttrain.fit, built "
+                f"as then)\nimport safetensors.torch; {load}")
+    return (f"import fasttrain, safetensors.torch; net = fasttrain.create_model({model!r}, num_classes={num_classes}"
+            f"{', **' + repr(model_kwargs) if model_kwargs else ''}); {load}")
 
 
 def _classifier(model_or_run, checkpoint: str | None, model: torch.nn.Module | None) -> Classifier:

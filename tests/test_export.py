@@ -112,3 +112,25 @@ def test_export_command(ema_run, tmp_path):
     proc = subprocess.run(cmd[:5] + ["--out", str(foreign)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
     assert foreign.read_bytes() == b"not onnx"
+
+
+def test_safetensors_metadata_says_what_its_weights_take_and_how_to_rebuild_them(ema_run, batch, reference, tmp_path):
+    """The metadata states one input, the bare network's (normalised float NCHW: the file holds weights
+    only), and its `rebuild` code, run as written, builds a network that gives the checkpoint's logits on
+    images normalised as `input` says."""
+    pytest.importorskip("safetensors")
+    path = fasttrain.export(ema_run, "safetensors", tmp_path / "weights.safetensors")
+    meta = read_metadata(path, "safetensors")
+    assert meta["input"].startswith("float32 (N, 3, 32, 32) RGB = (pixels / 255 - mean) / std")
+    assert "uint8" not in json.dumps(meta) and "folded" not in json.dumps(meta)
+    scope = {"path": str(path)}
+    exec(meta["rebuild"], scope)  # noqa: S102 - the instructions a user would follow, run as written
+    mean, std = (torch.tensor(meta[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (batch.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        torch.testing.assert_close(scope["net"](x), reference, rtol=1e-4, atol=1e-4)
+    # the formats holding the whole Classifier say they take raw pixels, and nothing about rebuilding
+    onnx_meta = fasttrain.exporting.metadata(fasttrain.load(ema_run, device="cpu"), "torchscript")
+    assert onnx_meta["input"].startswith("uint8 (N, 32, 32, 3) RGB") and "rebuild" not in onnx_meta
+    # a run of an nn.Module given to fit: only its author can build the module; the code says so
+    assert fasttrain.exporting.rebuild_code("module/MyNet", 10, {}).startswith("# net = MyNet(...)")
