@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N names one GPU by its index
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # auto: bf16 where it is fast (CUDA, CPUs with AMX), else off
-PIPELINES = ("tensor", "ffcv", "dali", "torchvision", "stream")
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "piecewise", "cosine", "step", "multistep", "htd", "linear", "constant")
 TTA_MODES = ("none", "flip", "flip_translate")
 PAD_MODES = ("reflect", "zero")
+AUTO_AUGMENT = ("none", "randaugment", "trivialaugment")  # --auto-augment: torchvision's policies
 CLIP_MODES = ("norm", "value")
 PATCHUP_MODES = ("none", "hard", "soft")
 MONITOR_METRICS = ("val_loss", "val_acc", "val_top5", "val_f1", "val_precision", "val_recall")
@@ -81,3 +82,30 @@ def amp_name(dtype_name: str | None) -> str:
         return "off"
     short = str(dtype_name).replace("torch.", "")
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(short, short)
+
+
+# ----------------------------------------------------------------------------- batch pipelines
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One batch pipeline of fasttrain.pipelines (the table below is the one list of them)."""
+
+    module: str  # submodule of fasttrain.pipelines
+    cls: str
+    formats: tuple[str, ...]  # dataset formats it reads
+    help: str
+    # The decode does the random-resized crop and flip (its `flip` option), so the augmentation after it
+    # must not crop, translate or flip again; evaluation iterates it (train=False: the centre crop).
+    crops: bool = False
+
+
+PIPELINE_SPECS: dict[str, PipelineSpec] = {
+    "tensor": PipelineSpec("tensor", "TensorPipeline", ("tensor",), "whole dataset resident on the device"),
+    "ffcv": PipelineSpec("ffcv", "FFCVPipeline", ("ffcv",), "ffcv.loader.Loader over a .beton"),
+    "dali": PipelineSpec("dali", "DALIPipeline", ("dali",), "NVIDIA DALI file reader + JPEG decoder"),
+    "torchvision": PipelineSpec("torchvision", "TorchvisionPipeline", ("dali", "tensor"),
+                                "Dataset + DataLoader worker processes (baseline)"),
+    "stream": PipelineSpec("stream", "StreamPipeline", ("jpeg",),
+                           "JPEGs decoded per batch with the random-resized crop inside (no dataset in memory)",
+                           crops=True),
+}
+PIPELINES = tuple(PIPELINE_SPECS)

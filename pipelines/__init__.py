@@ -4,8 +4,9 @@ Installed as `fasttrain.pipelines`. Every pipeline has `__len__` (batches per ep
 `set_epoch(epoch)` and sees every sample exactly once per epoch (the last partial batch is kept unless
 `drop_last`). Augmentation happens after, on the device, in `fasttrain.augment`.
 
-Registry (name -> module, class, dataset formats it reads); optional backends are imported only when
-chosen:
+The registry, `PIPELINES` (name -> module, class, dataset formats it reads), is the table
+`choices.PIPELINE_SPECS`, so the config validates --pipeline against the same one list without importing
+any pipeline; optional backends are imported only when chosen:
 
     tensor       tensor       whole uint8 array resident on the device (default)
     ffcv         ffcv         ffcv.loader.Loader over a .beton
@@ -19,40 +20,17 @@ Sharding (DDP): every pipeline gives each rank the same number of samples, `n //
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..choices import PIPELINE_SPECS as PIPELINES
 from ..data.errors import DatasetError
 from ..data.splits import keep_multiple
 from ..data.tensor_format import load_split, read_meta
 from ..data.verify import check_dataset
 from .tensor import TensorPipeline, resize_images
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    module: str  # submodule of fasttrain.pipelines
-    cls: str
-    formats: tuple[str, ...]  # dataset formats it reads
-    help: str
-    # The decode does the random-resized crop and flip (its `flip` option), so the augmentation after it
-    # must not crop, translate or flip again; evaluation iterates it (train=False: the centre crop).
-    crops: bool = False
-
-
-PIPELINES: dict[str, PipelineSpec] = {
-    "tensor": PipelineSpec("tensor", "TensorPipeline", ("tensor",), "whole dataset resident on the device"),
-    "ffcv": PipelineSpec("ffcv", "FFCVPipeline", ("ffcv",), "ffcv.loader.Loader over a .beton"),
-    "dali": PipelineSpec("dali", "DALIPipeline", ("dali",), "NVIDIA DALI file reader + JPEG decoder"),
-    "torchvision": PipelineSpec("torchvision", "TorchvisionPipeline", ("dali", "tensor"),
-                                "Dataset + DataLoader worker processes (baseline)"),
-    "stream": PipelineSpec("stream", "StreamPipeline", ("jpeg",),
-                           "JPEGs decoded per batch with the random-resized crop inside (no dataset in memory)",
-                           crops=True),
-}
 
 
 def require_format(data_dir: str | Path, pipeline: str) -> dict:

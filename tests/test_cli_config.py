@@ -134,7 +134,7 @@ def test_choices_live_once_and_config_sits_low():
 
     assert optim.OPTIMIZERS is choices.OPTIMIZERS and optim.SCHEDULES is choices.SCHEDULES
     assert evaluate.TTA_MODES is choices.TTA_MODES and regularizers.PATCHUP_MODES is choices.PATCHUP_MODES
-    assert tuple(PIPELINES) == choices.PIPELINES
+    assert PIPELINES is choices.PIPELINE_SPECS and choices.PIPELINES == tuple(PIPELINES)  # one table
     assert choices.amp_name("torch.bfloat16") == "bf16" and choices.amp_name(None) == "off"
     # each recipe is defined once
     keys = [n.slice.value for n in ast.walk(ast.parse((PKG / "config.py").read_text()))

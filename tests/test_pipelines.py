@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from fasttrain.pipelines import PIPELINES, load_split_tensors, make_pipeline
+from fasttrain.pipelines import load_split_tensors, make_pipeline
 
 from fasttrain.data.convert import convert as convert_dataset
 from fasttrain.data.formats import (
@@ -309,12 +309,6 @@ def test_format_mismatch_and_missing_package_errors(datasets, monkeypatch, tmp_p
         make_pipeline("dali", datasets["dali"], "train", 8)
     with pytest.raises(MissingBackend, match=r"fasttrain\[ffcv\]"):
         convert_dataset("cifar10", fmt="ffcv", source="/nonexistent", out=tmp_path / "ffcv-x")
-
-
-def test_registry_matches_config():
-    from fasttrain.config import PIPELINES as CONFIG_PIPELINES
-
-    assert tuple(PIPELINES) == tuple(CONFIG_PIPELINES)
 
 
 # ----------------------------------------------------------------------------- CLI, one epoch per pipeline
