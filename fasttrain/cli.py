@@ -702,10 +702,21 @@ def _ignore_further_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C (outside a run's own stop handling): KeyboardInterrupt, and from that very instant further stop
+    signals are ignored. Ignoring them only once main() caught the first left a window: a second Ctrl-C a
+    fraction of a millisecond later was raised inside the clean-up (a convert's temp folder left behind) or
+    out of main() itself (a traceback, then the process killed by the signal)."""
+    _ignore_further_stop_signals()
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--"]:  # `torchrun -m fasttrain -- run ...` (some Pythons keep the "--")
         args = args[1:]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         app(args=unalias(args), prog_name="fasttrain")
     except KeyboardInterrupt:
