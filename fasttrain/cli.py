@@ -263,16 +263,12 @@ def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], setti
 
 
 def _check_data_exists(data: str) -> None:
-    """A --data directory that does not exist: a suggestion among its siblings, and the command that makes one
-    (what is inside an existing directory is the data reader's to judge)."""
-    path = Path(data)
-    if path.exists():
-        return
-    parent = path.parent if path.parent.is_dir() else None
-    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
-    hint = did_you_mean(path.name, siblings, show=lambda c: f"{parent}/{c}" if str(parent) != "." else c)
-    raise ConfigError(f"--data {data}: no such directory{hint + ' Or c' if hint else '; c'}onvert a dataset there: `fasttrain convert "
-                      f"DATASET --out {data}` (DATASET: cifar10, cifar100, tinyimagenet, cars196, imagefolder)")
+    """A --data directory that does not exist, named before any work (what is inside an existing directory
+    is the data reader's to judge)."""
+    from .data.tensor_format import not_a_dataset
+
+    if not Path(data).exists():
+        raise ConfigError(f"--data {not_a_dataset(Path(data))}")
 
 
 app.command("run", cls=RunCommand, help=RUN_HELP)(make_run_command(_run))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import did_you_mean
 from ..fileio import UnreadableJson, atomic_directory, read_json_object
 from .archive import is_archive
 from .errors import DatasetError
@@ -168,9 +169,13 @@ def not_a_dataset(path: Path) -> str:
     """Why `path` is not a converted dataset, and the command that makes one from it."""
     convert = (f"`fasttrain convert cifar10 --source {path}` (CIFAR) or `fasttrain convert imagefolder --source "
                f"{path} --name NAME`, then pass the printed directory as --data")
-    if not path.exists():
-        return (f"{path}: no such directory; convert a dataset first, e.g. `fasttrain convert cifar10 --source "
-                f"PATH --out {path}`")
+    if not path.exists():  # a typo among its siblings, else the command that makes one there
+        parent = path.parent if path.parent.is_dir() else None
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent else []
+        hint = did_you_mean(path.name, siblings, show=lambda c: f"{parent}/{c}" if str(parent) != "." else c)
+        return (f"{path}: no such directory{hint + ' Or c' if hint else '; c'}onvert a dataset there first, e.g. "
+                f"`fasttrain convert cifar10 --source PATH --out {path}` (`fasttrain convert --help` lists the "
+                f"datasets)")
     if path.is_file():
         kind = "an archive" if is_archive(path) else "a file"
         return f"{path} is {kind}, not a converted dataset directory: convert it first with {convert}"
