@@ -161,29 +161,29 @@ def convert(
     dataset: str = typer.Argument(..., metavar="DATASET", help="cifar10 | cifar100 | tinyimagenet | cars196 | imagefolder | imagenet"),
     source: Optional[Path] = typer.Option(None, help="Official archive, image folder, or tar(s) of one. "
                                           "Default: download the official archive."),
-    out: Optional[Path] = typer.Option(None, help=("Output directory [default: ./data/<dataset>]")),
+    out: Optional[Path] = typer.Option(None, help="Output directory [default: ./data/<dataset>]"),
     format: Optional[str] = typer.Option(None, "--format", help="Output format: tensor (default; uint8 arrays) | "
                                          "ffcv (.beton) | dali (JPEG files + list, nvJPEG-decodable) | jpeg (each "
                                          "image at its own size in packed shards, streamed from disk; the only "
                                          "format of imagenet)."),
     force: bool = typer.Option(False, help="Rebuild even if a complete dataset exists at --out."),
     # --- ffcv/dali/jpeg formats
-    jpeg_quality: Optional[int] = typer.Option(None, help=("ffcv: store JPEG at this quality instead of raw "
+    jpeg_quality: Optional[int] = typer.Option(None, help="ffcv: store JPEG at this quality instead of raw "
                                                "pixels; dali: JPEG quality [default: 95]; jpeg: quality of the "
-                                               "images that are encoded (not copied) [default: 90].")),
-    max_resolution: Optional[int] = typer.Option(None, "--max-side", help=(
-        "ffcv/dali/jpeg: shrink images whose longer side exceeds this [jpeg default: 512]; jpeg stores a JPEG "
-        "within it byte for byte.")),
-    timeout: Optional[float] = typer.Option(None, help=("ffcv/dali: kill the writer after this many seconds "
-                                            "[default: 3600]; nothing partial is left behind.")),
-    shard_mib: Optional[int] = typer.Option(None, help=("jpeg: size of each tar shard in MiB [default: 256].")),
+                                               "images that are encoded (not copied) [default: 90]."),
+    max_resolution: Optional[int] = typer.Option(None, "--max-side", help="ffcv/dali/jpeg: shrink images whose "
+                                                 "longer side exceeds this [jpeg default: 512]; jpeg stores a JPEG "
+                                                 "within it byte for byte."),
+    timeout: Optional[float] = typer.Option(None, help="ffcv/dali: kill the writer after this many seconds "
+                                            "[default: 3600]; nothing partial is left behind."),
+    shard_mib: Optional[int] = typer.Option(None, help="jpeg: size of each tar shard in MiB [default: 256]."),
     # --- tinyimagenet, cars196, imagefolder: reader options, passed on only when given
     name: Optional[str] = typer.Option(None, help="imagefolder: dataset name (meta.json, default --out "
                                        "./data/<name>)."),
     size: Optional[int] = typer.Option(None, help=f"Resize the short side to SIZE and centre-crop SIZE x SIZE "
                                        f"(imagefolder, tinyimagenet; cars196 default 224; at most {MAX_CONVERT_SIZE})."),
-    val_fraction: Optional[float] = typer.Option(None, help=("imagefolder without val/test folders: hold out "
-                                                 "this share of each class as 'test' [default: 0.1].")),
+    val_fraction: Optional[float] = typer.Option(None, help="imagefolder without val/test folders: hold out "
+                                                 "this share of each class as 'test' [default: 0.1]."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that do not decode and record them "
                                   "(count and list) in meta.json, instead of stopping with an error."),
 ) -> None:
@@ -382,8 +382,8 @@ def lr_find_cmd(
     end_lr: float = typer.Option(10.0, help="Last learning rate of the sweep (it stops early when the loss "
                                             "diverges)."),
     steps: int = typer.Option(100, help="Optimiser steps of the sweep."),
-    out: Optional[Path] = typer.Option(None, help=("Folder for lr_find.png and lr_find.json "
-                                                        "[default: runs/lr-find-MODEL].")),
+    out: Optional[Path] = typer.Option(None, help="Folder for lr_find.png and lr_find.json "
+                                                        "[default: runs/lr-find-MODEL]."),
     force: bool = typer.Option(False, "--force", help="Replace lr_find.* files fasttrain did not write."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document on stdout."),
 ) -> None:
@@ -463,13 +463,13 @@ def zoo(
     measure: bool = typer.Option(False, "--measure", help="Also time training and inference (imgs/sec)."),
     device: str = typer.Option("auto", help="Device for --measure: auto | cpu | cuda | cuda:N"),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
-    models: Optional[str] = typer.Option(None, help=("Comma-separated model and/or family names "
-                                                           "[default: all].")),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model and/or family names "
+                                                           "[default: all]."),
     batch_size: int = typer.Option(256, min=1, help="Batch size for --measure."),
     steps: int = typer.Option(20, min=1, help="Timed steps per configuration for --measure."),
     warmup: int = typer.Option(5, min=0, help="Untimed warm-up steps (compilation happens here)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                           help=("Also try torch.compile [default: on CUDA only].")),
+                                           help="Also try torch.compile [default: on CUDA only]."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time eager fp32 training."),
     out: Optional[Path] = typer.Option(None, help="Write the rows as JSON to this file."),
     markdown: Optional[Path] = typer.Option(None, help="Write the Markdown page (table, comparison with the "
@@ -520,14 +520,14 @@ EVAL_OUTPUTS = ("metrics.json", "confusion.json", "confusion.png")  # what eval 
 def eval_cmd(
     target: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT",
                                   help="A run directory, or a checkpoint file (RUN_DIR/checkpoint.pt or best.pt)."),
-    data: Optional[Path] = typer.Option(None, help=("Converted dataset with the checkpoint's classes "
-                                                          "[default: the run's own, from its config].")),
-    checkpoint: Optional[str] = typer.Option(None, help=(
-        "With a RUN_DIR: best (best.pt, selected on the val split) | last (checkpoint.pt) [default: best "
-        "where the run made one, as its test accuracy was, else last].")),
+    data: Optional[Path] = typer.Option(None, help="Converted dataset with the checkpoint's classes "
+                                                          "[default: the run's own, from its config]."),
+    checkpoint: Optional[str] = typer.Option(None, help="With a RUN_DIR: best (best.pt, selected on the val split) "
+                                             "| last (checkpoint.pt) [default: best where the run made one, as "
+                                             "its test accuracy was, else last]."),
     split: str = typer.Option("test", help="Split to evaluate: test | train (| val where the dataset has one)."),
-    tta: Optional[str] = typer.Option(None, help=("none | flip | flip_translate [default: the run's "
-                                                        "own, as in its reported test accuracy].")),
+    tta: Optional[str] = typer.Option(None, help="none | flip | flip_translate [default: the run's "
+                                                        "own, as in its reported test accuracy]."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(500, help="Evaluation batch size (>= 1)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
