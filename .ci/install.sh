@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install everything fasttrain needs, from scratch, idempotently: apt packages (ffcv's build reads
-# pkg-config for OpenCV and libturbojpeg), then a venv keyed by a hash of the pinned requirements so
-# a second run reuses it. Prints the venv path on its last (and only) stdout line.
+# pkg-config for OpenCV and libturbojpeg), then the third-party packages in a venv keyed by a hash of the
+# pinned requirements (shared by every checkout, so a second run or a second clone reuses it), then a small
+# venv of this checkout's own, layered on the shared one, that runs this checkout's code. fasttrain itself
+# is never installed into the shared venv: two clones must not run each other's code. Prints the
+# checkout's venv path on its last (and only) stdout line (the Makefile runs its bin/fasttrain and
+# bin/python).
 #
 # The console (stderr) gets one line per step; apt's and pip's own output goes to a log file under the
 # cache directory, whose path is printed when a step fails.
@@ -11,6 +15,8 @@ req="$repo/.ci/requirements.txt"
 key=$( (cat "$req"; python3 --version) | sha256sum | cut -c1-16)
 cache=${FASTTRAIN_CACHE:-$HOME/.cache/fasttrain}
 venv=${FASTTRAIN_VENV:-$cache/venv-$key}
+# this checkout's venv: named after the checkout's folder and a hash of its absolute path
+checkout_venv=$cache/checkouts/$(basename "$repo")-$(printf %s "$repo" | sha256sum | cut -c1-12)
 mkdir -p "$cache"
 log="$cache/install.log"
 : >"$log"
@@ -64,6 +70,50 @@ if [[ ! -f "$venv/.complete" ]]; then
   grep -rlI --null "$venv.tmp" "$venv/bin" | xargs -0 -r sed -i "s#$venv.tmp#$venv#g"
   touch "$venv/.complete"
 fi
-# The package itself is always (re)installed editable: cheap, and picks up new entry points.
-quiet_step "pip: fasttrain itself (editable)" "$venv/bin/pip" install --no-deps --no-build-isolation -e "$repo"
-echo "$venv"
+
+# The shared venv's site-packages (a venv's layout on Linux: lib/pythonX.Y/site-packages).
+version_of() { "$1" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")'; }
+pyver=$(version_of python3)
+shared_site=$venv/lib/$pyver/site-packages
+# Earlier versions of this script installed fasttrain editable into the shared venv, pointing at whichever
+# checkout ran last: remove it, once (its own site-packages only).
+if compgen -G "$shared_site/fasttrain-*.dist-info" >/dev/null; then
+  quiet_step "pip: removing fasttrain from the shared venv (each checkout has its own venv now)" \
+    "$venv/bin/pip" uninstall -y fasttrain
+fi
+
+# This checkout's venv: no packages of its own, only a .pth that puts the checkout first on sys.path (a
+# source checkout imports as installed: fasttrain/__init__.py maps pipelines/ and cuda_ext/) and then the
+# shared venv's site-packages, and the `fasttrain` command. Rewritten on every run (cheap): it follows the
+# shared venv when the requirements change, and the checkout when it moves.
+make_checkout_venv() {
+  if [[ $(version_of "$checkout_venv/bin/python" 2>/dev/null) != "$pyver" ]]; then  # missing, or another Python
+    rm -rf "$checkout_venv"
+    python3 -m venv --without-pip "$checkout_venv"
+  fi
+  local site=$checkout_venv/lib/$pyver/site-packages
+  mkdir -p "$site"
+  python3 -c 'import sys; print(sys.argv[1]); print(f"import site; site.addsitedir({sys.argv[2]!r})")' \
+    "$repo" "$shared_site" >"$site/fasttrain-checkout.pth.tmp"
+  mv "$site/fasttrain-checkout.pth.tmp" "$site/fasttrain-checkout.pth"
+  # the shared venv's commands (pytest, torchrun, ruff, ...): its Python scripts run by this venv's Python
+  # (so they import this checkout), its programs linked
+  local script name
+  for script in "$venv"/bin/*; do
+    name=$(basename "$script")
+    case $name in python* | pip* | activate* | Activate* | fasttrain) continue ;; esac
+    if [[ $(head -c 2 "$script") == "#!" ]] && head -n 1 "$script" | grep -q "python"; then
+      { echo "#!$checkout_venv/bin/python"; tail -n +2 "$script"; } >"$checkout_venv/bin/$name.tmp"
+      chmod +x "$checkout_venv/bin/$name.tmp"
+      mv "$checkout_venv/bin/$name.tmp" "$checkout_venv/bin/$name"
+    else
+      ln -sfn "$script" "$checkout_venv/bin/$name"
+    fi
+  done
+  printf '#!%s\nimport sys\nfrom fasttrain.cli import main\nsys.exit(main())\n' "$checkout_venv/bin/python" \
+    >"$checkout_venv/bin/fasttrain.tmp"
+  chmod +x "$checkout_venv/bin/fasttrain.tmp"
+  mv "$checkout_venv/bin/fasttrain.tmp" "$checkout_venv/bin/fasttrain"
+}
+quiet_step "this checkout's venv $checkout_venv (runs $repo)" make_checkout_venv
+echo "$checkout_venv"
