@@ -51,33 +51,33 @@ def _gzip(data: bytes) -> bytes:
     return _gzip_member(comp.compress(data) + comp.flush(), zlib.crc32(data), len(data))
 
 
-def tar_gz_bomb(path: Path) -> Path:
+def tar_gz_bomb(path: Path, members: list[str] = MEMBERS, member_mb: int = MEMBER_MB) -> Path:
     """A gzip of concatenated members (valid gzip): each tar header, then the zeros of its member."""
-    zeros, crc = deflate_zeros(MEMBER_MB)
-    body = _gzip_member(zeros, crc, MEMBER_MB * MB)  # a multiple of 512 bytes: no tar padding needed
+    zeros, crc = deflate_zeros(member_mb)
+    body = _gzip_member(zeros, crc, member_mb * MB)  # a multiple of 512 bytes: no tar padding needed
     with open(path, "wb") as f:
-        for name in MEMBERS:
+        for name in members:
             info = tarfile.TarInfo(name)
-            info.size = MEMBER_MB * MB
+            info.size = member_mb * MB
             f.write(_gzip(info.tobuf(format=tarfile.GNU_FORMAT)) + body)
         f.write(_gzip(bytes(1024)))  # the end-of-archive blocks
     return path
 
 
-def zip_bomb(path: Path) -> Path:
+def zip_bomb(path: Path, members: list[str] = MEMBERS, member_mb: int = MEMBER_MB) -> Path:
     """Deflated members written by hand (local headers, data, central directory)."""
-    zeros, crc = deflate_zeros(MEMBER_MB)
-    size = MEMBER_MB * MB
+    zeros, crc = deflate_zeros(member_mb)
+    size = member_mb * MB
     central = b""
     with open(path, "wb") as f:
-        for name in MEMBERS:
+        for name in members:
             offset, raw = f.tell(), name.encode()
             f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(zeros), size, len(raw), 0)
                     + raw + zeros)
             central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(zeros), size,
                                    len(raw), 0, 0, 0, 0, 0o100644 << 16, offset) + raw
         start = f.tell()
-        f.write(central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(MEMBERS), len(MEMBERS), len(central),
+        f.write(central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central),
                                       start, 0))
     return path
 
@@ -120,5 +120,29 @@ def test_archive_bombs_are_refused_by_name_in_bounded_memory(tmp_path):
         extra = res["peak_mb"] - baseline["peak_mb"]
         print(f"{bomb.name}: peak RSS {res['peak_mb']:.0f} MB, start-up {baseline['peak_mb']:.0f} MB")
         assert extra < MAX_EXTRA_RSS_MB, (bomb.name, res["peak_mb"], baseline["peak_mb"])
+        assert res["peak_mb"] < MAX_PEAK_RSS_MB, (bomb.name, res["peak_mb"])
+        assert not (tmp_path / "out").exists()
+
+
+# Many members each just under the 64 MB cap of one image file: 8 x 63 MB = 504 MB in all. Each is allowed
+# alone; held together (a tar's members were all read into memory: peak 900 MB with 12 of them, 648 MB with
+# these 8; and a decode block held 4096 files' bytes) they cost their total. Now a tar is unpacked to an
+# anonymous temporary file and read back one member at a time, and a decode block holds at most 128 MB of
+# files plus one: 128 + 63 MB over a ~60 MB start (measured: 196 MB).
+NEAR_CAP = [f"bomb/{'ab'[i % 2]}/{i:02d}.jpg" for i in range(8)]
+NEAR_CAP_MB = 63
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB (Linux)")
+def test_many_members_just_under_the_cap_are_not_held_at_once(tmp_path):
+    for bomb in (tar_gz_bomb(tmp_path / "many.tar.gz", NEAR_CAP, NEAR_CAP_MB),
+                 zip_bomb(tmp_path / "many.zip", NEAR_CAP, NEAR_CAP_MB)):
+        assert bomb.stat().st_size < 2 * MB
+        res = convert_peak(bomb, tmp_path / "out")
+        lines = res["stderr"].strip().splitlines()
+        assert res["rc"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), res
+        assert bomb.name in lines[0] and any(m in lines[0] for m in NEAR_CAP), lines[0]  # a member: not an image
+        print(f"{bomb.name}: peak RSS {res['peak_mb']:.0f} MB")
         assert res["peak_mb"] < MAX_PEAK_RSS_MB, (bomb.name, res["peak_mb"])
         assert not (tmp_path / "out").exists()

@@ -14,6 +14,10 @@ Readers (CIFAR image folders, Tiny ImageNet, Cars196, image folders) list `names
   image file, MAX_FILE_BYTES for any other), checked on the size a header announces and again while
   reading: a member is streamed and never more than its cap + 1 bytes are decompressed, so an archive
   bomb (a small archive of huge members) is refused by name in bounded memory.
+- Members are never held in memory all at once: a zip member is read when asked for; a tar's members are
+  unpacked in one sequential pass into an anonymous temporary file (random access into a gzip stream is
+  quadratic) and read back from it one at a time, once their total (known from the headers) was checked
+  against the free space there. So many members each just under the cap cost disk, not memory.
 - A truncated or corrupt archive is named as such.
 """
 
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -132,8 +138,9 @@ class _Zip:
 
 
 class _Tar:
-    """Members are read in one sequential pass on first access: random access into a gzip stream is
-    quadratic, and the datasets this serves fit in memory as compressed bytes."""
+    """On first access the members are unpacked in one sequential pass into an anonymous temporary file
+    (nothing is left behind, even by a killed process), then read from it by offset: bounded memory for any
+    total size."""
 
     def __init__(self, path: Path, skip: Skip):
         self.path = path
@@ -143,6 +150,7 @@ class _Tar:
             raise SourceError(f"{path}: not a readable tar archive ({e})") from e
         self.names = []
         self.dirs: list[str] = []
+        self._sizes: dict[str, int] = {}  # as the headers say: a tar member's data is exactly that long
         try:
             with tar:
                 for m in tar:  # member by member: a refusal comes before the rest is decompressed
@@ -157,25 +165,57 @@ class _Tar:
                         skip(m.name, too_big(size_cap(m.name)))
                     else:
                         self.names.append(m.name)
+                        self._sizes[m.name] = m.size
         except ARCHIVE_ERRORS as e:
             raise truncated_archive(self.path, e) from e
-        self._data: dict[str, bytes] | None = None
+        self._unpacked = None  # the temporary file, once unpacked
+        self._at: dict[str, tuple[int, int]] = {}  # member -> (offset, size) in it
 
     def read(self, name: str) -> bytes:
-        if self._data is None:
-            wanted = set(self.names)
-            self._data = {}
-            try:
-                with tarfile.open(self.path, "r:*") as tar:
-                    for m in tar:
-                        if m.name in wanted and m.isfile():
-                            f = tar.extractfile(m)
-                            assert f is not None
-                            self._data[m.name] = read_capped(f, size_cap(m.name), f"{self.path}:{m.name}")
-            except ARCHIVE_ERRORS as e:
-                self._data = None
-                raise truncated_archive(self.path, e) from e
-        return self._data[name]
+        if self._unpacked is None:
+            self._unpacked = self._unpack()
+        offset, size = self._at[name]
+        return os.pread(self._unpacked.fileno(), size, offset)
+
+    def _unpack(self):
+        folder = tempfile.gettempdir()
+        total, free = sum(self._sizes.values()), shutil.disk_usage(folder).free
+        if total > free - (1 << 30):  # and leave a GB to everyone else
+            raise SourceError(f"{self.path}: its members decompress to {_size(total)} in total, and {folder} (where "
+                              f"they are unpacked while converting) has {_size(free)} free: set TMPDIR to a folder "
+                              "with more space, or unpack the archive and pass the folder")
+        out = tempfile.TemporaryFile(prefix="fasttrain-unpacked-")
+        try:
+            with tarfile.open(self.path, "r:*") as tar:
+                for m in tar:
+                    if m.name in self._sizes and m.isfile() and m.name not in self._at:
+                        f = tar.extractfile(m)
+                        assert f is not None
+                        offset = out.seek(0, os.SEEK_END)
+                        copied = _copy_capped(f, out, size_cap(m.name), f"{self.path}:{m.name}")
+                        self._at[m.name] = (offset, copied)
+            out.flush()  # read back with pread, below Python's buffer
+        except ARCHIVE_ERRORS as e:
+            out.close()
+            self._at.clear()
+            raise truncated_archive(self.path, e) from e
+        except BaseException:
+            out.close()
+            self._at.clear()
+            raise
+        return out
+
+
+def _copy_capped(src, dst, cap: int, where: str) -> int:
+    """Stream at most `cap` bytes from `src` to `dst` in 1 MB pieces (read_capped's rule, without holding the
+    member): the number of bytes copied, or a SourceError naming `where` if there are more."""
+    copied = 0
+    while piece := src.read(min(1 << 20, cap + 1 - copied)):
+        copied += len(piece)
+        if copied > cap:
+            raise SourceError(f"{where}: {too_big(cap)}, more than its header announced; remove it from the source")
+        dst.write(piece)
+    return copied
 
 
 def _open_archive(path: Path, skip: Skip) -> _Zip | _Tar:

@@ -36,7 +36,8 @@ from .tensor_format import Split
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DEFAULT_VAL_FRACTION = 0.1
-DECODE_BLOCK = 4096  # images decoded per block: bounds the memory held as compressed bytes
+DECODE_BLOCK = 4096  # images decoded per block, and their compressed bytes at most (a block ends at either):
+DECODE_BLOCK_BYTES = 128 << 20  # bounds the memory held as compressed bytes (many files just under the cap)
 RESIZE_HINT = ("pass --size S to resize the short side to S and centre-crop, or --format jpeg to keep each "
                "image at its own size (streamed from disk)")
 
@@ -67,9 +68,13 @@ def decode_files(
     kept: list[int] = []
     bad: list[BadFile] = []
     first_name = ""
-    for start in range(0, len(names), DECODE_BLOCK):
-        block = list(names[start : start + DECODE_BLOCK])
-        items = [(n, tree.read(n)) for n in block]
+    start = 0
+    while start < len(names):
+        items, held = [], 0
+        while start + len(items) < len(names) and len(items) < DECODE_BLOCK and held < DECODE_BLOCK_BYTES:
+            items.append((names[start + len(items)], tree.read(names[start + len(items)])))
+            held += len(items[-1][1])
+        block = [n for n, _ in items]
         try:
             decoded = decode_many(items, size=size, progress=progress, skip_bad=skip_bad)
         except SourceError as e:
@@ -88,6 +93,7 @@ def decode_files(
                 )
             out[len(kept)] = im
             kept.append(start + i)
+        start += len(block)
     if out is None:
         raise SourceError(f"{tree.path}: no decodable images in split {label!r}")
     return out[: len(kept)], kept, bad
