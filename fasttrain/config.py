@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import (AMP_MODES, CLIP_MODES, LOGGERS, MONITOR_METRICS, OPTIMIZERS, PAD_MODES, PATCHUP_MODES,
-                      PIPELINES, SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
+from .choices import (AMP_MODES, AUTO_AUGMENT, CLIP_MODES, LOGGERS, MONITOR_METRICS, OPTIMIZERS, PAD_MODES,
+                      PATCHUP_MODES, PIPELINES, SCHEDULES, TASKS, TTA_MODES, did_you_mean, is_device)
 from .recipes import DEFAULT_RECIPES, RECIPE_ALIASES, RECIPES
 
 __all__ = ["ConfigError", "RunConfig", "RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPES", "resolve", "parse_value",
@@ -94,6 +94,11 @@ class RunConfig:
     mixup: float = 0.0  # mixup Beta alpha (0 = off)
     cutmix: float = 0.0  # CutMix Beta alpha (0 = off)
     mix_prob: float = 1.0  # probability a batch is mixed (mixup / cutmix)
+    auto_augment: str = "none"  # photo policy per image, torchvision's: none | randaugment | trivialaugment (trivialaugment: TrivialAugmentWide)
+    randaugment_ops: int = 2  # RandAugment: ops applied in a row to each image
+    randaugment_magnitude: int = 9  # RandAugment: magnitude bin, 0-30
+    color_jitter: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # brightness,contrast,saturation,hue ranges of torchvision's ColorJitter (one number: the first three, hue 0); 0 = off
+    random_erasing: float = 0.0  # probability an image gets one rectangle erased to the mean colour (torchvision's RandomErasing)
     switch_prob: float = 0.5  # with mixup and cutmix both on: probability a mixed batch uses cutmix
     mix_off_epoch: int | None = None  # mixup / cutmix / PatchUp stop after this many epochs; none = never
     patchup: str = "none"  # PatchUp at a hidden feature map (2006.07794): none | hard | soft
@@ -168,6 +173,7 @@ class RunConfig:
         need(self.mixup >= 0, "mixup", f"must be >= 0, got {self.mixup}")
         need(self.cutmix >= 0, "cutmix", f"must be >= 0, got {self.cutmix}")
         need(0 <= self.mix_prob <= 1, "mix_prob", f"must lie in [0, 1], got {self.mix_prob}")
+        self._validate_photo(need)
         need(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
         need(self.train_subset is None or self.train_subset >= 1, "train_subset",
              f"must be >= 1, got {self.train_subset}")
@@ -177,6 +183,24 @@ class RunConfig:
         self._validate_resilience(need)
         self._validate_resolution(need)
         return self
+
+    def _validate_photo(self, need) -> None:
+        """The photo augmentations (fasttrain.augment.photo); one --color-jitter number means brightness,
+        contrast and saturation, as timm's --color-jitter."""
+        need(self.randaugment_ops >= 0, "randaugment_ops", f"must be >= 0, got {self.randaugment_ops}")
+        need(0 <= self.randaugment_magnitude <= 30, "randaugment_magnitude",
+             f"must lie in [0, 30], got {self.randaugment_magnitude}")
+        jitter = tuple(float(v) for v in self.color_jitter)
+        need(len(jitter) in (1, 3, 4), "color_jitter", f"must be 1, 3 or 4 numbers (brightness,contrast,saturation,"
+             f"hue), got {len(jitter)}: {','.join(map(str, jitter))}")
+        self.color_jitter = (jitter * 3 if len(jitter) == 1 else jitter) + (0.0,) * (4 - max(len(jitter), 3))
+        need(all(v >= 0 for v in self.color_jitter), "color_jitter", f"must be >= 0, got {self.color_jitter}")
+        need(self.color_jitter[3] <= 0.5, "color_jitter", f"hue must lie in [0, 0.5], got {self.color_jitter[3]}")
+        need(0 <= self.random_erasing <= 1, "random_erasing", f"must lie in [0, 1], got {self.random_erasing}")
+        photo = self.auto_augment != "none" or any(self.color_jitter) or self.random_erasing > 0
+        need(not photo or self.task == "classification", "auto_augment", "the photo augmentations (--auto-augment, "
+             "--color-jitter, --random-erasing) apply to the classification trainer only; leave them off for "
+             f"--task {self.task}")
 
     def _validate_resolution(self, need) -> None:
         for name in ("min_res", "max_res", "val_res"):
@@ -267,7 +291,7 @@ class RunConfig:
 
 # Fields whose value is one of a fixed list (validate checks them; `run --help` shows them).
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "pipeline": PIPELINES, "schedule": SCHEDULES, "pad_mode": PAD_MODES, "amp": AMP_MODES, "tta": TTA_MODES,
+    "pipeline": PIPELINES, "schedule": SCHEDULES, "pad_mode": PAD_MODES, "auto_augment": AUTO_AUGMENT, "amp": AMP_MODES, "tta": TTA_MODES,
     "optimizer": OPTIMIZERS, "clip_mode": CLIP_MODES, "patchup": PATCHUP_MODES, "monitor": MONITOR_METRICS,
     "task": TASKS,
 }

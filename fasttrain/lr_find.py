@@ -28,7 +28,8 @@ from .augment import Targets, normalize
 from .config import ConfigError, RunConfig
 from .outputs import claim_in_folder, signed, write_json
 from .plots import plot_lr_range
-from .train import build_data, build_model, build_optimisation, build_runtime
+from .runsetup import build_runtime
+from .train import build_data, build_model, build_optimisation
 
 OUTPUTS = ("lr_find.png", "lr_find.json")
 BETA = 0.98  # smoothing of the loss (fastai's)

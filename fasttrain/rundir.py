@@ -45,6 +45,7 @@ from .data.verify import dataset_identity
 from .extend import check_extension
 from .models.user_models import absolute_model_name, is_file_model
 from .rundisk import RunDirError, check_run_dir
+from .runtime import resolve_compile
 from .fileio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
 
@@ -226,10 +227,21 @@ def _result_of(path: Path) -> str:
 
 
 # ============================================================================ what config.json records
-def resolve_config(cfg: RunConfig, meta: dict, device: torch.device, amp_dtype: torch.dtype | None) -> None:
-    """Replaces every choice made at run time by what was chosen, so config.json says what ran: amp as
-    bf16 | fp16 | off, the thread count used, monitor None without a val split, the data and init paths
-    absolute (a resume from another working directory finds the same files) and the dataset's identity."""
+def resolve_config(cfg: RunConfig, meta: dict, *, out_dir: Path, device: torch.device,
+                   amp_dtype: torch.dtype | None, world_size: int, resume: bool) -> None:
+    """The one place a validated config changes: every choice made at run time replaced by what was chosen,
+    so config.json says what ran. The run folder and compile (on for CUDA, off on a CPU) always; on resume
+    nothing else (the saved config is resolved already) but a check that the dataset is the one the run
+    started on. A new run also gets amp as bf16 | fp16 | off, the thread count used, monitor None without a
+    val split, the data, model-file and init paths absolute (a resume from another working directory finds
+    the same files), the device (its type under DDP, where each process picks cuda:LOCAL_RANK) and the
+    dataset's identity."""
+    cfg.out = str(out_dir)
+    cfg.compile = resolve_compile(cfg.compile, device)
+    if resume:
+        check_same_dataset(cfg, meta)
+        return
+    cfg.device = str(device) if world_size == 1 else device.type
     cfg.amp = amp_name(amp_dtype)
     cfg.threads = torch.get_num_threads()
     cfg.monitor = (cfg.monitor or "val_acc") if cfg.val_split else None

@@ -24,13 +24,13 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt_io, distributed, rundisk, stopping
-from .augment import AugmentConfig, AugmentSampler, augment_batch, backend_for, norm_constants, normalize
+from .augment import AugmentSampler, augment_batch, backend_for, norm_constants, normalize
+from .augment.photo import PhotoAugment, PhotoConfig
 from .config import RunConfig
 from .data.formats import read_labels
 from .data.splits import carve_val, stratified_subset
 from .data.tensor_format import read_meta
 from .data.verify import check_dataset
-from .distributed import DistContext
 from .ema import ModelEma
 from .evaluate import evaluate, evaluate_batches, prefixed
 from .models import create_model
@@ -42,16 +42,16 @@ from .regularizers import PatchUp
 from .report import finish_run
 from .resolution import ResolutionSchedule, schedule_from
 from .fileio import write_json
-from .reproducibility import set_deterministic
 from . import rundir  # run folder: lock, refusals, failed-start cleanup, resolved config.json
 from .init_weights import load_init_weights
 from .runclock import RunClock, throughput
+from .runsetup import (Runtime, augment_config, build_patchup, build_runtime, prepare_run_dir,
+                       record_config)
 from .runlog import RunLog
 from .callbacks import Hooks, RunState
 from .loggers import open_loggers
-from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, resolve_amp,
-                      resolve_compile, resolve_device, sync)
-from .steps import EpochTally, Precision, TrainStep
+from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, sync)
+from .steps import EpochTally, TrainStep
 from .tasks import ClassificationTask
 
 
@@ -67,14 +67,15 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
     rt = build_runtime(cfg)
     quiet = quiet or not rt.dist.is_main
     log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
-    out_dir, folder = prepare_run_dir(cfg, rt.dist, resume=resume, log=log)
+    out_dir, folder = prepare_run_dir(cfg, rt, resume=resume, log=log)
     data = build_data(cfg, rt)
-    record_config(cfg, data.meta, rt, folder, resume=resume)
+    record_config(cfg, data.meta, rt, out_dir, folder, resume=resume)
     model, forward = build_model(cfg, data, rt, out_dir)
     if cfg.init_from and not resume:  # weights only (after any data-based init); a resume restores its own
         load_init_weights(model, cfg.init_from, data.num_classes, log)
     optim = build_optimisation(cfg, model, forward, data, rt)
     sampler = build_sampler(cfg, data, rt)
+    photo = build_photo(cfg, data, rt)  # RandAugment, colour jitter, erasing: before the fused op
     records = build_records(cfg, model, optim, data, rt, out_dir, clock, sampler, loggers)
     pos = records.state.restore() if resume else ckpt_io.Position()
     clock.start_segment(pos.epoch + 1)  # this segment's first epoch carries its warm-up
@@ -112,7 +113,8 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
                 break
             if batch_i < tally.skip:  # batches done before a mid-epoch checkpoint
                 continue
-            inputs, targets, mixed = augment(xb, yb, sampler, data, rt, mix=mix, epoch=epoch)
+            inputs, targets, mixed = augment(xb, yb, sampler, data, rt, mix=mix, epoch=epoch, photo=photo,
+                                             batch=batch_i)
             out = optim.train_step(inputs, targets, end_of_epoch=batch_i + 1 == optim.steps_per_epoch,
                               mix_features=mix and not mixed)  # PatchUp only on batches not mixed already
             records.runlog.log_lr(optim.train_step.step - 1, out.lr)
@@ -170,61 +172,6 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
 
 
 # ============================================================================ setup
-@dataclass
-class Runtime:
-    """Where and how this process computes."""
-
-    device: torch.device
-    dist: DistContext
-    precision: Precision
-
-
-def build_runtime(cfg: RunConfig) -> Runtime:
-    """Device (cuda:LOCAL_RANK per process under torchrun), threads, seeds, autocast dtype, kernel flags."""
-    dist = distributed.setup(resolve_device(cfg.device))  # torchrun/DDP, else a single process
-    device = dist.device
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    precision = Precision(device, resolve_amp(cfg.amp, device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    set_deterministic(cfg.deterministic, device)
-    cfg.compile = resolve_compile(cfg.compile, device)  # default: on for CUDA, off on a CPU
-    return Runtime(device, dist, precision)
-
-
-def prepare_run_dir(cfg: RunConfig, dist: DistContext, *, resume: bool,
-                    log) -> tuple[Path, rundir.RunFolder | None]:
-    """The run directory, before any data is read: rank 0 names it and claims it (writable, locked, not a
-    finished run or someone else's files: fasttrain.rundir) and, when resuming, checks it holds a checkpoint."""
-    out_dir = Path(cfg.out) if cfg.out else rundir.new_run_path(cfg.model)
-    out_dir = Path(dist.gather_object(str(out_dir))[0])  # rank 0 names the run
-    folder = dist.main_only(rundir.claim, out_dir, resume=resume, force=cfg.force, epochs=cfg.epochs,
-                            init_from=cfg.init_from, log=log)
-    if resume:
-        dist.main_only(ckpt_io.check_resumable, out_dir)
-    cfg.out = str(out_dir)
-    return out_dir, folder
-
-
-def record_config(cfg: RunConfig, meta: dict, rt: Runtime, folder: rundir.RunFolder | None, *,
-                  resume: bool) -> None:
-    """A resume must find the dataset it started on; a new run's config.json says what runs (no "auto"),
-    with absolute paths and the dataset's identity."""
-    if resume:
-        rundir.check_same_dataset(cfg, meta)
-        return
-    rundir.resolve_config(cfg, meta, rt.device, rt.precision.dtype)
-    # under DDP each process picks cuda:LOCAL_RANK, so the device is recorded as its type
-    cfg.device = str(rt.device) if rt.dist.world_size == 1 else rt.device.type
-    if rt.dist.is_main:
-        rundir.save_config(folder, cfg)
-
-
 @dataclass
 class RunData:
     """The batches to train on and the evaluation splits, held on the device as uint8 NHWC."""
@@ -324,10 +271,7 @@ def build_optimisation(cfg: RunConfig, model: nn.Module, forward: nn.Module, dat
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     lookahead = Lookahead(model, total_steps) if cfg.lookahead else None
     ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
-    h, w = data.hw
-    patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=rt.device).to(memory_format=torch.channels_last),
-                       mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha, block=cfg.patchup_block,
-                       gamma=cfg.patchup_gamma, seed=cfg.seed + 2) if cfg.patchup != "none" else None)
+    patchup = build_patchup(cfg, model, data.hw, rt.device)
     task = ClassificationTask(model, forward, label_smoothing=cfg.label_smoothing, patchup=patchup)
     train_step = TrainStep(task, optimizer, cfg, rt.precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                       ema=ema, lookahead=lookahead)
@@ -336,12 +280,21 @@ def build_optimisation(cfg: RunConfig, model: nn.Module, forward: nn.Module, dat
 
 def build_sampler(cfg: RunConfig, data: RunData, rt: Runtime) -> AugmentSampler:
     """The fused augmentation's per-batch parameters (seeded; per rank under DDP)."""
-    # a pipeline that crops in its decode has done the crop, translation and flip already
-    aug_cfg = AugmentConfig(crop_pad=0 if data.crops else cfg.crop_pad, pad_mode=cfg.pad_mode,
-                            flip=cfg.flip and not data.crops,
-                            alternating_flip=cfg.alternating_flip, cutout=cfg.cutout, mixup_alpha=cfg.mixup,
-                            cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob, switch_prob=cfg.switch_prob)
-    return AugmentSampler(aug_cfg, seed=rt.dist.sampler_seed(cfg.seed + 1), device=rt.device)
+    return AugmentSampler(augment_config(cfg, decode_crops=data.crops), seed=rt.dist.sampler_seed(cfg.seed + 1),
+                          device=rt.device)
+
+
+def build_photo(cfg: RunConfig, data: RunData, rt: Runtime) -> PhotoAugment | None:
+    """The photo augmentations (None when all are off), keyed by sample index where the pipeline gives one on
+    the host, else by (batch, position): per rank when ranks draw their own batches. Erased pixels take the
+    dataset's mean colour, i.e. 0 after normalisation, as torchvision's RandomErasing after Normalize."""
+    pcfg = PhotoConfig(auto_augment=cfg.auto_augment, num_ops=cfg.randaugment_ops,
+                       magnitude=cfg.randaugment_magnitude, color_jitter=tuple(cfg.color_jitter),
+                       random_erasing=cfg.random_erasing)
+    if not pcfg.active:
+        return None
+    mean = tuple(min(255, max(0, round(255 * m))) for m in data.meta["mean"])
+    return PhotoAugment(pcfg, seed=cfg.seed + 3, batch_seed=rt.dist.sampler_seed(cfg.seed + 3), fill=mean)
 
 
 @dataclass
@@ -404,7 +357,7 @@ def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: 
 def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> str:
     h, w = data.hw
     return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {data.n_test} test, {h}x{w}) | "
-            f"device {rt.device} | amp {rt.precision.name} | compile {cfg.compile} | "
+            f"device {device_name(rt.device)} | amp {rt.precision.name} | compile {cfg.compile} | "
             f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
             f"recipe {cfg.recipe or 'none (RunConfig defaults)'}")
 
@@ -429,9 +382,13 @@ def set_epoch(model: nn.Module, pipeline, epoch: int, schedule: ResolutionSchedu
 
 
 def augment(xb: torch.Tensor, yb: torch.Tensor, sampler: AugmentSampler, data: RunData, rt: Runtime, *,
-            mix: bool, epoch: int) -> tuple[torch.Tensor, object, bool]:
+            mix: bool, epoch: int, photo: PhotoAugment | None = None, batch: int = 0
+            ) -> tuple[torch.Tensor, object, bool]:
     """(inputs, targets, whether mixup/cutmix mixed the batch): this rank's slice of the augmented global
-    batch. The pipeline's batch_indices (tensor pipeline) key the alternating flip."""
+    batch. The pipeline's batch_indices (tensor pipeline) key the alternating flip. The photo augmentations
+    (uint8 in, uint8 out) come first, on the whole batch the pipeline gave."""
+    if photo is not None:
+        xb = photo(xb, ids=getattr(data.pipeline, "batch_indices", None), epoch=epoch, batch=batch)
     params = sampler.sample(len(xb), *xb.shape[1:3], mix=mix, epoch=epoch,
                             keys=getattr(data.pipeline, "batch_indices", None))
     inputs, targets = rt.dist.augment(augment_batch, xb, yb, params, data.scale, data.bias, rt.precision.input_dtype)

@@ -27,7 +27,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # proves they hold on a machine of another instruction set.
 NUMERIC_FILES = {"test_behaviour_fixture.py", "test_augment_reference.py", "test_fused_augment.py",
                  "test_export.py", "test_resume.py", "test_crop_resize.py", "test_stream_decode.py",
-                 "test_api.py", "test_ddp.py"}
+                 "test_api.py", "test_ddp.py", "test_photo_augment.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,7 @@
 """The package's import graph follows the layering in docs/architecture.md: every import (including those inside
 functions) points down or sideways within a layer, never up; there are no cycles; and the modules with a
 narrow job import only what that job needs (models: torch, models.* and the choices; pipelines: data and the kernels;
-augment: the kernels; the kernels and the list of choices: nothing of the project)."""
+augment: the kernels, the choices and data's draws; the kernels and the list of choices: nothing of the project)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "distributed": 4, "ema": 4, "monitor": 4, "regularizers": 4, "progress": 4, "runlog": 4, "plots": 4,
     "rundir": 4, "init_weights": 4, "weight_files": 4, "callbacks": 4, "loggers": 4, "tasks": 4, "extend": 4,
     "tables": 4,
-    "steps": 5, "report": 5, "inference": 5,
+    "steps": 5, "runsetup": 5, "report": 5, "inference": 5,
     "train": 6, "retrieval": 6,
     "api": 7, "lr_find": 7, "exporting": 7, "zoo_cmd": 7,
     "cli": 8, "cli_options": 8,
@@ -37,7 +37,7 @@ ONLY = {
     "cuda_ext": set(),
     "models": {"choices"},  # the one did-you-mean hint
     "pipelines": {"data", "choices", "cuda_ext"},  # cuda_ext: the GPU JPEG decoder's crop-resize kernel
-    "augment": {"cuda_ext"},
+    "augment": {"cuda_ext", "data", "choices"},  # data: the counter-based draws of data/crops.py (photo.py)
 }
 NEVER = {"distributed": {"augment", "evaluate"}}
 # Entry points: nothing imports them but the layers that drive them.

@@ -226,7 +226,8 @@ def record_shards(cfg, path: str) -> None:
     """After training, in the same process group: the dataset indices this rank trains on in each epoch,
     read from the pipeline the trainer builds (its batch_indices, and this rank's slice of a global batch),
     gathered on rank 0 and written to `path`."""
-    from fasttrain.train import build_data, build_runtime
+    from fasttrain.runsetup import build_runtime
+    from fasttrain.train import build_data
 
     rt = build_runtime(cfg)
     data = build_data(cfg, rt)

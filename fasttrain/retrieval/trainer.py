@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoint as ckpt_io
-from ..augment import AugmentConfig, AugmentSampler, augment_batch, norm_constants, normalize
+from ..augment import AugmentSampler, augment_batch, norm_constants, normalize
 from ..config import ConfigError, RunConfig
 from ..data.splits import epoch_permutation, stratified_subset
 from ..data.tensor_format import load_split, read_meta
@@ -47,12 +47,11 @@ from ..distributed import in_torchrun
 from ..ema import ModelEma
 from ..models import create_model
 from ..optim import Lookahead, build_optimizer
-from ..regularizers import PatchUp
-from ..reproducibility import set_deterministic
 from ..stopping import LossGuard
 from .. import rundir  # run folder: lock, refusals, failed-start cleanup
 from ..fileio import write_json
-from ..runtime import check_model_fits, device_name, resolve_amp, resolve_device, sync
+from ..runtime import check_model_fits, device_name, sync
+from ..runsetup import augment_config, build_patchup, build_runtime, prepare_run_dir, record_config
 from ..steps import EpochTally, Precision, TrainStep
 from ..tasks import ClassificationTask
 from .loss import MetricLearningTask
@@ -241,20 +240,11 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     refuse_unsupported(cfg, resume=resume)
     log = (lambda s: None) if quiet else print
     t_run = time.perf_counter()
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    precision = Precision(device, resolve_amp(cfg.amp, device))
-    set_deterministic(cfg.deterministic, device)
-    out_dir = Path(cfg.out or f"runs/{cfg.model}-retrieval-{time.strftime('%Y%m%d-%H%M%S')}")
-    folder = rundir.claim(out_dir, resume=resume, force=cfg.force, log=log)
-    cfg.out = str(out_dir)
+    rt = build_runtime(cfg)  # the setup every kind of run shares (fasttrain.runsetup)
+    device, precision = rt.device, rt.precision
+    out_dir, folder = prepare_run_dir(cfg, rt, resume=resume, log=log)
     meta = read_meta(cfg.data)
-    # config.json says what runs (as for classification): resolved choices, absolute paths, atomic write
-    rundir.resolve_config(cfg, meta, device, precision.dtype)
-    cfg.device = str(device)
-    rundir.save_config(folder, cfg)
+    record_config(cfg, meta, rt, out_dir, folder, resume=resume)
 
     # --- data: train classes and held-out test classes, whole uint8 sets on the device
     train_classes, test_classes = class_split(meta, opts)
@@ -310,16 +300,10 @@ def train_retrieval(cfg: RunConfig, *, quiet: bool = False, resume: bool = False
     # --- phase 1: classification over the train classes
     cls_epochs = cfg.epochs if opts.cls_epochs is None else opts.cls_epochs
     crops = recrop is not None  # the decode has cropped and flipped already
-    aug_cfg = AugmentConfig(crop_pad=0 if crops else cfg.crop_pad, pad_mode=cfg.pad_mode, flip=cfg.flip and not crops,
-                            cutout=cfg.cutout,
-                            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, mix_prob=cfg.mix_prob,
-                            switch_prob=cfg.switch_prob)
+    aug_cfg = augment_config(cfg, decode_crops=crops)
     train_s, seen_imgs = 0.0, 0
     if cls_epochs > 0:
-        patchup = (PatchUp(model, torch.zeros(2, 3, h, w, device=device).to(memory_format=torch.channels_last),
-                           mode=cfg.patchup, prob=cfg.patchup_prob, alpha=cfg.patchup_alpha,
-                           block=cfg.patchup_block, gamma=cfg.patchup_gamma, seed=cfg.seed + 2)
-                   if cfg.patchup != "none" else None)
+        patchup = build_patchup(cfg, model, (h, w), device)
         task = ClassificationTask(model, torch.compile(model) if cfg.compile else model,
                                   label_smoothing=cfg.label_smoothing, patchup=patchup)
         batches = _Batches(train_images, train_labels, _ShuffledIndices(len(train_labels), cfg.batch_size, device,
