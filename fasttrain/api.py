@@ -33,6 +33,7 @@ from .callbacks import check_callbacks
 from .loggers import check_logger_object
 from .choices import did_you_mean
 from .config import ConfigError, RunConfig, resolve
+from .words import python_spelling
 from .data.decode import decode_image_file
 from .data.tensor_format import Split, read_meta, write_tensor_dataset
 from .evaluate import TTA_MODES, _tta_logits
@@ -147,6 +148,7 @@ def fit(model: str | nn.Module, data: Data, *, verbose: bool = True, callbacks: 
         except KeyError as e:
             raise ConfigError(f"model: {e.args[0]}") from None
     with ExitStack() as scope:
+        scope.enter_context(python_spelling())  # messages say out=..., force=True, not --out, --force
         data_dir = (Path(data) if isinstance(data, (str, os.PathLike))
                     else scope.enter_context(_temporary_dataset(data)))
         if isinstance(model, nn.Module):

@@ -33,6 +33,7 @@ from .cli_options import (HELP_OPTIONS, RUN_HELP, RunCommand, click_errors, make
 from .config import (DEFAULT_RECIPES, FIELDS, RECIPE_ALIASES, RECIPES, ConfigError, RunConfig, check_against_data,
                      did_you_mean, load_config_file, recipe_name, resolve)
 from .recipes import recipe_source
+from .words import command_line_spelling, count
 
 
 NO_ARGS_IS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # `fasttrain` alone: click's help, exit 2
@@ -53,7 +54,8 @@ class _Commands(typer.core.TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with command_line_spelling():  # messages name --options, also from the library it calls
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, NO_ARGS_IS_HELP):
             raise  # --help, --version, a command's own exit code
         except click_errors.UsageError as e:  # an unknown command, or a command's unknown option or missing argument
@@ -257,7 +259,7 @@ def _run(ctx: typer.Context, model: Optional[str], config: Optional[Path], setti
     _check_data_exists(cfg.data)
     if cfg.recipe is None:
         typer.echo(f"{cfg.model} has no recipe: RunConfig defaults plus your options ({cfg.optimizer} lr {cfg.lr:g}, "
-                   f"batch {cfg.batch_size}, {cfg.schedule}, {cfg.epochs:g} epochs); `fasttrain recipes` lists "
+                   f"batch {cfg.batch_size}, {cfg.schedule}, {count(cfg.epochs, 'epoch')}); `fasttrain recipes` lists "
                    f"recipes", err=True)
     _emit_json(stdout, _train(cfg))
 
@@ -505,7 +507,6 @@ def zoo(
         _emit_json(stdout, payload)
     else:  # a table for people (the Markdown page is --markdown's)
         from .tables import print_table
-        from .words import count
 
         head, cells = zoo_cmd.table_cells(rows)
         print_table(note or f"{count(len(rows), 'model')} (`fasttrain run MODEL`; --measure times them)", head,
@@ -530,6 +531,8 @@ def eval_cmd(
                                                         "own, as in its reported test accuracy]."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(500, help="Evaluation batch size (>= 1)."),
+    subset: Optional[int] = typer.Option(None, help="Evaluate on this many images of the split, drawn as run's "
+                                         "--test-subset draws them (stratified, the run's seed) [default: all]."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
     out: Optional[Path] = typer.Option(None, help="Write metrics.json, confusion.json and confusion.png into "
                                        "this folder (created if missing)."),
@@ -554,7 +557,8 @@ def eval_cmd(
     targets = claim_in_folder(out, EVAL_OUTPUTS, option="--out", force=force) if out is not None else None
     try:
         path = checkpoint_path(target, checkpoint)
-        m = evaluate_checkpoint(path, data, split=split, tta=tta, device=device, batch_size=batch_size, use_ema=ema)
+        m = evaluate_checkpoint(path, data, split=split, tta=tta, device=device, batch_size=batch_size, use_ema=ema,
+                                subset=subset)
     except (FileNotFoundError, ValueError) as e:  # what inference.py raises about the user's files and options
         _fail(str(e))
     if targets is not None:

@@ -29,6 +29,7 @@ except ImportError:
 from .choices import MODEL_OPTIONS, RETRIEVAL_OPTIONS, did_you_mean
 from .config import (DEFAULT_RECIPES, FIELD_CHOICES, FIELD_TYPES, FIELDS, RECIPES, ConfigError, RunConfig,
                      default_recipe, field_help, parse_value, recipe_name)
+from .words import count
 
 # Earlier option spellings, still accepted: the one rename table.
 OPTION_ALIASES = {"--min-lr-frac": "--end-lr-frac", "--attention-placement": "--placement"}
@@ -159,8 +160,8 @@ class RunCommand(typer.core.TyperCommand):
         elif model:
             d = {k: FIELDS[k].default for k in ("optimizer", "lr", "batch_size", "schedule", "epochs")}
             note = (f"{model} has no recipe of its own: it gets the RunConfig defaults shown below "
-                    f"({d['optimizer']} lr {d['lr']}, batch {d['batch_size']}, {d['schedule']}, {d['epochs']} "
-                    f"epochs) unless you pass --recipe or options.")
+                    f"({d['optimizer']} lr {d['lr']}, batch {d['batch_size']}, {d['schedule']}, "
+                    f"{count(d['epochs'], 'epoch')}) unless you pass --recipe or options.")
         else:
             note = ""
         self.help = RUN_HELP + (f"\n\n{note}" if note else "")

@@ -32,6 +32,7 @@ from . import __version__
 from .api import Classifier, FitResult, load
 from .models.external import MODULE_PREFIX
 from .outputs import claim, temp_path
+from .words import python_spelling
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 METADATA_KEY = "fasttrain"
@@ -59,7 +60,8 @@ def export(model_or_run: Classifier | FitResult | str | os.PathLike, format: str
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {format!r}")
     classifier = _classifier(model_or_run, checkpoint, model)
     out = Path(out) if out is not None else _default_out(classifier, format)
-    target = claim(out, option="--out", force=force, ours=lambda path: written_by_fasttrain(path, format))
+    with python_spelling():  # a message says out=..., force=True (a CLI caller's own message says --out)
+        target = claim(out, option="--out", force=force, ours=lambda path: written_by_fasttrain(path, format))
     # exported on the CPU in fp32, from a copy: the caller's model keeps its device and mode
     classifier = copy.deepcopy(classifier).cpu().float().eval()
     with temp_path(target) as tmp:

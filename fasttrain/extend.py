@@ -16,6 +16,7 @@ A finished run is also refused when it stopped early or ended inside an epoch (f
 from __future__ import annotations
 
 from .config import ConfigError
+from .words import count, number
 
 EXTENSIBLE_SCHEDULES = ("constant", "step", "multistep")
 
@@ -26,7 +27,7 @@ def check_extension(saved: dict, epochs: float) -> None:
     old = saved.get("epochs")
     head = f"--epochs {epochs:g}"
     if old is None or epochs <= old:
-        raise ConfigError(f"{head}: the run was planned for {old} epochs; --resume --epochs only extends a run, "
+        raise ConfigError(f"{head}: the run was planned for {count(old, 'epoch')}; --resume --epochs only extends a run, "
                           f"so pass more than {old}")
     schedule = saved.get("schedule")
     if schedule not in EXTENSIBLE_SCHEDULES:
@@ -39,8 +40,8 @@ def check_extension(saved: dict, epochs: float) -> None:
         # steps: int(ceil(epochs * spe) * frac) <= old * spe whenever frac * epochs <= old (old is whole epochs)
         raise ConfigError(
             f"{head}: the run's warmup is a fraction of its planned length (warmup_frac {frac:g}): over "
-            f"{epochs:g} epochs it would run until epoch {frac * epochs:g}, past the {old:g} planned before, and "
-            f"change the learning rate of the steps to come; extend to at most {old / frac:g} epochs, or start a "
+            f"{count(epochs, 'epoch')} it would run until epoch {frac * epochs:g}, past the {number(old)} planned before, and "
+            f"change the learning rate of the steps to come; extend to at most {count(old / frac, 'epoch')}, or start a "
             f"new run from its weights: --init-from RUN_DIR")
     if saved.get("lookahead"):
         raise ConfigError(

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -124,12 +123,14 @@ def checkpoint_path(target: str | Path, which: str | None = None) -> Path:
 
 def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, split: str = "test",
                         tta: str | None = None, device: str = "auto", batch_size: int = 500, use_ema: bool = True,
-                        amp: str = "off") -> dict:
+                        amp: str = "off", subset: int | None = None) -> dict:
     """Every metric of `fasttrain.evaluate.evaluate` (with the confusion matrix) on `split` of `data`
     (default: the dataset the checkpoint was trained on), with the run's test-time augmentation unless
-    `tta` is given."""
+    `tta` is given. `subset`: that many images of the split, drawn as `run --test-subset` draws them
+    (stratified, seeded with the run's seed), so the same number picks the images the run tested on."""
     from .augment import norm_constants
     from .data.formats import read_labels
+    from .data.splits import stratified_subset
     from .data.tensor_format import read_meta
     from .evaluate import evaluate
     from .pipelines import load_split_tensors
@@ -137,6 +138,8 @@ def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, spl
 
     if batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
+    if subset is not None and subset < 1:
+        raise ValueError(f"--subset: must be >= 1 (images of the split), got {subset}")
     dev = resolve_device(device)
     loaded = load_checkpoint(path, dev, use_ema=use_ema)
     if data is None:
@@ -155,12 +158,12 @@ def evaluate_checkpoint(path: str | Path, data: str | Path | None = None, *, spl
         raise ValueError(f"--split {split}: {data} has no such split{carved}; it has "
                          f"{', '.join(sorted(meta['splits']))}")
     labels = read_labels(data, split)
+    indices = stratified_subset(labels, subset or len(labels), loaded.config.get("seed", 0))
     # decode with the backend that reads this dataset's format (tensor, ffcv or dali)
-    images, labels_t = load_split_tensors(meta.get("format", "tensor"), data, split, device=dev,
-                                          indices=np.arange(len(labels)))
+    images, labels_t = load_split_tensors(meta.get("format", "tensor"), data, split, device=dev, indices=indices)
     scale, bias = norm_constants(loaded.mean, loaded.std, dev)
     out = evaluate(loaded.model, images, labels_t, scale, bias, amp_dtype=resolve_amp(amp, dev),
                    batch_size=batch_size, tta=tta, num_classes=len(loaded.classes), confusion=True)
-    out.update({"split": split, "samples": len(labels), "tta": tta, "weights": loaded.weights,
+    out.update({"split": split, "samples": len(indices), "tta": tta, "weights": loaded.weights,
                 "classes": loaded.classes, "checkpoint": str(path), "data": str(data)})
     return out

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .fileio import TargetExists, atomic_file
+from .words import spelled, switch
 
 WRITER = "fasttrain"
 MARKDOWN_SIGNATURE = f"<!-- written by {WRITER}: it may replace this file; remove this line to keep it -->"
@@ -61,19 +62,20 @@ def claim(path: str | os.PathLike, *, option: str, force: bool = False,
     path = Path(path)
     for parent in reversed(Path(os.path.abspath(path)).parents):
         if parent.exists() and not parent.is_dir():
-            raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose a path under a folder")
+            raise OutputError(f"{spelled(option, path)}: {parent} is a file, not a folder; choose a path under a "
+                              f"folder")
     if path.is_symlink():
-        raise OutputError(f"{option} {path}: is a symbolic link; fasttrain does not write through links: "
+        raise OutputError(f"{spelled(option, path)}: is a symbolic link; fasttrain does not write through links: "
                           f"name the file itself, or a new path")
     if path.is_dir():
-        raise OutputError(f"{option} {path}: is a folder; name a file to write in it "
-                          f"(fasttrain never replaces a folder, even with --force)")
+        raise OutputError(f"{spelled(option, path)}: is a folder; name a file to write in it "
+                          f"(fasttrain never replaces a folder, even with {switch('--force')})")
     if not path.exists():
         return Target(path, replace=False)
     if force or (ours or written_by_fasttrain)(path):
         return Target(path, replace=True)
-    raise OutputError(f"{option} {path}: exists and fasttrain did not write it; pass --force to replace it, "
-                      f"or choose another path")
+    raise OutputError(f"{spelled(option, path)}: exists and fasttrain did not write it; pass {switch('--force')} to "
+                      f"replace it, or choose another path")
 
 
 def claim_in_folder(folder: str | os.PathLike, names: tuple[str, ...], *, option: str,

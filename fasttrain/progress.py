@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .words import number
+
 ACCURACY_KEYS = ("test_acc", "test_acc_no_tta", "train_acc", "val_acc")
 _ON_SCREEN: set[EpochProgress] = set()  # whose bar is drawn (and redrawn by rich's thread) right now
 
@@ -134,6 +136,8 @@ class EpochProgress:
             value = summary.get(key)
             if isinstance(value, float) and key in ACCURACY_KEYS:
                 value = f"{100 * value:.2f}%"
+            elif key == "epochs" and isinstance(value, float):
+                value = number(value)  # 2, not 2.0
             table.add_row(key, str(value))
         self.console.print(table)
         if summary.get("run_dir"):

@@ -45,6 +45,7 @@ from .data.verify import dataset_identity
 from .extend import check_extension
 from .models.user_models import absolute_model_name, is_file_model
 from .rundisk import RunDirError, check_run_dir
+from .words import spelled, switch
 from .runtime import resolve_compile
 from .fileio import UnreadableJson, read_json_object, write_json
 from .choices import amp_name
@@ -144,12 +145,14 @@ def claim(path: str | Path, *, resume: bool = False, force: bool = False, epochs
     path = Path(path)
     option = "--resume" if resume else "--out"
     if force and init_from and Path(os.path.abspath(init_from)).is_relative_to(os.path.abspath(path)):
-        raise RunDirError(f"--init-from {init_from} lies in --out {path}, whose files --force replaces; copy the "
-                          f"checkpoint elsewhere first, or choose another --out")
+        raise RunDirError(f"{spelled('--init-from', init_from)} lies in {spelled('--out', path)}, whose files "
+                          f"{switch('--force')} replaces; copy the checkpoint elsewhere first, or choose another "
+                          f"{spelled('--out')}")
     if resume and not path.is_dir():
         raise RunDirError(f"--resume {path}: no such folder; pass the folder of a run started by `fasttrain run`")
     if (path / "meta.json").is_file():
-        raise RunDirError(f"{option} {path}: this is a converted dataset, not a run folder; choose another --out")
+        raise RunDirError(f"{spelled(option, path)}: this is a converted dataset, not a run folder; choose another "
+                          f"{spelled('--out')}")
     created = _missing_folders(path)
     try:
         check_run_dir(path, option=option)  # creates it; write + fsync probe
@@ -185,18 +188,18 @@ def _check_contents(path: Path, option: str, *, resume: bool, force: bool, epoch
     ours = [name for name in RUN_OUTPUTS if (path / name).exists()]
     if ours and saved is None:
         raise RunDirError(
-            f"{option} {path}: holds {', '.join(ours[:4])} but no fasttrain run config; fasttrain will not "
-            f"overwrite files it did not write (not even with --force); choose another --out")
+            f"{spelled(option, path)}: holds {', '.join(ours[:4])} but no fasttrain run config; fasttrain will not "
+            f"overwrite files it did not write (not even with {switch('--force')}); choose another {spelled('--out')}")
     checkpoint = (path / CHECKPOINT_NAME).is_file()
     if force or not (finished or checkpoint):
         return
     if finished:
         raise RunDirError(
-            f"{option} {path}: holds a finished run ({SUMMARY_NAME}{_result_of(path)}); choose another --out, "
-            f"or pass --force to replace the files fasttrain wrote there")
+            f"{spelled(option, path)}: holds a finished run ({SUMMARY_NAME}{_result_of(path)}); choose another "
+            f"{spelled('--out')}, or pass {switch('--force')} to replace the files fasttrain wrote there")
     raise RunDirError(
-        f"{option} {path}: holds an interrupted run ({CHECKPOINT_NAME}); continue it with "
-        f"`fasttrain run --resume {path}`, or pass --force to replace the files fasttrain wrote there")
+        f"{spelled(option, path)}: holds an interrupted run ({CHECKPOINT_NAME}); continue it with "
+        f"`fasttrain run --resume {path}`, or pass {switch('--force')} to replace the files fasttrain wrote there")
 
 
 def _extend(path: Path, saved: dict, epochs: float, *, finished: bool) -> None:
@@ -299,8 +302,8 @@ def _take_lock(path: Path, option: str, log: Callable[[str], None] | None) -> in
             holder = _read_holder(fd)
             os.close(fd)
             raise RunDirError(
-                f"{option} {path}: another fasttrain run is using this folder ({holder}); wait for it to "
-                f"finish or stop it, or choose another --out") from None
+                f"{spelled(option, path)}: another fasttrain run is using this folder ({holder}); wait for it to "
+                f"finish or stop it, or choose another {spelled('--out')}") from None
         # the holder unlinks the file before unlocking it: a file that vanished or was replaced meanwhile is
         # not the lock any more
         try:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FP16_ON_CPU, ConfigError
+from .words import count
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,10 +99,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, processes: int = 1) -> str:
+    """What trains, said once for the header and the summary: "cpu (4 threads)", "cpu (1 thread each, 2
+    processes)", "NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3 (one each, 8 processes)"."""
+    each = f"each, {count(processes, 'process', 'processes')}" if processes > 1 else ""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+        return torch.cuda.get_device_name(device) + (f" (one {each})" if each else "")
+    return f"cpu ({count(torch.get_num_threads(), 'thread')}{' ' + each if each else ''})"
 
 
 # ----------------------------------------------------------------------------- will the model fit?

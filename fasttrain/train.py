@@ -357,7 +357,7 @@ def warm_up_compile(cfg: RunConfig, model: nn.Module, forward: nn.Module, data: 
 def run_header(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module) -> str:
     h, w = data.hw
     return (f"{cfg.model} on {data.meta['name']} ({data.n_train} train / {data.n_test} test, {h}x{w}) | "
-            f"device {device_name(rt.device)} | amp {rt.precision.name} | compile {cfg.compile} | "
+            f"device {device_name(rt.device, rt.dist.world_size)} | amp {rt.precision.name} | compile {cfg.compile} | "
             f"augment {backend_for(rt.device)} | {sum(p.numel() for p in model.parameters()):,} params | "
             f"recipe {cfg.recipe or 'none (RunConfig defaults)'}")
 
@@ -436,7 +436,7 @@ def build_summary(cfg: RunConfig, data: RunData, rt: Runtime, model: nn.Module, 
         "steps": steps, "test_acc": final["acc"], "test_loss": final["loss"], "test_acc_no_tta": plain["acc"],
         "tta": cfg.tta, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "wall_s": round(wall_s, 3),
         **throughput(history, warmup_epochs),  # train_imgs_per_s without the warm-up epochs, and theirs apart
-        "device": device_name(rt.device), "amp": rt.precision.name, "compile": cfg.compile,
+        "device": device_name(rt.device, rt.dist.world_size), "amp": rt.precision.name, "compile": cfg.compile,
         "compile_s": round(compile_s, 3), "recompiles": recompiles, "params": sum(p.numel() for p in model.parameters()),
         "train_samples": data.n_train, "test_samples": data.n_test, "batch_size": cfg.batch_size,
         "augment_backend": backend_for(rt.device), "torch": torch.__version__, "world_size": rt.dist.world_size,

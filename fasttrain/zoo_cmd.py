@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .choices import did_you_mean
+from .words import count
 from .models import create_model, get_entry, list_models
 from .runtime import resolve_device
 
@@ -300,7 +301,7 @@ def device_description(device: str = "auto") -> str:
     if device in ("auto", "cuda") or device.startswith("cuda"):
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(None if device in ("auto", "cuda") else torch.device(device))
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"CPU ({count(torch.get_num_threads(), 'thread')})"
 
 
 # Table order: the core and reference-table families first, then the "planned" ones; registration order within a family.

@@ -88,7 +88,7 @@ def test_export_never_overwrites_a_file_it_did_not_write(ema_run, tmp_path):
     pytest.importorskip("safetensors")
     theirs = tmp_path / "model.safetensors"
     theirs.write_text("someone's notes")
-    with pytest.raises(OutputError, match="fasttrain did not write it.*--force"):
+    with pytest.raises(OutputError, match="fasttrain did not write it.*force=True"):  # the API's own spelling
         fasttrain.export(ema_run, "safetensors", theirs)
     assert theirs.read_text() == "someone's notes"
     fasttrain.export(ema_run, "safetensors", theirs, force=True)
