@@ -222,6 +222,13 @@ def _in_memory_splits(data: Sequence | dict) -> tuple[dict[str, Split], list[str
     for split in ("train", "test"):
         _check_images(f"{split}_images", arrays[f"{split}_images"])
         _check_labels(f"{split}_labels", arrays[f"{split}_labels"], len(arrays[f"{split}_images"]))
+    present = np.unique(arrays["train_labels"])
+    if len(present) < 2:  # typically X[:800] of a converted dataset, whose arrays are stored sorted by class
+        raise ConfigError(
+            f"data: train_labels holds only class {present[0]} ({len(arrays['train_labels'])} labels); a classifier "
+            f"needs at least 2 classes. A converted dataset's arrays are stored sorted by class, so a slice such as "
+            f"X[:800] holds one class: take a random subset instead, e.g. "
+            f"idx = np.random.default_rng(0).permutation(len(X))[:800]; X[idx], y[idx]")
     num_classes = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
     if classes is None:
         classes = [str(i) for i in range(num_classes)]

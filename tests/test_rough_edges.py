@@ -75,3 +75,23 @@ def test_python_api_errors_name_its_arguments(run, cifar_tensor_slice, tmp_path)
     assert res.exit_code == 2 and f"--out {theirs}: exists" in res.stderr and "pass --force" in res.stderr
     res = invoke("run", "airbench", "--data", cifar_tensor_slice, "--out", out, *TINY)
     assert res.exit_code == 2 and f"--out {out}: holds a finished run" in res.stderr and "--force" in res.stderr
+
+
+def test_a_one_class_slice_of_sorted_arrays_is_explained(cifar_tensor_slice):
+    """A converted dataset's arrays are stored sorted by class: X[:N] of them may hold one class, and fit
+    says so with the way out, before any training."""
+    import numpy as np
+
+    from fasttrain.config import ConfigError
+
+    x, y = (np.load(cifar_tensor_slice / f"train_{k}.npy") for k in ("images", "labels"))
+    xt, yt = (np.load(cifar_tensor_slice / f"test_{k}.npy") for k in ("images", "labels"))
+    assert len(np.unique(y[:30])) == 1  # as stored
+    with pytest.raises(ConfigError, match=r"train_labels holds only class 0 .* sorted by class.*permutation"):
+        fasttrain.fit("airbench", (x[:30], y[:30], xt, yt), epochs=1, verbose=False)
+    # the documented way out gives every class
+    idx = np.random.default_rng(0).permutation(len(x))[:30]
+    assert len(np.unique(y[idx])) > 5
+    # and the documented prediction example takes images of several classes
+    picked = yt[np.linspace(0, len(yt) - 1, 8).astype(int)]
+    assert len(np.unique(picked)) >= 6
