@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="round-robin passes over every setting")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--big-gb", type=float, default=0, help="also measure ours over a store of this many GB")
+    ap.add_argument("--big-repeats", type=int, default=3, help="epochs over the big store (each in its own process)")
     ap.add_argument("--out", default="jpeg_pipeline_cpu")
     ap.add_argument("--force", action="store_true", help="replace result files fasttrain did not write")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
@@ -357,8 +358,12 @@ def main(argv: list[str] | None = None) -> None:
         path = big_store(args.store, args.big_gb)
         size = sum(p.stat().st_size for p in JpegStore(path, "train").shards)
         spec = {"threads": best.get("ours", {"setting": {"threads": 2}})["setting"]["threads"]}
-        r = run_one(argparse.Namespace(**{**vars(args), "warmup": 0, "epochs": 1}), "ours", spec, path, work)
-        big = {"store_gb": round(size / 1e9, 2), "images": len(JpegStore(path, "train")), **r}
+        runs = [run_one(argparse.Namespace(**{**vars(args), "warmup": 0, "epochs": 1}), "ours", spec, path, work)
+                for _ in range(args.big_repeats)]
+        ok_runs = [r for r in runs if "error" not in r]
+        big = {"store_gb": round(size / 1e9, 2), "images": len(JpegStore(path, "train")), "runs": runs,
+               "peak_rss_mb": max((r["peak_rss_mb"] for r in ok_runs), default=float("nan")),
+               "img_s": max((r["img_s"] for r in ok_runs), default=float("nan"))}
         print(json.dumps(big), flush=True)
     result = {"machine": info, "res": args.res, "batch": args.batch, "rows": rows, "best": {
         s: {"setting": b["setting"], "img_s": round(b["img_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"]),
@@ -377,8 +382,11 @@ def main(argv: list[str] | None = None) -> None:
           + " in images/s; " + ", ".join(f"{v:.2f}x {s}" for s, v in cpu_ratios.items())
           + " fewer CPU seconds per image (each at its most frugal setting)."]
     if big:
-        md += ["", f"Memory on a {big['store_gb']} GB store ({big['images']} images, one epoch of ours): peak RSS "
-                   f"{big.get('peak_rss_mb', float('nan')):.0f} MB at {big.get('img_s', float('nan')):.0f} img/s."]
+        peaks = ", ".join(f"{r['peak_rss_mb']:.0f}" for r in big["runs"] if "error" not in r)
+        md += ["", f"Memory on a {big['store_gb']} GB store ({big['images']} images; {len(big['runs'])} epochs of ours, "
+                   f"each in its own process): peak RSS {peaks} MB (highest {big['peak_rss_mb']:.0f} MB), "
+                   f"up to {big['img_s']:.0f} img/s. On the {info['store']['mb']} MB set: "
+                   f"{best['ours']['peak_rss_mb']:.0f} MB." if "ours" in best else ""]
     write_markdown(md_target, "\n".join(md) + "\n")
     print("\n".join(md))
 
