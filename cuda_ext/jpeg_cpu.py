@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 
-from .loader import CSRC, ExtensionUnavailable, cache_dir, clear_stale_lock
+from .loader import ExtensionUnavailable, cache_dir, jit_build
 
 NAME = "fasttrain_jpeg_cpu"
 SOURCES = ("jpeg_decode_cpu.cpp",)
@@ -55,26 +54,11 @@ def build(build_dir: str | Path | None = None, *, verbose: bool = False):
     finally:
         logger.setLevel(level)
 
-    try:
-        cpp.verify_ninja_availability()
-    except RuntimeError as e:
-        raise ExtensionUnavailable("ninja is not installed (torch's extension builder needs it)",
-                                   "pip install ninja") from e
     out = Path(build_dir) if build_dir is not None else cache_dir() / "jpeg_cpu"
-    out.mkdir(parents=True, exist_ok=True)
-    clear_stale_lock(out)
-    if not any(out.glob(f"{NAME}*.so")):
-        print(f"fasttrain: compiling the CPU JPEG decoder (first use, about a minute; cached in {out})",
-              file=sys.stderr, flush=True)
-    try:
-        return cpp.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_include_paths=[str(CSRC)],
-                        extra_cflags=CXX_FLAGS, extra_ldflags=LDFLAGS, build_directory=str(out),
-                        is_python_module=True, verbose=verbose)
-    except Exception as e:  # compile/link errors arrive as RuntimeError with the compiler output
-        detail = " ".join(str(e).split())[-600:]
-        raise ExtensionUnavailable(
-            f"building the CPU JPEG decoder in {out} failed ({type(e).__name__}: {detail})",
-            "rerun with FASTTRAIN_EXT_VERBOSE=1 for the full compiler output, or use the reference decoder") from e
+    return jit_build(cpp, "the CPU JPEG decoder", NAME, SOURCES, out, cflags=CXX_FLAGS, ldflags=LDFLAGS,
+                     python_module=True, verbose=verbose,
+                     hint="rerun with FASTTRAIN_EXT_VERBOSE=1 for the full compiler output, or use the reference "
+                          "decoder")
 
 
 def load():
