@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fasttrain.augment.photo import PhotoAugment, PhotoConfig  # noqa: E402
+from fasttrain.outputs import claim_or_exit, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,7 +72,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--policy", default="randaugment", choices=("randaugment", "trivialaugment"))
+    ap.add_argument("--force", action="store_true", help="replace a result file fasttrain did not write")
     args = ap.parse_args()
+    [target] = claim_or_exit(RESULTS / f"photo_augment-{args.device.split(':')[0]}.json", option="--device",
+                             force=args.force)  # before any work (fasttrain.outputs)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -96,11 +100,7 @@ def main() -> None:
     print(f"{args.policy} + jitter + erasing, {args.batch_size}x3x{args.size}x{args.size} uint8 on {device} "
           f"({torch.get_num_threads()} threads): batched {batched_s:.3f} s, per-image torchvision loop "
           f"{loop_s:.3f} s, ratio {loop_s / batched_s:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"photo_augment-{device.type}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(target, result)
 
 
 if __name__ == "__main__":
