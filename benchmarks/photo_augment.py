@@ -13,7 +13,6 @@ the median seconds of each and their ratio; writes benchmarks/results/photo_augm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
