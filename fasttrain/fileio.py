@@ -378,10 +378,10 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(target.parent)
     token = secrets.token_hex(8)
-    tmp = temp_dir_for(target, token)
-    tmp.mkdir()
+    tmp = temp_dir_for(target, token)  # a new random token: no folder of that name exists
     fd = None
-    try:  # from here on, any exception (a Ctrl-C too) removes the temporary directory
+    try:  # any exception (a Ctrl-C too) from the moment the directory exists removes it
+        tmp.mkdir()
         fd = _claim_marker(tmp, token)
         yield tmp
         fsync_tree(tmp)
