@@ -11,12 +11,12 @@ run:
 
 # Two workers (pytest-xdist): most tests wait on subprocesses and imports, so two at a time fill 2 cores.
 test:
-	@venv=$$(bash .ci/install.sh) && "$$venv/bin/python" -m pytest -q -n 2
+	@venv=$$(bash .ci/install.sh) && "$$venv/bin/python" -m pytest -q -n 2 --dist worksteal
 
 # The floating-point comparisons once more with oneDNN limited to AVX2 (as on a CPU without AVX-512/AMX):
 # they must hold on any instruction set, not only the one that recorded them.
 test-numeric:
-	@venv=$$(bash .ci/install.sh) && ONEDNN_MAX_CPU_ISA=AVX2 "$$venv/bin/python" -m pytest -q -n 2 -m numeric
+	@venv=$$(bash .ci/install.sh) && ONEDNN_MAX_CPU_ISA=AVX2 "$$venv/bin/python" -m pytest -q -n 2 --dist worksteal -m numeric
 
 bench:
 	@venv=$$(bash .ci/install.sh) && "$$venv/bin/python" benchmarks/pipeline_throughput.py
