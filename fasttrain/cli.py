@@ -707,8 +707,13 @@ def _interrupt(signum, frame) -> None:
     signals are ignored. Ignoring them only once main() caught the first left a window: a second Ctrl-C a
     fraction of a millisecond later was raised inside the clean-up (a convert's temp folder left behind) or
     out of main() itself (a traceback, then the process killed by the signal)."""
+    global _interrupted
+    _interrupted = True
     _ignore_further_stop_signals()
     raise KeyboardInterrupt
+
+
+_interrupted = False  # a Ctrl-C arrived (set by _interrupt)
 
 
 def main() -> None:
@@ -723,7 +728,11 @@ def main() -> None:
         _ignore_further_stop_signals()
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # user errors were answered by _Commands: this is a bug
+    except Exception as e:
+        if _interrupted:  # a library turned the Ctrl-C into its own error (numpy's save does): still a Ctrl-C
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        # user errors were answered by _Commands: this is a bug
         traceback.print_exc()
         typer.echo(f"error: fasttrain {__version__} failed unexpectedly ({type(e).__name__}); this is a bug: "
                    f"please report it with the command line and the traceback above", err=True)
