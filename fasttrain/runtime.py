@@ -141,7 +141,9 @@ def check_model_fits(name: str, num_classes: int, model_kwargs: dict, device: to
     try:
         with torch.device("meta"):
             model = create_model(name, num_classes, **model_kwargs)
-    except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device: not estimated
+    except (RuntimeError, NotImplementedError):
+        # a model whose constructor needs real tensors (it computes on them) cannot be sized on the meta
+        # device: no estimate, and the real build just after raises its own error if the size is wrong
         return
     count = sum(p.numel() for p in model.parameters())
     need = count * 4 * 2
