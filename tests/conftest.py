@@ -7,7 +7,17 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 import pytest
-import torch
+
+# pytest-xdist runs WORKERS test processes at once: each, and every process a test starts, gets its share of
+# the cores. Without this, each `fasttrain run` subprocess takes one OpenMP thread per core, the workers'
+# threads spin against each other, and a 15 s end-to-end run takes two minutes. Set before torch is imported,
+# so this process's own thread pools size from it too; a value the caller exported is kept.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS) if hasattr(os, "sched_getaffinity") else 1
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+
+import torch  # noqa: E402  (after the thread settings above)
 
 REPO = Path(__file__).resolve().parents[1]
 # the shared offline copy beside the checkout, else the copy carried in the checkout's git-ignored .data/
@@ -18,8 +28,15 @@ SHARED_CIFAR = next((p for p in (REPO.parent / "shared" / "data" / "cifar10-jpeg
 # Subprocesses (`python -m fasttrain ...`) import this checkout's sources, not whatever is installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
-# Keep CPU tests predictable on the 2-core CI machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+TORCH_THREADS = torch.get_num_threads()  # sized from OMP_NUM_THREADS above
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that trains in-process with `threads=N` leaves torch at N threads; the next test starts at the
+    worker's share again."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 # Files whose tests compare floating-point results with a reference, a recording or another code path:

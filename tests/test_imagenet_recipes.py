@@ -130,7 +130,7 @@ def test_imagenet_recipe_trains_on_a_miniature_ilsvrc_layout(tmp_path):
     res = cli("run", "resnet18", "--recipe", "imagenet-resnet18-16", "--data", str(data), "--out", str(out),
               "--epochs", "2", "--start-ramp", "0", "--end-ramp", "1", "--min-res", "64", "--max-res", "96",
               "--val-res", "96", "--train-subset", "24", "--batch-size", "8", "--width", "0.25", "--device", "cpu",
-              "--threads", "2", "--no-tensorboard", "--json")
+              "--threads", "1", "--no-tensorboard", "--json")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["res"] for r in rows] == [64, 96]
@@ -168,7 +168,7 @@ def test_cars196_retrieval_recipe_crops_the_original_photos_anew_each_epoch(tmp_
     res = cli("run", "resnet18_attn", "--recipe", "cars196-retrieval-rrc", "--data", str(data), "--out", str(out),
               "--epochs", "2", "--embed-epochs", "1", "--batch-size", "4", "--m-per-class", "2", "--min-res", "32",
               "--val-res", "32",
-              "--width", "0.25", "--device", "cpu", "--threads", "2", "--no-tensorboard", "--json")
+              "--width", "0.25", "--device", "cpu", "--threads", "1", "--no-tensorboard", "--json")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["recipe"] == "cars196-retrieval-rrc" and 0 <= summary["test_acc"] <= 1
     config = json.loads((out / "config.json").read_text())

@@ -111,7 +111,7 @@ def _run(data, out, **kw):
 
     with tiny_model_registered():
         settings = dict(data=str(data), out=str(out), device="cpu", batch_size=64, tta="flip", amp="off",
-                        train_subset=200, test_subset=50, threads=2)
+                        train_subset=200, test_subset=50, threads=1)
         cfg = resolve(TINY, None, {**settings, **kw})
         summary = train(cfg, quiet=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -279,7 +279,7 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
     out = tmp_path / "run"
     # no --recipe: --task retrieval picks the generic "retrieval" recipe for a model other than resnet18_attn
     cmd = [sys.executable, "-m", "fasttrain", "run", "customcnn", "--task", "retrieval", "--data", str(cifar_by_class),
-           "--out", str(out), "--device", "cpu", "--amp", "off", "--threads", "2", "--width", "0.25",
+           "--out", str(out), "--device", "cpu", "--amp", "off", "--threads", "1", "--width", "0.25",
            "--batch-size", "64", "--lr", "0.05", "--label-smoothing", "0", "--epochs", "4", "--embed-epochs", "3",
            "--embed-lr", "0.05", "--m-per-class", "8", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
@@ -303,7 +303,7 @@ def test_retrieval_end_to_end_on_cifar_split_by_class(cifar_by_class, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["classify"] * 4 + ["embed"] * 3
     config = json.loads((out / "config.json").read_text())  # resolved as for classification: what ran
-    assert config["amp"] == "off" and config["threads"] == 2 and config["device"] == "cpu"
+    assert config["amp"] == "off" and config["threads"] == 1 and config["device"] == "cpu"
     assert Path(config["data"]).is_absolute() and config["data_identity"]
 
 
