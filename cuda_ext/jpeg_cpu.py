@@ -2,7 +2,7 @@
 
 Plain C++ against libjpeg-turbo (its libjpeg API: DCT scaling, jpeg_crop_scanline, jpeg_skip_scanlines)
 and csrc/crop_resize.h, the crop + resize arithmetic the CUDA kernel shares. Built by
-`torch.utils.cpp_extension.load` on first use (g++, about a minute) into `<cache_dir()>/jpeg_cpu`, beside the
+`torch.utils.cpp_extension.load` on first use (g++, under a minute) into `<cache_dir()>/jpeg_cpu`, beside the
 CUDA build; needs no GPU and no nvcc. -ffp-contract=off keeps the float operations exactly as written
 (crop_resize.h's rule), so the bytes match the kernel's host emulation.
 
@@ -24,7 +24,6 @@ from .loader import ExtensionUnavailable, cache_dir, jit_build
 
 NAME = "fasttrain_jpeg_cpu"
 SOURCES = ("jpeg_decode_cpu.cpp",)
-HEADERS = ("crop_resize.h",)
 CXX_FLAGS = ["-O3", "-ffp-contract=off"]
 LDFLAGS = ["-ljpeg"]
 HEADER_DIRS = ("/usr/include", "/usr/local/include", "/opt/homebrew/include", "/usr/local/opt/jpeg-turbo/include")

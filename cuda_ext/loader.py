@@ -1,8 +1,9 @@
 """Build (JIT, cached) and load the CUDA augmentation extension.
 
-First use compiles csrc/*.cu with nvcc through `torch.utils.cpp_extension.load` (about a minute) into
-a cache directory keyed by the torch, CUDA and Python versions, so later runs only load the .so; a
-change in the sources or flags triggers a rebuild (torch hashes both). Loading registers the CUDA
+First use compiles csrc/ (nvcc for the kernels, the host compiler for their torch side) through
+`torch.utils.cpp_extension.load` (under a minute: the .cu files include no torch header) into a cache
+directory keyed by the torch, CUDA and Python versions and the source tree, so later runs only load the
+.so; a change in the sources, headers or flags triggers a rebuild. Loading registers the CUDA
 kernels of `torch.ops.fasttrain.augment` / `augment_out` and `crop_resize` (schemas in ops.py, beside
 this file).
 
@@ -16,6 +17,7 @@ Environment:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -31,8 +33,10 @@ from . import ops  # noqa: F401  (declares the op schemas the kernels register a
 
 NAME = "fasttrain_augment_ext"
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("augment_cuda.cu", "augment_emulate.cu", "crop_resize_cuda.cu", "crop_resize_emulate.cpp")
-HEADERS = ("augment.cuh", "checks.h", "crop_resize.h", "crop_resize_kernel.h", "crop_resize_table.h")
+# The .cu files hold only kernels and their launchers (no torch header: nvcc compiles them for every
+# architecture in seconds); the torch side of each op (checks, registration, host emulation) is in *_ops.cpp.
+# Headers are tracked by the build itself (a changed header recompiles what includes it).
+SOURCES = ("augment_cuda.cu", "augment_ops.cpp", "crop_resize_cuda.cu", "crop_resize_ops.cpp")
 # torch adds the C++ standard it needs (C++20 from torch 2.13 on). No --use_fast_math: it flushes
 # subnormals to zero, which would change results. -ffp-contract=off: the host compiler must not fuse
 # a * b + c into an FMA in the emulations (crop_resize.h's rule rounds every operation on its own).
@@ -58,10 +62,13 @@ class ExtensionUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
+    """The build directory of this source tree. Two checkouts (or a copy of one) get two directories: the
+    build records its sources' absolute paths, so sharing one directory would rebuild on every switch."""
     if os.environ.get("FASTTRAIN_EXT_DIR"):
         return Path(os.environ["FASTTRAIN_EXT_DIR"])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    tag = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info[0]}{sys.version_info[1]}"
+    tree = hashlib.sha1(str(CSRC).encode()).hexdigest()[:10]
+    tag = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info[0]}{sys.version_info[1]}-{tree}"
     return base / "fasttrain" / "cuda_ext" / re.sub(r"[^A-Za-z0-9._-]", "_", tag)
 
 
@@ -157,7 +164,7 @@ def jit_build(cpp, what: str, name: str, sources: tuple[str, ...], out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     clear_stale_lock(out)
     if not any(out.glob(f"{name}*.so")):
-        print(f"fasttrain: compiling {what} (first use, about a minute; cached in {out})", file=sys.stderr,
+        print(f"fasttrain: compiling {what} (first use, under a minute; cached in {out})", file=sys.stderr,
               flush=True)
     try:
         return cpp.load(name=name, sources=[str(CSRC / s) for s in sources], extra_include_paths=[str(CSRC)],

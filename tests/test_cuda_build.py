@@ -35,7 +35,7 @@ from test_fused_augment import (
     run_out_variant,
 )
 
-pytestmark = pytest.mark.slow  # an nvcc build for two architectures: minutes, 8 on a busy 2-core machine
+pytestmark = pytest.mark.slow  # one build for two architectures: about a minute on a busy 2-core machine
 ARCHS = ("8.0", "9.0")  # A100 and H100/H200
 
 

@@ -1,5 +1,5 @@
 // The fused augmentation algorithm, written once for the CUDA kernel (augment_cuda.cu) and its
-// host emulation (augment_emulate.cu), which runs the same block/thread code on the CPU so the
+// host emulation (augment_ops.cpp), which runs the same block/thread code on the CPU so the
 // kernel's logic is tested on machines without a GPU.
 //
 // Contract: fasttrain/augment/reference.py (module docstring) and docs/augment_op.md. In short, per
@@ -22,7 +22,13 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+// Under nvcc the block code is host + device; the host compiler (the emulation, augment_ops.cpp) sees plain
+// inline C++ (cuda_fp16.h / cuda_bf16.h give it the host versions of the conversions).
+#if defined(__CUDACC__)
 #define FT_HD __host__ __device__ __forceinline__
+#else
+#define FT_HD inline
+#endif
 
 namespace fasttrain {
 

@@ -1,17 +1,9 @@
-// CUDA implementation of fasttrain::augment / fasttrain::augment_out. The schemas are declared once,
-// in Python (fasttrain/augment/fused.py), beside the numba CPU implementation and the fake (meta)
-// implementations used by torch.compile; this file only registers the CUDA kernels.
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
+// CUDA kernel of fasttrain::augment / fasttrain::augment_out: the block code of augment.cuh on the GPU.
+// Kernel and launcher only (no torch header): the op's checks and registration are in augment_ops.cpp.
 #include <algorithm>
-#include <tuple>
 
 #include "augment.cuh"
-#include "checks.h"
+#include "launch.h"
 
 namespace fasttrain {
 
@@ -37,50 +29,18 @@ void launch(const Args& a, cudaStream_t stream) {
   dispatch_channels(a.c, [&](auto kc) { augment_kernel<T, decltype(kc)::value><<<grid, kThreads, smem, stream>>>(a); });
 }
 
-void augment_out_cuda(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& offset, const at::Tensor& flip,
-                      const at::Tensor& cutout, const at::Tensor& mix_index, const at::Tensor& mix_lam,
-                      const at::Tensor& cutmix, const at::Tensor& scale, const at::Tensor& bias, int64_t pad,
-                      bool reflect, at::Tensor& out, at::Tensor& y_b, at::Tensor& lam) {
-  TORCH_CHECK(x.is_cuda(), "fasttrain::augment (CUDA): images must be a CUDA tensor, got ", x.device());
-  const Args a = make_args(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect,
-                           out, y_b, lam);
-  if (a.n == 0 || a.h * a.w == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  switch (out.scalar_type()) {
-    case at::kFloat:
+void launch_augment(const Args& a, OutType type, cudaStream_t stream) {
+  switch (type) {
+    case OutType::kFloat:
       launch<float>(a, stream);
       break;
-    case at::kHalf:
+    case OutType::kHalf:
       launch<__half>(a, stream);
       break;
-    case at::kBFloat16:
+    case OutType::kBFloat16:
       launch<__nv_bfloat16>(a, stream);
       break;
-    default:
-      TORCH_CHECK(false, "fasttrain::augment: unsupported output dtype ", out.scalar_type());
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> augment_cuda(
-    const at::Tensor& x, const at::Tensor& labels, const at::Tensor& offset, const at::Tensor& flip,
-    const at::Tensor& cutout, const at::Tensor& mix_index, const at::Tensor& mix_lam, const at::Tensor& cutmix,
-    const at::Tensor& scale, const at::Tensor& bias, int64_t pad, bool reflect, at::ScalarType out_dtype) {
-  TORCH_CHECK(x.dim() == 4, "fasttrain::augment: images must be 4-d uint8 (N, H, W, C); got ", x.dim(),
-              "-d shape ", x.sizes());
-  at::Tensor out = at::empty({x.size(0), x.size(3), x.size(1), x.size(2)},
-                             x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
-  at::Tensor y_b = at::empty({x.size(0)}, x.options().dtype(at::kLong));
-  at::Tensor lam = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  augment_out_cuda(x, labels, offset, flip, cutout, mix_index, mix_lam, cutmix, scale, bias, pad, reflect, out, y_b,
-                   lam);
-  return {out, y_b, lam};
 }
 
 }  // namespace fasttrain
-
-TORCH_LIBRARY_IMPL(fasttrain, CUDA, m) {
-  m.impl("augment", &fasttrain::augment_cuda);
-  m.impl("augment_out", &fasttrain::augment_out_cuda);
-}

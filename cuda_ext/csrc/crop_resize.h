@@ -1,6 +1,6 @@
 // Crop + antialiased bilinear resize + horizontal flip of one RGB uint8 image into an S x S x 3 output:
 // the arithmetic written once, for the CUDA kernel (crop_resize_cuda.cu), its host emulation
-// (crop_resize_emulate.cpp) and the CPU JPEG decoder, so all three give the same bytes.
+// (crop_resize_ops.cpp) and the CPU JPEG decoder, so all three give the same bytes.
 // Pure C++ (no torch, no CUDA headers): FT_CR_HD is `__host__ __device__` under nvcc, empty otherwise.
 //
 // THE RULE (the Python reference is torchvision resized_crop on float32, antialias=True, which this

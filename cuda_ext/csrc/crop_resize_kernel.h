@@ -1,5 +1,5 @@
 // The batched crop-resize kernel's per-thread code, shared by the CUDA kernel (crop_resize_cuda.cu) and
-// its host emulation (crop_resize_emulate.cpp). Pure C++ like crop_resize.h.
+// its host emulation (crop_resize_ops.cpp). Pure C++ like crop_resize.h.
 //
 // Layout: the decoded images stay where the decoder put them (torchvision's decode_jpeg(device="cuda")
 // returns one (3, H, W) tensor per image): the kernel gets a table of one Entry per image (pointer, size,

@@ -1,13 +1,23 @@
-// Argument checks and the per-image table of fasttrain::crop_resize, shared by the CUDA op and its host
-// emulation; messages name the argument, the image and what was expected.
-#pragma once
-
-#include <ATen/ATen.h>
+// The torch side of fasttrain::crop_resize (schema in cuda_ext/ops.py): argument checks and the per-image
+// table (messages name the argument, the image and what was expected), the CUDA kernel's registration (the
+// kernel itself is in crop_resize_cuda.cu, behind launch.h) and its host emulation: crop_resize_kernel.h's
+// per-thread code run block by block, thread by thread (the kernel has no shared memory and no barrier, so
+// this loop order is the whole emulation), registered as the CPU kernel of the test-only op
+// fasttrain::_crop_resize_emulated (same arguments as crop_resize, CPU images). Compiled by the host C++
+// compiler with -ffp-contract=off (cuda_ext/loader.py), as crop_resize.h asks.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "crop_resize_kernel.h"
+#include "launch.h"
 
 namespace fasttrain {
 namespace crop {
@@ -74,5 +84,54 @@ inline at::Tensor empty_output(at::TensorList images, int64_t size) {
   return at::empty({static_cast<int64_t>(images.size()), size, size, 3}, images[0].options());
 }
 
+// ------------------------------------------------------------------------------------------- CUDA
+at::Tensor crop_resize_cuda(at::TensorList images, const at::Tensor& boxes, const at::Tensor& flips, int64_t size) {
+  const std::vector<Entry> entries = make_entries(images, boxes, flips, size);
+  TORCH_CHECK(images[0].is_cuda(), "fasttrain::crop_resize (CUDA): images must be CUDA tensors, got ",
+              images[0].device());
+  const c10::cuda::CUDAGuard guard(images[0].device());
+  at::Tensor out = empty_output(images, size);
+  const int64_t n = static_cast<int64_t>(entries.size());
+  // The table: pinned host memory -> device, asynchronous on the current stream (the caching host
+  // allocator keeps the pinned block alive until the copy has run).
+  const int64_t table_bytes = n * static_cast<int64_t>(sizeof(Entry));
+  at::Tensor host = at::empty({table_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), entries.data(), static_cast<size_t>(table_bytes));
+  const at::Tensor table = host.to(images[0].device(), /*non_blocking=*/true);
+  launch_crop_resize(reinterpret_cast<const Entry*>(table.data_ptr()), n, static_cast<int32_t>(size),
+                     out.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ------------------------------------------------------------------------------------- host emulation
+at::Tensor crop_resize_emulated(at::TensorList images, const at::Tensor& boxes, const at::Tensor& flips,
+                                int64_t size) {
+  const std::vector<Entry> entries = make_entries(images, boxes, flips, size);
+  TORCH_CHECK(images[0].device().is_cpu(), "fasttrain::_crop_resize_emulated: images must be CPU tensors, got ",
+              images[0].device());
+  at::Tensor out = empty_output(images, size);
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const int32_t S = static_cast<int32_t>(size);
+  const int64_t blocks = crop_blocks_per_image(size);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    uint8_t* image_out = dst + static_cast<int64_t>(i) * size * size * 3;
+    for (int64_t bx = 0; bx < blocks; ++bx) {
+      for (int t = 0; t < kCropThreads; ++t) {
+        const int64_t q = bx * kCropThreads + t;
+        if (q < size * size) crop_resize_thread(entries[i], S, static_cast<int32_t>(q), image_out);
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace crop
 }  // namespace fasttrain
+
+TORCH_LIBRARY_IMPL(fasttrain, CUDA, m) { m.impl("crop_resize", &fasttrain::crop::crop_resize_cuda); }
+TORCH_LIBRARY_FRAGMENT(fasttrain, m) {
+  m.def("_crop_resize_emulated(Tensor[] images, Tensor boxes, Tensor flips, int size) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fasttrain, CPU, m) { m.impl("_crop_resize_emulated", &fasttrain::crop::crop_resize_emulated); }
