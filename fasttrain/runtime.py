@@ -3,6 +3,7 @@ synchronisation. Shared by classification and retrieval training, evaluation and
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -54,6 +55,8 @@ def compile_model(module: torch.nn.Module) -> torch.nn.Module:
 def compiled_graphs() -> int:
     """Graphs dynamo has compiled in this process so far; a difference across the training loop counts
     its recompiles (zero when the warm-up covered every shape and variant)."""
+    if "torch._dynamo" not in sys.modules:  # nothing compiled yet; importing dynamo to say so takes 1.5 s
+        return 0
     from torch._dynamo.utils import counters  # private, but stable since torch 2.0; no TORCH_LOGS needed
 
     return int(counters["stats"]["unique_graphs"])

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt_io, distributed, rundisk, stopping
 from .augment import AugmentSampler, augment_batch, backend_for, norm_constants, normalize
-from .augment.photo import PhotoAugment, PhotoConfig
+from .augment.photo_config import PhotoConfig
 from .config import RunConfig
 from .data.formats import read_labels
 from .data.splits import carve_val, stratified_subset
@@ -53,6 +54,9 @@ from .loggers import open_loggers
 from .runtime import (check_model_fits, compile_model, compile_warmup, compiled_graphs, device_name, sync)
 from .steps import EpochTally, TrainStep
 from .tasks import ClassificationTask
+
+if TYPE_CHECKING:
+    from .augment.photo import PhotoAugment
 
 
 # ============================================================================ the run
@@ -293,6 +297,8 @@ def build_photo(cfg: RunConfig, data: RunData, rt: Runtime) -> PhotoAugment | No
                        random_erasing=cfg.random_erasing)
     if not pcfg.active:
         return None
+    from .augment.photo import PhotoAugment  # torchvision's imports: only for runs that use them
+
     mean = tuple(min(255, max(0, round(255 * m))) for m in data.meta["mean"])
     return PhotoAugment(pcfg, seed=cfg.seed + 3, batch_seed=rt.dist.sampler_seed(cfg.seed + 3), fill=mean)
 

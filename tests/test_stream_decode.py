@@ -22,13 +22,18 @@ from PIL import Image
 
 from fasttrain.cuda_ext import jpeg_cpu
 from fasttrain.data.crops import centre_crop_box, flip_flags, rrc_params
+from fasttrain.pipelines.stream_cpu import CpuCropDecoder, JpegDecodeError, ReferenceCropDecoder
 
 skimage_data = pytest.importorskip("skimage.data")
-if not jpeg_cpu.available():
-    pytest.skip("the C++ JPEG decoder cannot be built here (no libjpeg headers or compiler)",
-                allow_module_level=True)
 
-from fasttrain.pipelines.stream_cpu import CpuCropDecoder, JpegDecodeError, ReferenceCropDecoder  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _cpu_decoder():
+    """Built (or loaded from the cache) by the first test here, not at collection: every pytest process
+    collects every module, and most of them never decode."""
+    if not jpeg_cpu.available():
+        pytest.skip("the C++ JPEG decoder cannot be built here (no libjpeg headers or compiler)")
+
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

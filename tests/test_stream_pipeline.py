@@ -28,13 +28,19 @@ from fasttrain.data.crops import centre_crop_box
 from fasttrain.data.errors import DatasetError
 from fasttrain.data.jpeg_store import JpegStore, write_jpeg_store
 from fasttrain.pipelines import make_pipeline
+from fasttrain.pipelines.stream import StreamPipeline
+from fasttrain.pipelines.stream_cpu import ReferenceCropDecoder
 
 skimage_data = pytest.importorskip("skimage.data")
-if not jpeg_cpu.available():
-    pytest.skip("the C++ JPEG decoder cannot be built here", allow_module_level=True)
 
-from fasttrain.pipelines.stream import StreamPipeline  # noqa: E402
-from fasttrain.pipelines.stream_cpu import ReferenceCropDecoder  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _cpu_decoder():
+    """Built (or loaded from the cache) by the first test here, not at collection: every pytest process
+    collects every module, and most of them never decode."""
+    if not jpeg_cpu.available():
+        pytest.skip("the C++ JPEG decoder cannot be built here")
+
 
 CLASSES = ["astronaut", "coffee", "chelsea", "rocket"]
 RES = 48
