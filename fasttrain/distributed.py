@@ -292,6 +292,11 @@ class DistContext:
         torch_dist.all_reduce(t, group=self.control_group)
         return bool(t.item() > 0)
 
+    def wait_for_all(self) -> None:
+        """Returns when every rank has reached this point (host-side, over gloo)."""
+        if self.enabled:
+            torch_dist.barrier(group=self.control_group)
+
     def min_nonneg(self, value: torch.Tensor) -> torch.Tensor:
         """The smallest non-negative value across ranks, -1 if none (first bad step)."""
         if not self.enabled:

@@ -171,6 +171,9 @@ def train(cfg: RunConfig, *, quiet: bool = False, resume: bool = False, callback
     if rt.dist.is_main:  # only rank 0 writes the summary, report and plots
         write_outputs(summary, cfg, data, final, records, history, out_dir)
         progress.footer(summary)
+    # No rank exits (tearing its process group down) while rank 0 still writes: a rank that failed in its
+    # teardown would make torchrun kill rank 0 half-way through the run folder.
+    rt.dist.wait_for_all()
     hooks("on_train_end", summary=summary)
     return summary
 
