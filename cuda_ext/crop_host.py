@@ -9,30 +9,19 @@ run of `make gpu-check` uses it as the stand-in for the kernel.
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CSRC = Path(__file__).resolve().parent / "csrc"
+from .host_build import build_shared_library
 
 
 def build_host_library(out_dir: str | Path, *flags: str) -> ctypes.CDLL:
     """Compile csrc/crop_resize_host.cpp with g++ (extra `flags`, e.g. -march=native) into out_dir and load
-    it. Raises RuntimeError when g++ is missing or the compile fails."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        raise RuntimeError("g++ is not on the PATH (needed to build crop_resize.h's host path)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lib = out / "libfasttrain_crop_host.so"
-    cmd = [gxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", *flags, f"-I{CSRC}",
-           str(CSRC / "crop_resize_host.cpp"), "-o", str(lib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"g++ failed on crop_resize_host.cpp: {proc.stderr[-2000:]}")
+    it. Raises RuntimeError (host_build.BuildError) when g++ is missing or the compile fails."""
+    lib = build_shared_library("fasttrain_crop_host", ("crop_resize_host.cpp",), out_dir,
+                               flags=("-O2", "-std=c++17", "-ffp-contract=off", *flags))
     dll = ctypes.CDLL(str(lib))
     dll.fasttrain_crop_resize_host.restype = ctypes.c_int64
     return dll

@@ -153,8 +153,8 @@ def build(build_dir: str | Path | None = None, *, verbose: bool = False) -> Path
 def jit_build(cpp, what: str, name: str, sources: tuple[str, ...], out: Path, *, cflags: list[str],
               cuda_cflags: list[str] | None = None, ldflags: list[str] | None = None, python_module: bool,
               verbose: bool, hint: str):
-    """torch's JIT build of csrc/`sources` into `out` (cached: only a change of sources or flags rebuilds), the
-    one build path of every compiled part of the project (this CUDA op, the CPU JPEG decoder); a missing
+    """torch's JIT build of csrc/`sources` into `out` (cached: only a change of sources or flags rebuilds), for
+    the parts that include torch headers (the CUDA ops; torch-free parts build with host_build.py); a missing
     ninja or a compile/link error is ExtensionUnavailable naming `what`, with `hint` as the fix."""
     try:
         cpp.verify_ninja_availability()

@@ -1,6 +1,7 @@
 // The CPU JPEG decoder of the streaming pipeline: a batch of JPEGs -> uint8 [B, S, S, 3], each image
 // cropped (a box in the stored image's pixels), resized to S x S and optionally mirrored, on a pool of
-// threads with the GIL released.
+// threads. Plain C++ with a C ABI (no torch header): cuda_ext/jpeg_cpu.py compiles it with g++ in seconds
+// and calls it through ctypes, which releases the GIL for the call.
 //
 // Per image (libjpeg-turbo's libjpeg API):
 //   1. read the header; choose the DCT scale (1/8, 1/4, 1/2 or 1) with the fewest pixels whose scaled crop
@@ -13,8 +14,6 @@
 //      as the CUDA kernel's (so the two agree bit for bit on the same decoded pixels).
 // Errors (corrupt data, CMYK, a box outside the image) never abort: libjpeg's error_exit longjmps back,
 // and the image's position in the batch and the message are returned to Python, which names the sample.
-
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <atomic>
@@ -250,96 +249,88 @@ std::string decode_one(const Job& job, int out_size, bool allow_scaling, Scratch
   return "";
 }
 
+// Copies a message into a caller's buffer of `cap` bytes, always NUL-terminated.
+void put_message(char* dst, int64_t cap, const std::string& message) {
+  if (cap <= 0) return;
+  const size_t n = std::min(message.size(), static_cast<size_t>(cap - 1));
+  std::memcpy(dst, message.data(), n);
+  dst[n] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
 // Decodes the whole image at scale n/8 (tests: the region decode must equal the same window of this).
-torch::Tensor decode_full(torch::Tensor bytes, int64_t scale_num) {
-  TORCH_CHECK(bytes.dtype() == torch::kUInt8 && bytes.dim() == 1 && bytes.is_contiguous(), "bytes: uint8 1-D");
-  TORCH_CHECK(scale_num >= 1 && scale_num <= 8, "scale_num must lie in [1, 8]");
+// Writes the output size to *h, *w; decodes into `out` (uint8 [h, w, 3]) only when `capacity` holds it.
+// Returns 0 when decoded, 1 when only the size was written (call again with a buffer), -1 on corrupt or
+// unsupported data (the message in `error`).
+int32_t fasttrain_jpeg_decode_full(const uint8_t* bytes, int64_t n, int32_t scale_num, uint8_t* out, int64_t capacity,
+                                   int64_t* h, int64_t* w, char* error, int64_t error_cap) {
   jpeg_decompress_struct cinfo;
   ErrorManager err;
   cinfo.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = error_exit;
   err.pub.emit_message = silent_message;
-  uint8_t* volatile buf = nullptr;  // volatile: read after a longjmp
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
-    std::free(buf);
-    TORCH_CHECK(false, "corrupt or unsupported JPEG data (libjpeg: ", err.message, ")");
+    put_message(error, error_cap, std::string("corrupt or unsupported JPEG data (libjpeg: ") + err.message + ")");
+    return -1;
   }
   jpeg_create_decompress(&cinfo);
-  jpeg_mem_src(&cinfo, bytes.data_ptr<uint8_t>(), static_cast<unsigned long>(bytes.numel()));
+  jpeg_mem_src(&cinfo, bytes, static_cast<unsigned long>(n));
   jpeg_read_header(&cinfo, TRUE);
   cinfo.out_color_space = JCS_RGB;
   cinfo.dct_method = JDCT_ISLOW;
   cinfo.scale_num = static_cast<unsigned>(scale_num);
   cinfo.scale_denom = 8;
+  jpeg_calc_output_dimensions(&cinfo);
+  *h = cinfo.output_height;
+  *w = cinfo.output_width;
+  if (out == nullptr || capacity < *h * *w * 3) {
+    jpeg_destroy_decompress(&cinfo);
+    return 1;
+  }
   jpeg_start_decompress(&cinfo);
-  const int64_t h = cinfo.output_height, w = cinfo.output_width;
-  buf = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(h * w * 3)));
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = buf + static_cast<size_t>(cinfo.output_scanline) * w * 3;
+    JSAMPROW row = out + static_cast<size_t>(cinfo.output_scanline) * static_cast<size_t>(*w) * 3;
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
-  auto out = torch::empty({h, w, 3}, torch::kUInt8);
-  std::memcpy(out.data_ptr<uint8_t>(), buf, static_cast<size_t>(h * w * 3));
-  std::free(buf);
-  return out;
+  return 0;
 }
 
-// data: every JPEG of the batch concatenated (uint8 1-D); offsets: int64 [B + 1]; boxes: float64 [B, 4]
-// (top, left, height, width in the stored image's pixels); flips: bool [B]; out: uint8 [B, S, S, 3].
-// Returns (position in the batch, message) for every image that failed; the others are filled.
-std::vector<std::pair<int64_t, std::string>> decode_crop_batch(torch::Tensor data, torch::Tensor offsets,
-                                                               torch::Tensor boxes, torch::Tensor flips,
-                                                               torch::Tensor out, int64_t threads,
-                                                               bool allow_scaling) {
-  TORCH_CHECK(data.dtype() == torch::kUInt8 && data.dim() == 1 && data.is_contiguous(), "data: uint8 1-D");
-  TORCH_CHECK(offsets.dtype() == torch::kInt64 && offsets.dim() == 1 && offsets.is_contiguous(), "offsets: int64");
-  const int64_t batch = offsets.numel() - 1;
-  TORCH_CHECK(boxes.dtype() == torch::kFloat64 && boxes.sizes() == torch::IntArrayRef({batch, 4}) &&
-              boxes.is_contiguous(), "boxes: float64 [B, 4]");
-  TORCH_CHECK(flips.dtype() == torch::kBool && flips.numel() == batch && flips.is_contiguous(), "flips: bool [B]");
-  TORCH_CHECK(out.dtype() == torch::kUInt8 && out.dim() == 4 && out.size(0) == batch && out.size(1) == out.size(2) &&
-              out.size(3) == 3 && out.is_contiguous(), "out: contiguous uint8 [B, S, S, 3]");
-  const int out_size = static_cast<int>(out.size(1));
-  const uint8_t* base = data.data_ptr<uint8_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  const double* box = boxes.data_ptr<double>();
-  const bool* flip = flips.data_ptr<bool>();
-  uint8_t* dst = out.data_ptr<uint8_t>();
-  const int64_t total = data.numel();
-  for (int64_t i = 0; i < batch; ++i)
-    TORCH_CHECK(off[i] >= 0 && off[i] <= off[i + 1] && off[i + 1] <= total, "offsets out of range at ", i);
-
-  std::vector<std::string> errors(static_cast<size_t>(batch));
+// data: every JPEG of the batch concatenated (`total` bytes); offsets: int64 [B + 1]; boxes: float64 [B, 4]
+// (top, left, height, width in the stored image's pixels); flips: uint8 [B]; out: uint8 [B, S, S, 3].
+// The caller (jpeg_cpu.py) has checked the offsets. `errors` holds B messages of `error_cap` bytes each:
+// empty for an image that decoded, else why it failed (the other images are filled). Returns the number
+// of failed images.
+int64_t fasttrain_jpeg_decode_crop_batch(const uint8_t* data, const int64_t* offsets, int64_t batch,
+                                         const double* boxes, const uint8_t* flips, uint8_t* out, int32_t out_size,
+                                         int64_t threads, int32_t allow_scaling, char* errors, int64_t error_cap) {
+  std::vector<std::string> messages(static_cast<size_t>(batch));
   std::atomic<int64_t> next{0};
   const size_t image_bytes = static_cast<size_t>(out_size) * out_size * 3;
   auto work = [&]() {
     Scratch scratch;
     for (int64_t i = next++; i < batch; i = next++) {
-      const Job job{base + off[i], static_cast<size_t>(off[i + 1] - off[i]), box[4 * i], box[4 * i + 1],
-                    box[4 * i + 2], box[4 * i + 3], flip[i]};
-      errors[i] = decode_one(job, out_size, allow_scaling, scratch, dst + i * image_bytes);
+      const Job job{data + offsets[i], static_cast<size_t>(offsets[i + 1] - offsets[i]), boxes[4 * i],
+                    boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], flips[i] != 0};
+      messages[i] = decode_one(job, out_size, allow_scaling != 0, scratch, out + i * image_bytes);
     }
   };
-  {
-    pybind11::gil_scoped_release no_gil;
-    const int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(threads, batch));
-    std::vector<std::thread> pool;
-    for (int64_t t = 1; t < n_threads; ++t) pool.emplace_back(work);
-    work();  // the calling thread is one of the workers
-    for (auto& t : pool) t.join();
+  const int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(threads, batch));
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < n_threads; ++t) pool.emplace_back(work);
+  work();  // the calling thread is one of the workers
+  for (auto& t : pool) t.join();
+  int64_t failed = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    put_message(errors + i * error_cap, error_cap, messages[i]);
+    failed += messages[i].empty() ? 0 : 1;
   }
-  std::vector<std::pair<int64_t, std::string>> failed;
-  for (int64_t i = 0; i < batch; ++i)
-    if (!errors[i].empty()) failed.emplace_back(i, errors[i]);
   return failed;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_crop_batch", &decode_crop_batch, "JPEG batch -> cropped, resized, flipped uint8 [B, S, S, 3]");
-  m.def("decode_full", &decode_full, "one JPEG -> uint8 [H, W, 3] at DCT scale n/8 (tests)");
-}
+}  // extern "C"
