@@ -94,3 +94,14 @@ def cifar_tensor_slice(cifar_jpeg_slice, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("cifar_tensor") / "cifar10"
     return convert("cifar10", source=cifar_jpeg_slice, out=out, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def cpu_jpeg_decoder():
+    """The C++ JPEG decoder of the streaming pipeline, built (or loaded from its cache) by the first test that
+    asks for it: not at collection, which every pytest process does for every module."""
+    from fasttrain.cuda_ext import jpeg_cpu
+
+    if not jpeg_cpu.available():
+        pytest.skip("the C++ JPEG decoder cannot be built here (no libjpeg headers or compiler)")
+    return jpeg_cpu.load()

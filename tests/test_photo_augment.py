@@ -292,11 +292,7 @@ def test_bad_photo_options_are_one_error_line(option, value, words, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_streams_with_photo_augmentations(tmp_path):
-    from fasttrain.cuda_ext import jpeg_cpu
-
-    if not jpeg_cpu.available():
-        pytest.skip("the C++ JPEG decoder cannot be built here")
+def test_run_streams_with_photo_augmentations(tmp_path, cpu_jpeg_decoder):
     from fasttrain.data.jpeg_store import write_jpeg_store
     from test_stream_pipeline import CLASSES, photo_jpegs
 

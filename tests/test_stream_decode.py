@@ -25,14 +25,7 @@ from fasttrain.data.crops import centre_crop_box, flip_flags, rrc_params
 from fasttrain.pipelines.stream_cpu import CpuCropDecoder, JpegDecodeError, ReferenceCropDecoder
 
 skimage_data = pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cpu_decoder():
-    """Built (or loaded from the cache) by the first test here, not at collection: every pytest process
-    collects every module, and most of them never decode."""
-    if not jpeg_cpu.available():
-        pytest.skip("the C++ JPEG decoder cannot be built here (no libjpeg headers or compiler)")
+pytestmark = pytest.mark.usefixtures("cpu_jpeg_decoder")  # built by the first test here, not at collection
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

@@ -23,7 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fasttrain.cuda_ext import jpeg_cpu
 from fasttrain.data.crops import centre_crop_box
 from fasttrain.data.errors import DatasetError
 from fasttrain.data.jpeg_store import JpegStore, write_jpeg_store
@@ -32,14 +31,7 @@ from fasttrain.pipelines.stream import StreamPipeline
 from fasttrain.pipelines.stream_cpu import ReferenceCropDecoder
 
 skimage_data = pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cpu_decoder():
-    """Built (or loaded from the cache) by the first test here, not at collection: every pytest process
-    collects every module, and most of them never decode."""
-    if not jpeg_cpu.available():
-        pytest.skip("the C++ JPEG decoder cannot be built here")
+pytestmark = pytest.mark.usefixtures("cpu_jpeg_decoder")  # built by the first test here, not at collection
 
 
 CLASSES = ["astronaut", "coffee", "chelsea", "rocket"]
