@@ -91,17 +91,19 @@ class Decoder:
         _need(1 <= scale_num <= 8, "scale_num must lie in [1, 8]")
         h, w = _I64(), _I64()
         error = ctypes.create_string_buffer(MESSAGE_BYTES)
-        out = None
-        for _ in range(2):  # the first call reads the size, the second decodes into a buffer of that size
-            code = self._full(data.data_ptr(), data.numel(), scale_num, None if out is None else out.data_ptr(),
+
+        def decode(out: torch.Tensor | None) -> int:  # 0: decoded into out; 1: only h, w were read; -1: error
+            return self._full(data.data_ptr(), data.numel(), scale_num, None if out is None else out.data_ptr(),
                               0 if out is None else out.numel(), ctypes.byref(h), ctypes.byref(w),
                               ctypes.addressof(error), MESSAGE_BYTES)
-            if code == -1:
-                raise ValueError(error.value.decode(errors="replace"))
-            if code == 0:
-                return out
+
+        code = decode(None)
+        if code == 1:
             out = torch.empty((h.value, w.value, 3), dtype=torch.uint8)
-        raise AssertionError("the decoder asked twice for a buffer")
+            code = decode(out)
+        if code != 0:
+            raise ValueError(error.value.decode(errors="replace"))
+        return out
 
 
 def _need(ok: bool, what: str) -> None:

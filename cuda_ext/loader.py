@@ -143,19 +143,6 @@ def build(build_dir: str | Path | None = None, *, verbose: bool = False) -> Path
     os.environ.setdefault("CUDA_HOME", home)
     cpp.CUDA_HOME = home
     out = Path(build_dir) if build_dir is not None else cache_dir()
-    jit_build(cpp, "the CUDA augmentation kernels", NAME, SOURCES, out, cflags=CXX_FLAGS, cuda_cflags=NVCC_FLAGS,
-              python_module=False, verbose=verbose,
-              hint=f"check that nvcc ({home}) matches torch's CUDA {torch.version.cuda}; rerun with "
-                   "FASTTRAIN_EXT_VERBOSE=1 for the full compiler output, or set FASTTRAIN_AUGMENT=reference")
-    return out
-
-
-def jit_build(cpp, what: str, name: str, sources: tuple[str, ...], out: Path, *, cflags: list[str],
-              cuda_cflags: list[str] | None = None, ldflags: list[str] | None = None, python_module: bool,
-              verbose: bool, hint: str):
-    """torch's JIT build of csrc/`sources` into `out` (cached: only a change of sources or flags rebuilds), for
-    the parts that include torch headers (the CUDA ops; torch-free parts build with host_build.py); a missing
-    ninja or a compile/link error is ExtensionUnavailable naming `what`, with `hint` as the fix."""
     try:
         cpp.verify_ninja_availability()
     except RuntimeError as e:
@@ -163,16 +150,20 @@ def jit_build(cpp, what: str, name: str, sources: tuple[str, ...], out: Path, *,
                                    "pip install ninja") from e
     out.mkdir(parents=True, exist_ok=True)
     clear_stale_lock(out)
-    if not any(out.glob(f"{name}*.so")):
-        print(f"fasttrain: compiling {what} (first use, under a minute; cached in {out})", file=sys.stderr,
-              flush=True)
+    if not any(out.glob(f"{NAME}*.so")):
+        print(f"fasttrain: compiling the CUDA augmentation kernels (first use, under a minute; cached in {out})",
+              file=sys.stderr, flush=True)
     try:
-        return cpp.load(name=name, sources=[str(CSRC / s) for s in sources], extra_include_paths=[str(CSRC)],
-                        extra_cflags=cflags, extra_cuda_cflags=cuda_cflags, extra_ldflags=ldflags,
-                        build_directory=str(out), is_python_module=python_module, verbose=verbose)
+        cpp.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_include_paths=[str(CSRC)],
+                 extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS, build_directory=str(out),
+                 is_python_module=False, verbose=verbose)
     except Exception as e:  # compile/link errors arrive as RuntimeError with the compiler output
         detail = " ".join(str(e).split())[-600:]
-        raise ExtensionUnavailable(f"building {what} in {out} failed ({type(e).__name__}: {detail})", hint) from e
+        raise ExtensionUnavailable(
+            f"building the CUDA augmentation kernels in {out} failed ({type(e).__name__}: {detail})",
+            f"check that nvcc ({home}) matches torch's CUDA {torch.version.cuda}; rerun with FASTTRAIN_EXT_VERBOSE=1 "
+            "for the full compiler output, or set FASTTRAIN_AUGMENT=reference") from e
+    return out
 
 
 def load() -> None:
